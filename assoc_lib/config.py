@@ -1,0 +1,131 @@
+"""The one configuration object of the project.
+
+Every stage reads its knobs from :class:`AssocConfig`. Values come from the
+dataclass defaults, then an optional TOML file (``ASSOC_CONFIG`` or
+``assoc.toml`` in the working directory), then ``ASSOC_<SECTION>__<KEY>``
+environment variables, then explicit overrides (CLI flags, DAG params).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEV_PSEUDONYM_KEY = "assoc-development-key-not-for-production"
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "data"  # raw partitions + catalog (tracked by data.dvc)
+    artifacts_dir: str = "artifacts"  # reports, preprocessed splits, models (git-ignored)
+    serving_root: str = "serving"  # TF Serving model base paths live below this
+
+    @property
+    def orders_dir(self) -> Path:
+        return Path(self.data_dir) / "raw" / "orders"
+
+    @property
+    def catalog_path(self) -> Path:
+        return Path(self.data_dir) / "raw" / "catalog.parquet"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return Path(self.data_dir) / "quarantine" / "orders"
+
+    @property
+    def reports_dir(self) -> Path:
+        return Path(self.artifacts_dir) / "reports"
+
+
+@dataclass
+class PrivacyConfig:
+    # HMAC key for user-id pseudonymisation; ASSOC_PSEUDONYM_KEY wins over this.
+    pseudonym_key: str = ""
+
+
+@dataclass
+class ValidationConfig:
+    history_days: int = 14  # days before ds whose median row count sets the volume bounds
+    min_row_ratio: float = 0.1  # a day may shrink to 10% of the recent median (holidays)...
+    max_row_ratio: float = 5.0  # ...and grow to 5x; 20x is an incident, not a sale
+    min_history_partitions: int = 3  # fewer validated days than this: only "non-empty" applies
+    max_unknown_item_share: float = 0.05  # warning level
+
+
+@dataclass
+class PreprocessConfig:
+    window_days: int = 90
+    min_count: int = 2  # items seen fewer times are out of the vocabulary
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    require_validated: bool = True
+    seed: int = 7  # only for data without timestamps
+
+
+@dataclass
+class AssocConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["privacy"] = {"pseudonym_key": "***" if self.privacy.pseudonym_key else ""}
+        return out
+
+
+def _coerce(current: Any, raw: Any) -> Any:
+    if isinstance(current, bool):
+        if isinstance(raw, str):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        return bool(raw)
+    if isinstance(current, int):
+        return int(raw)
+    if isinstance(current, float):
+        return float(raw)
+    return str(raw) if not isinstance(raw, (list, dict)) else raw
+
+
+def apply_overrides(cfg: AssocConfig, overrides: dict[str, Any]) -> AssocConfig:
+    """Apply ``{"section.key": value}`` or ``{"section": {"key": value}}`` overrides."""
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[key] = value
+    for dotted, value in flat.items():
+        if value is None:
+            continue
+        try:
+            section_name, key = dotted.split(".", 1)
+            section = getattr(cfg, section_name)
+            current = getattr(section, key)
+        except (ValueError, AttributeError) as exc:
+            raise ValueError(f"unknown config key {dotted!r}") from exc
+        setattr(section, key, _coerce(current, value))
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> AssocConfig:
+    cfg = AssocConfig()
+    path = path or os.environ.get("ASSOC_CONFIG")
+    if path is None and Path("assoc.toml").exists():
+        path = "assoc.toml"
+    if path:
+        with open(path, "rb") as fh:
+            apply_overrides(cfg, tomllib.load(fh))
+    env = {}
+    for name, value in os.environ.items():
+        if name.startswith("ASSOC_") and "__" in name:
+            section, key = name[len("ASSOC_"):].lower().split("__", 1)
+            env[f"{section}.{key}"] = value
+    apply_overrides(cfg, env)
+    if overrides:
+        apply_overrides(cfg, overrides)
+    return cfg

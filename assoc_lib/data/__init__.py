@@ -1,0 +1,1 @@
+"""Data contract, adapters and the synthetic generator."""
