@@ -140,7 +140,7 @@ def _run_suite(frame: pd.DataFrame, suite_spec: dict, params: dict, docs_dir: Pa
     if docs_dir is not None:
         context.add_data_docs_site("assoc", {
             "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(docs_dir).resolve())},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         })
         actions.append(UpdateDataDocsAction(name="data_docs", site_names=["assoc"]))

