@@ -31,6 +31,7 @@ def _repo(root: str | os.PathLike):
 
     with contextlib.chdir(root):
         repo = Repo(".")
+        repo.scm_context.quiet = True  # no "git add ..." hints on stdout: our commands print JSON there
         try:
             yield repo
         finally:
