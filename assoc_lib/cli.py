@@ -87,7 +87,7 @@ def cmd_preprocess(args):
     from assoc_lib import preprocess
 
     cfg = _config(args)
-    for key in ("window_days", "min_count"):
+    for key in ("window_days", "min_count", "val_days", "test_days"):
         if getattr(args, key) is not None:
             setattr(cfg.preprocess, key, getattr(args, key))
     if args.no_require_validated:
@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ds", help="last day of the window (default: newest partition)")
     p.add_argument("--window-days", type=int)
     p.add_argument("--min-count", type=int)
+    p.add_argument("--val-days", type=int, help="split by days: validation days before the test days")
+    p.add_argument("--test-days", type=int, help="split by days: the last N days are test")
     p.add_argument("--split", choices=["time", "random"], default="time")
     p.add_argument("--out", help="output folder (default: <artifacts>/preprocessed/ds=...)")
     p.add_argument("--no-require-validated", action="store_true", help="also use partitions without a pass record")

@@ -61,6 +61,10 @@ class PreprocessConfig:
     min_count: int = 2  # items seen fewer times are out of the vocabulary
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    # When > 0, split by calendar days instead of fractions: the last test_days days of the
+    # window are test, the val_days before them validation (the Complete Journey benchmark uses 28/28).
+    test_days: int = 0
+    val_days: int = 0
     require_validated: bool = True
     seed: int = 7  # only for data without timestamps
 

@@ -60,9 +60,20 @@ def window_partitions(cfg: AssocConfig, ds: dt.date) -> tuple[list[Path], dict[s
 
 
 def assign_splits(orders: pd.DataFrame, val_fraction: float, test_fraction: float,
-                  method: str = "time", seed: int = 7) -> pd.Series:
-    """Split orders by time (oldest → train, newest → test), or at random (seeded) for timeless data."""
+                  method: str = "time", seed: int = 7, val_days: int = 0, test_days: int = 0) -> pd.Series:
+    """Split orders by time (oldest → train, newest → test), or at random (seeded) for timeless data.
+
+    With ``test_days``/``val_days`` the split is by calendar day: the last ``test_days``
+    days (UTC) of the data are test and the ``val_days`` before them validation.
+    """
     n = len(orders)
+    if method == "time" and test_days > 0:
+        last_day = orders["ts"].max().normalize()
+        test_start = last_day - pd.Timedelta(days=test_days - 1)
+        val_start = test_start - pd.Timedelta(days=val_days)
+        labels = np.where(orders["ts"] >= test_start, "test",
+                          np.where(orders["ts"] >= val_start, "validation", "train"))
+        return pd.Series(labels.astype(object), index=orders.index, name="split")
     n_test = int(round(n * test_fraction))
     n_val = int(round(n * val_fraction))
     if method == "time":
@@ -79,7 +90,8 @@ def assign_splits(orders: pd.DataFrame, val_fraction: float, test_fraction: floa
 
 
 def build_baskets(rows: pd.DataFrame, min_count: int, val_fraction: float, test_fraction: float,
-                  split_method: str = "time", seed: int = 7) -> tuple[pd.DataFrame, list[str], dict]:
+                  split_method: str = "time", seed: int = 7, val_days: int = 0,
+                  test_days: int = 0) -> tuple[pd.DataFrame, list[str], dict]:
     """Clean contract rows into split baskets of vocabulary indices. Pure function (no I/O)."""
     dropped: dict[str, int] = {}
     rows_in = len(rows)
@@ -90,7 +102,7 @@ def build_baskets(rows: pd.DataFrame, min_count: int, val_fraction: float, test_
     dropped["duplicate_order_item"] = before - len(rows)
 
     orders = rows.groupby("order_id", sort=False).agg(user_id=("user_id", "first"), ts=("ts", "min")).reset_index()
-    orders["split"] = assign_splits(orders, val_fraction, test_fraction, split_method, seed)
+    orders["split"] = assign_splits(orders, val_fraction, test_fraction, split_method, seed, val_days, test_days)
     rows = rows.merge(orders[["order_id", "split"]], on="order_id", how="left")
 
     train_counts = rows.loc[rows["split"] == "train", "item_id"].value_counts()
@@ -148,7 +160,7 @@ def preprocess(cfg: AssocConfig | None = None, ds: dt.date | str | None = None, 
             + (f" (skipped: {skipped})" if skipped else ""))
     rows = pd.concat([contract.read_orders(p) for p in used], ignore_index=True)
     baskets, vocab, stats = build_baskets(rows, pc.min_count, pc.val_fraction, pc.test_fraction,
-                                          split_method, pc.seed)
+                                          split_method, pc.seed, pc.val_days, pc.test_days)
     if stats["orders_out"]["train"] == 0 or not vocab:
         raise PreprocessError(f"window ending {ds} leaves no training baskets (min_count={pc.min_count})")
     stats.update({

@@ -1,0 +1,129 @@
+"""The deep basket-completion network (design.md §5), as small Keras pieces.
+
+Mult-DAE made practical: the basket enters as item ids through an embedding-bag
+(``sum_i E[i] / sqrt(|basket|)`` = W·x/‖x‖ on the multi-hot basket, never a dense
+vocabulary-wide input), then hidden layers, then one logit per vocabulary item.
+Ids are padded with -1.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+PAD = -1
+
+
+@dataclass
+class DeepParams:
+    embedding_dim: int = 256
+    hidden: tuple[int, ...] = ()  # extra hidden layers after the embedding-bag (each: dense + tanh [+ layer norm])
+    layer_norm: bool = False
+    input_dropout: float = 0.5  # share of each basket dropped when training (denoising)
+    dropout: float = 0.0  # dropout on hidden activations
+    epochs: int = 20
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    l2: float = 0.0
+    patience: int = 3
+    sampled_softmax: int = 0  # >0: number of negatives for sampled softmax; 0: full softmax
+    mix_with: str = ""  # "ease": also fit a score-level mix with EASE (weight chosen on validation)
+    seed: int = 1234
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+def csr_to_padded(X: sp.csr_matrix, min_len: int = 1) -> np.ndarray:
+    """Item ids per row, padded with -1: int32 [n_rows, max(len)]."""
+    lengths = np.diff(X.indptr)
+    width = max(int(lengths.max()) if len(lengths) else 0, min_len)
+    out = np.full((X.shape[0], width), PAD, dtype=np.int32)
+    for r in range(X.shape[0]):
+        items = X.indices[X.indptr[r]: X.indptr[r + 1]]
+        out[r, : len(items)] = items
+    return out
+
+
+def build_network(n_items: int, params: DeepParams):
+    """Keras model: ids [batch, n] (pad -1) → (logits [batch, n_items], hidden [batch, d])."""
+    import keras
+    from keras import layers, ops
+
+    class EmbeddingBag(layers.Layer):
+        """sum of item embeddings / sqrt(count) + bias, skipping padding."""
+
+        def __init__(self, n_items, dim, l2=0.0, **kw):
+            super().__init__(**kw)
+            self.n_items, self.dim = n_items, dim
+            reg = keras.regularizers.L2(l2) if l2 else None
+            self.table = self.add_weight(shape=(n_items + 1, dim), initializer="glorot_uniform",
+                                         regularizer=reg, name="item_embeddings")
+            self.bias = self.add_weight(shape=(dim,), initializer="zeros", name="bag_bias")
+
+        def call(self, ids):
+            mask = ops.cast(ops.greater_equal(ids, 0), self.compute_dtype)
+            vectors = ops.take(self.table, ops.maximum(ids, 0) + 1, axis=0)  # row 0 unused padding slot
+            summed = ops.sum(vectors * ops.expand_dims(mask, -1), axis=1)
+            count = ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1.0)
+            return summed / ops.sqrt(count) + self.bias
+
+    ids = keras.Input(shape=(None,), dtype="int32", name="items")
+    h = layers.Activation("tanh", name="bag_act")(EmbeddingBag(n_items, params.embedding_dim, params.l2, name="bag")(ids))
+    for i, width in enumerate(params.hidden):
+        if params.dropout:
+            h = layers.Dropout(params.dropout, seed=params.seed + i)(h)
+        h = layers.Dense(width, activation="tanh", name=f"hidden_{i}")(h)
+        if params.layer_norm:
+            h = layers.LayerNormalization(name=f"norm_{i}")(h)
+    if params.dropout:
+        h = layers.Dropout(params.dropout, seed=params.seed + 99)(h)
+    logits = layers.Dense(n_items, name="item_logits", dtype="float32")(h)
+    return keras.Model(ids, [logits, h], name="basket_dae")
+
+
+def forward_spec(network) -> dict:
+    """Plain numpy weights of a trained network, in the order the export replays them."""
+    bag = network.get_layer("bag")
+    spec = {"embeddings": np.asarray(bag.table.numpy()[1:], np.float32),
+            "bag_bias": np.asarray(bag.bias.numpy(), np.float32), "layers": []}
+    for layer in network.layers:
+        if layer.name.startswith("hidden_"):
+            k, b = layer.get_weights()
+            spec["layers"].append({"type": "dense_tanh", "kernel": k.astype(np.float32), "bias": b.astype(np.float32)})
+        elif layer.name.startswith("norm_"):
+            g, b = layer.get_weights()
+            spec["layers"].append({"type": "layer_norm", "gamma": g.astype(np.float32), "beta": b.astype(np.float32),
+                                   "epsilon": float(layer.epsilon)})
+    out = network.get_layer("item_logits")
+    k, b = out.get_weights()
+    spec["out_kernel"], spec["out_bias"] = k.astype(np.float32), b.astype(np.float32)
+    return spec
+
+
+def numpy_logits(spec: dict, X: sp.csr_matrix) -> np.ndarray:
+    """The network's logits computed from ``forward_spec`` with numpy (reference for the export)."""
+    counts = np.maximum(np.asarray(X.sum(axis=1)).ravel(), 1.0)
+    h = np.tanh(np.asarray(X @ spec["embeddings"]) / np.sqrt(counts)[:, None] + spec["bag_bias"])
+    for layer in spec["layers"]:
+        if layer["type"] == "dense_tanh":
+            h = np.tanh(h @ layer["kernel"] + layer["bias"])
+        else:
+            mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
+            h = (h - mu) / np.sqrt(var + layer["epsilon"]) * layer["gamma"] + layer["beta"]
+    return h @ spec["out_kernel"] + spec["out_bias"]
+
+
+def standardise(scores: np.ndarray) -> np.ndarray:
+    """Per-basket z-score over the vocabulary: puts different scorers on one scale before mixing."""
+    mu = scores.mean(axis=1, keepdims=True)
+    sd = scores.std(axis=1, keepdims=True)
+    return (scores - mu) / np.maximum(sd, 1e-8)
+
+
+def mix(deep_logits: np.ndarray, other: np.ndarray, weight: float) -> np.ndarray:
+    return (1.0 - weight) * standardise(deep_logits) + weight * standardise(other)
