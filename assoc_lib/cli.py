@@ -108,6 +108,48 @@ def cmd_restore(args):
     _print(versioning.restore(args.repo, args.md5, args.target))
 
 
+def cmd_rules(args):
+    from assoc_lib import rules
+
+    _print(rules.run(args.orders, args.min_support, args.min_confidence, args.out, args.max_len))
+
+
+def _stage(args, fn, *extra):
+    from assoc_lib import pipeline
+
+    cfg = _config(args)
+    _print(getattr(pipeline, fn)(cfg, args.ds, *extra))
+
+
+def cmd_train(args):
+    _stage(args, "train_day", args.prep_dir)
+
+
+def cmd_evaluate(args):
+    cands = json.loads(Path(args.train_dir, "train_summary.json").read_text())["candidates"]
+    _stage(args, "evaluate_day", args.prep_dir, cands)
+
+
+def cmd_gate(args):
+    _stage(args, "gate_day", args.comparison)
+
+
+def cmd_export(args):
+    blessing = json.loads(Path(args.blessing).read_text())
+    _stage(args, "export_day", blessing.get("winner_path"), args.blessing, args.data_version)
+
+
+def cmd_push(args):
+    _stage(args, "push_day", args.export_dir, args.data_version)
+
+
+def cmd_rollback(args):
+    from assoc_lib import push
+
+    cfg = _config(args)
+    _print(push.rollback(args.serving_root or cfg.paths.serving_root, args.model or cfg.serving.model_name, args.to))
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     # SUPPRESS: options given before or after the subcommand both count (no default overwrites them).
@@ -167,19 +209,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="data")
     p.add_argument("--md5", required=True)
     p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("rules", parents=[common], help="multi-item association rules (FP-growth) to CSV")
+    p.add_argument("--orders", required=True, help="partition folder, data root, parquet or CSV")
+    p.add_argument("--min-support", type=float, required=True)
+    p.add_argument("--min-confidence", type=float, required=True)
+    p.add_argument("--max-len", type=int)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_rules)
+
+    def stage(name, fn, help_, *args_):
+        sp_ = sub.add_parser(name, parents=[common], help=help_)
+        sp_.add_argument("--ds", required=True, help="logical date of the run (YYYY-MM-DD)")
+        for a in args_:
+            sp_.add_argument(f"--{a.replace('_', '-')}", required=a != "data_version", dest=a)
+        sp_.set_defaults(func=fn)
+
+    stage("train", cmd_train, "train the deep model and the classical baselines", "prep_dir")
+    stage("evaluate", cmd_evaluate, "evaluate every candidate (and production) on the same hold-out",
+          "prep_dir", "train_dir")
+    stage("gate", cmd_gate, "pick the winner on validation, bless it if it does not regress", "comparison")
+    stage("export", cmd_export, "export the blessed winner as a SavedModel", "blessing", "data_version")
+    stage("push", cmd_push, "push an export to the serving root as the next version", "export_dir", "data_version")
+    p = sub.add_parser("rollback", parents=[common], help="move the stable label back to VERSION")
+    p.add_argument("--to", type=int, required=True)
+    p.add_argument("--serving-root")
+    p.add_argument("--model")
+    p.set_defaults(func=cmd_rollback)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from assoc_lib.data.contract import ContractError
     from assoc_lib.preprocess import PreprocessError
+    from assoc_lib.push import PushError
+    from assoc_lib.validate import ValidationFailed
     from assoc_lib.versioning import VersioningError
 
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
     try:
         return int(args.func(args) or 0)
-    except (ContractError, PreprocessError, VersioningError, ValueError, FileNotFoundError) as exc:
+    except ValidationFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (ContractError, PreprocessError, VersioningError, PushError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -70,11 +70,53 @@ class PreprocessConfig:
 
 
 @dataclass
+class ModelsConfig:
+    rules_min_pair_count: int = 2
+    rules_min_confidence: float = 0.0
+    knn_k: int = 200
+    ease_l2: float = 100.0
+    ease_max_items: int = 15000  # dense Gram matrix: 15k items ~ 1.8 GB while inverting
+    export_top_n: int = 200  # neighbours per item kept in exported tables
+    deep_embedding_dim: int = 256
+    deep_hidden: str = ""  # comma-separated widths of extra hidden layers, e.g. "600,600"
+    deep_layer_norm: bool = False
+    deep_input_dropout: float = 0.5
+    deep_dropout: float = 0.0
+    deep_epochs: int = 20
+    deep_batch_size: int = 512
+    deep_learning_rate: float = 0.001
+    deep_patience: int = 3
+    deep_sampled_softmax: int = 0
+    deep_mix_with_ease: bool = True  # also offer the score-level deep+EASE mix as a deep candidate
+    seed: int = 1234
+    eval_seed: int = 20240101
+
+
+@dataclass
+class GateConfig:
+    metric: str = "ndcg@10"
+    tolerance: float = 0.02  # blessed when test metric >= production x (1 - tolerance)
+    min_eval_baskets: int = 50
+    require_deep: bool = False  # strict mode: only a deep winner may be pushed
+
+
+@dataclass
+class ServingConfig:
+    model_name: str = "assoc"
+    k: int = 100  # items returned per request by the exported signatures
+    keep_versions: int = 5
+    port: int = 8500
+
+
+@dataclass
 class AssocConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

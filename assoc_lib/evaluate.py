@@ -111,3 +111,87 @@ def write_comparison(rows: list[dict], out_dir: str | Path, extra: dict | None =
     payload = {**(extra or {}), "models": rows}
     (out_dir / "comparison.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
     return payload
+
+
+# --------------------------------------------------------------------------- candidates and production
+def evaluate_topk(topk_fn: Callable[[list[list[str]]], list[list[str]]], holdout: HoldOut, vocab: list[str],
+                  batch_size: int = 256) -> dict[str, float]:
+    """Metrics for a model that only returns its top-K ids (a served SavedModel).
+
+    A hidden item outside the returned K counts as rank K+1: Recall/NDCG@10/20 are
+    exact when K >= 20; MRR is truncated at K (misses add 0).
+    """
+    ranks, tops, k_seen = [], [], 0
+    for start in range(0, holdout.n, batch_size):
+        X = holdout.inputs[start: start + batch_size]
+        baskets = [[vocab[i] for i in X.indices[X.indptr[r]: X.indptr[r + 1]]] for r in range(X.shape[0])]
+        returned = topk_fn(baskets)
+        for r, ids in enumerate(returned):
+            k_seen = max(k_seen, len(ids))
+            target = vocab[holdout.hidden[start + r]]
+            ranks.append(ids.index(target) + 1 if target in ids else np.inf)
+            tops.append(ids[:10])
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out = metrics_from_ranks(np.where(np.isinf(ranks), k_seen + 1, ranks), None, len(vocab))
+    out["mrr"] = float(np.where(np.isinf(ranks), 0.0, 1.0 / ranks).mean()) if len(ranks) else 0.0
+    out["coverage@10"] = float(len({i for t in tops for i in t}) / len(vocab)) if vocab else 0.0
+    out["k"] = k_seen
+    return out
+
+
+def saved_model_topk(export_dir: str | Path) -> Callable[[list[list[str]]], list[list[str]]]:
+    """Call an exported model's ``complete_basket`` signature in-process."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(export_dir))
+    fn = loaded.signatures["complete_basket"]
+
+    def topk(baskets: list[list[str]]) -> list[list[str]]:
+        width = max(1, max(len(b) for b in baskets))
+        items = tf.constant([b + [""] * (width - len(b)) for b in baskets])
+        ids = fn(items=items)["item_ids"].numpy()
+        return [[x.decode() for x in row] for row in ids]
+
+    return topk
+
+
+def evaluate_candidates(prep_dir: str | Path, candidates: list[dict], cfg, out_dir: str | Path,
+                        production: dict | None = None) -> dict:
+    """Every candidate (and production, when given) on the same validation and test hold-outs.
+
+    ``production``: ``{"path": export dir, "version": n}`` of the model now served.
+    Writes comparison.md / comparison.json; returns the payload.
+    """
+    from assoc_lib.export import ServableModel
+    from assoc_lib.preprocess import load_split
+    from assoc_lib.train import split_baskets
+
+    baskets, vocab = load_split(prep_dir)
+    splits = split_baskets(baskets)
+    n_items = len(vocab)
+    holdouts = {"validation": hold_out(splits["validation"], n_items, cfg.models.eval_seed),
+                "test": hold_out(splits["test"], n_items, cfg.models.eval_seed + 1)}
+    rows = []
+    for cand in candidates:
+        model = ServableModel.load(cand["path"])
+        if model.vocab != vocab:
+            raise ValueError(f"candidate {cand['name']} was trained on another vocabulary than {prep_dir}")
+        val = evaluate_scores(model.score, holdouts["validation"], n_items)
+        test = evaluate_scores(model.score, holdouts["test"], n_items)
+        rows.append({"name": cand["name"], "kind": cand["kind"], "protocol": "anonymous", **test,
+                     "val_ndcg@10": val["ndcg@10"], "val_n_eval_baskets": val["n_eval_baskets"],
+                     "train_seconds": cand.get("train_seconds"), "path": cand["path"]})
+    if production:
+        topk = saved_model_topk(production["path"])
+        val = evaluate_topk(topk, holdouts["validation"], vocab)
+        test = evaluate_topk(topk, holdouts["test"], vocab)
+        rows.append({"name": f"production v{production.get('version')}", "kind": "production",
+                     "protocol": "anonymous", **test, "val_ndcg@10": val["ndcg@10"],
+                     "val_n_eval_baskets": val["n_eval_baskets"], "train_seconds": None,
+                     "path": str(production["path"]), "version": production.get("version")})
+    payload = write_comparison(rows, out_dir, {
+        "prep_dir": str(prep_dir), "n_eval_baskets": holdouts["test"].n,
+        "n_val_baskets": holdouts["validation"].n, "n_items": n_items})
+    log.info("model comparison on %d test baskets (winner picked on %d validation baskets):\n%s",
+             holdouts["test"].n, holdouts["validation"].n, comparison_table(rows, ("val_ndcg@10",) + METRICS))
+    return payload

@@ -182,3 +182,94 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
 
 def padded_ids(X: sp.csr_matrix) -> np.ndarray:
     return csr_to_padded(X)
+
+
+# --------------------------------------------------------------------------- all candidates
+CANDIDATES_DIR = "candidates"
+SUMMARY_FILE = "train_summary.json"
+MIX_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def split_baskets(baskets) -> dict[str, list[list[int]]]:
+    from assoc_lib.preprocess import SPLITS
+
+    return {s: [list(map(int, x)) for x in baskets.loc[baskets["split"] == s, "items"]] for s in SPLITS}
+
+
+def deep_params(cfg) -> DeepParams:
+    m = cfg.models
+    hidden = tuple(int(x) for x in str(m.deep_hidden).split(",") if x.strip())
+    return DeepParams(embedding_dim=m.deep_embedding_dim, hidden=hidden, layer_norm=m.deep_layer_norm,
+                      input_dropout=m.deep_input_dropout, dropout=m.deep_dropout, epochs=m.deep_epochs,
+                      batch_size=m.deep_batch_size, learning_rate=m.deep_learning_rate, patience=m.deep_patience,
+                      sampled_softmax=m.deep_sampled_softmax, seed=m.seed)
+
+
+def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLike) -> dict:
+    """Fit every classical scorer and the deep network on the same train split; save each as a candidate.
+
+    Returns a small summary (names, paths, seconds, epochs) fit for XCom and logs.
+    """
+    from assoc_lib import baselines
+    from assoc_lib.export import ServableModel
+    from assoc_lib.preprocess import load_split
+
+    out_dir = Path(out_dir)
+    cand_dir = out_dir / CANDIDATES_DIR
+    cand_dir.mkdir(parents=True, exist_ok=True)
+    baskets, vocab = load_split(prep_dir)
+    splits = split_baskets(baskets)
+    n_items = len(vocab)
+    X = baselines.baskets_to_csr(splits["train"], n_items)
+    val = evaluate.hold_out(splits["validation"], n_items, cfg.models.eval_seed)
+    popularity = baselines._popularity(X)
+    entries, ease_table = [], None
+    for scorer in baselines.default_scorers(cfg):
+        seconds = baselines.fit_timed(scorer, X)
+        model = ServableModel(scorer.name, "classical", vocab, popularity, table=scorer.neighbour_table(),
+                              params=scorer.params())
+        path = model.save(cand_dir / f"{scorer.name}.npz")
+        entries.append({"name": scorer.name, "kind": "classical", "path": str(path), "train_seconds": seconds})
+        if scorer.name == "ease":
+            ease_table = model.table
+        del scorer
+    params = deep_params(cfg)
+    result = train_deep(X, val, params, out_dir / "deep")
+    deep = ServableModel("deep", "deep", vocab, popularity, deep=result.spec, params=params.to_dict())
+    entries.append({"name": "deep", "kind": "deep", "path": str(deep.save(cand_dir / "deep.npz")),
+                    "train_seconds": result.train_seconds, "best_epoch": result.best_epoch,
+                    "examples_per_second": result.examples_per_second})
+    if cfg.models.deep_mix_with_ease and ease_table is not None and val.n:
+        started = time.perf_counter()
+        scores = mix_grid_ndcg(result.score, ease_table.score, val, n_items, MIX_GRID)
+        weight = max(scores, key=lambda w: (scores[w], -w))
+        hybrid = ServableModel("deep+ease", "deep", vocab, popularity, table=ease_table, deep=result.spec,
+                               mix_weight=weight, params={**params.to_dict(), "mix_weight": weight,
+                                                          "mix_val_ndcg@10": scores})
+        entries.append({"name": "deep+ease", "kind": "deep", "path": str(hybrid.save(cand_dir / "deep+ease.npz")),
+                        "train_seconds": result.train_seconds + time.perf_counter() - started,
+                        "mix_weight": weight})
+        log.info("deep+ease mix: weight of EASE %.1f chosen on validation (NDCG@10 by weight: %s)", weight,
+                 {k: round(v, 4) for k, v in scores.items()})
+    summary = {"prep_dir": str(prep_dir), "out_dir": str(out_dir), "n_items": n_items,
+               "n_train_baskets": X.shape[0], "placement": result.placement, "candidates": entries,
+               "deep_history": result.history}
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return summary
+
+
+def mix_grid_ndcg(deep_fn, other_fn, holdout, n_items, weights, batch_size: int = 512) -> dict[float, float]:
+    """Validation NDCG@10 of the score-level mix for each weight, scoring each batch once."""
+    from assoc_lib.model import standardise
+
+    ranks = {w: [] for w in weights}
+    tops = {w: [] for w in weights}
+    for start in range(0, holdout.n, batch_size):
+        Xb = holdout.inputs[start: start + batch_size]
+        d, o = standardise(deep_fn(Xb)), standardise(other_fn(Xb))
+        for w in weights:
+            r, t = evaluate.ranks_of_hidden((1 - w) * d + w * o, Xb, holdout.hidden[start: start + batch_size])
+            ranks[w].append(r)
+            tops[w].append(t)
+    return {w: evaluate.metrics_from_ranks(np.concatenate(ranks[w]), np.concatenate(tops[w]), n_items)["ndcg@10"]
+            for w in weights}

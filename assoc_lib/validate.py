@@ -35,6 +35,10 @@ QUARANTINE_MARKER = "_QUARANTINE.json"
 DERIVED_COLUMNS = ("item_in_catalog",)  # added by _ge_frame, not part of the partition
 
 
+class ValidationFailed(RuntimeError):
+    """A partition failed critical expectations; the message is the human summary."""
+
+
 @dataclass
 class FailedExpectation:
     expectation: str

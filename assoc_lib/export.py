@@ -1,0 +1,251 @@
+"""Servable models: one numpy scorer for evaluation, the same maths as a TF SavedModel for serving.
+
+A :class:`ServableModel` is a neighbour table (classical models), a deep
+network, or both mixed at score level (per-basket standardised scores,
+``(1-w)·deep + w·table``). Whatever wins the gate is exported the same way,
+with the signatures of design.md §6, the vocabulary inside the graph, warm-up
+requests and a model card.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from assoc_lib.baselines import NeighbourTable
+from assoc_lib.model import mix, numpy_logits
+
+log = logging.getLogger(__name__)
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+MODEL_CARD = "model_card.json"
+DEFAULT_K = 100
+
+
+@dataclass
+class ServableModel:
+    name: str
+    kind: str  # "classical" | "deep"
+    vocab: list[str]
+    popularity: np.ndarray  # float32 [V]: empty baskets get these
+    table: NeighbourTable | None = None
+    deep: dict | None = None  # model.forward_spec
+    mix_weight: float = 0.0  # weight of the table when both parts exist
+    params: dict = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.vocab)
+
+    def score(self, X: sp.csr_matrix) -> np.ndarray:
+        if self.deep is not None and self.table is not None:
+            out = mix(numpy_logits(self.deep, X), self.table.score(X), self.mix_weight)
+        elif self.deep is not None:
+            out = numpy_logits(self.deep, X)
+        else:
+            out = self.table.score(X)
+        empty = np.diff(X.indptr) == 0
+        if empty.any():
+            out = np.array(out, dtype=np.float32, copy=True)
+            out[empty] = self.popularity
+        return out
+
+    # ---------------------------------------------------------------- persistence between tasks
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"popularity": self.popularity, "vocab": np.asarray(self.vocab, dtype=object)}
+        meta = {"name": self.name, "kind": self.kind, "mix_weight": self.mix_weight, "params": self.params,
+                "table_aggregation": self.table.aggregation if self.table else None,
+                "deep_layers": [l["type"] for l in self.deep["layers"]] if self.deep else None,
+                "deep_eps": [l.get("epsilon") for l in self.deep["layers"]] if self.deep else None}
+        if self.table is not None:
+            arrays.update(table_indices=self.table.indices, table_weights=self.table.weights, table_bias=self.table.bias)
+        if self.deep is not None:
+            for key in ("embeddings", "bag_bias", "out_kernel", "out_bias"):
+                arrays[f"deep_{key}"] = self.deep[key]
+            for i, layer in enumerate(self.deep["layers"]):
+                for key, value in layer.items():
+                    if isinstance(value, np.ndarray):
+                        arrays[f"deep_layer{i}_{key}"] = value
+        arrays["meta"] = np.asarray(json.dumps(meta))
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ServableModel":
+        z = np.load(path, allow_pickle=True)
+        meta = json.loads(str(z["meta"]))
+        table = deep = None
+        if meta["table_aggregation"]:
+            table = NeighbourTable(z["table_indices"], z["table_weights"], z["table_bias"], meta["table_aggregation"])
+        if meta["deep_layers"] is not None:
+            deep = {k: z[f"deep_{k}"] for k in ("embeddings", "bag_bias", "out_kernel", "out_bias")}
+            deep["layers"] = []
+            for i, (kind, eps) in enumerate(zip(meta["deep_layers"], meta["deep_eps"])):
+                if kind == "dense_tanh":
+                    deep["layers"].append({"type": kind, "kernel": z[f"deep_layer{i}_kernel"],
+                                           "bias": z[f"deep_layer{i}_bias"]})
+                else:
+                    deep["layers"].append({"type": kind, "gamma": z[f"deep_layer{i}_gamma"],
+                                           "beta": z[f"deep_layer{i}_beta"], "epsilon": eps})
+        return cls(name=meta["name"], kind=meta["kind"], vocab=[str(v) for v in z["vocab"]],
+                   popularity=z["popularity"], table=table, deep=deep, mix_weight=meta["mix_weight"],
+                   params=meta["params"])
+
+
+# -------------------------------------------------------------------- TensorFlow graph
+def _build_module(model: ServableModel, k: int):
+    import tensorflow as tf
+
+    V = model.n_items
+    k = min(k, V)
+
+    class BasketModule(tf.Module):
+        def __init__(self):
+            super().__init__(name="assoc_basket_model")
+            self.vocab = tf.constant(model.vocab, dtype=tf.string)
+            self.lookup = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(self.vocab, tf.range(V, dtype=tf.int64)), default_value=-1)
+            self.popularity = tf.constant(model.popularity, tf.float32)
+            if model.table is not None:
+                self.nbr_idx = tf.constant(model.table.indices, tf.int32)
+                self.nbr_w = tf.constant(model.table.weights, tf.float32)
+                self.nbr_bias = tf.constant(model.table.bias, tf.float32)
+            if model.deep is not None:
+                d = model.deep
+                self.emb = tf.constant(d["embeddings"])
+                self.bag_bias = tf.constant(d["bag_bias"])
+                self.layer_consts = [{k_: tf.constant(v) if isinstance(v, np.ndarray) else v for k_, v in l.items()}
+                                     for l in d["layers"]]
+                self.out_kernel = tf.constant(d["out_kernel"])
+                self.out_bias = tf.constant(d["out_bias"])
+
+        def _table_scores(self, ids, valid, batch):
+            safe = tf.maximum(ids, 0)
+            nbr = tf.gather(self.nbr_idx, safe)  # [B, n, N]
+            w = tf.gather(self.nbr_w, safe)
+            ok = tf.logical_and(valid[:, :, None], nbr >= 0)
+            rows = tf.broadcast_to(tf.range(batch, dtype=tf.int32)[:, None, None], tf.shape(nbr))
+            seg = tf.boolean_mask(rows * V + nbr, ok)
+            vals = tf.boolean_mask(w, ok)
+            if model.table.aggregation == "max":
+                flat = tf.math.unsorted_segment_max(vals, seg, batch * V)
+                flat = tf.where(flat < -1e30, tf.zeros_like(flat), flat)
+            else:
+                flat = tf.math.unsorted_segment_sum(vals, seg, batch * V)
+            return tf.reshape(flat, [batch, V]) + self.nbr_bias
+
+        def _deep_scores(self, ids, valid):
+            mask = tf.cast(valid, tf.float32)
+            vec = tf.reduce_sum(tf.gather(self.emb, tf.maximum(ids, 0)) * mask[:, :, None], axis=1)
+            count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+            h = tf.tanh(vec / tf.sqrt(count) + self.bag_bias)
+            for layer in self.layer_consts:
+                if layer["type"] == "dense_tanh":
+                    h = tf.tanh(tf.matmul(h, layer["kernel"]) + layer["bias"])
+                else:
+                    mu, var = tf.nn.moments(h, axes=[-1], keepdims=True)
+                    h = (h - mu) / tf.sqrt(var + layer["epsilon"]) * layer["gamma"] + layer["beta"]
+            return tf.matmul(h, self.out_kernel) + self.out_bias
+
+        @staticmethod
+        def _standardise(s):
+            mu, var = tf.nn.moments(s, axes=[1], keepdims=True)
+            return (s - mu) / tf.maximum(tf.sqrt(var), 1e-8)
+
+        def _complete(self, items):
+            ids = self.lookup.lookup(items)  # unknown ids and "" padding -> -1, ignored
+            valid = ids >= 0
+            batch = tf.shape(ids)[0]
+            if model.deep is not None and model.table is not None:
+                scores = ((1.0 - model.mix_weight) * self._standardise(self._deep_scores(ids, valid))
+                          + model.mix_weight * self._standardise(self._table_scores(ids, valid, batch)))
+            elif model.deep is not None:
+                scores = self._deep_scores(ids, valid)
+            else:
+                scores = self._table_scores(ids, valid, batch)
+            empty = tf.logical_not(tf.reduce_any(valid, axis=1))
+            scores = tf.where(empty[:, None], tf.broadcast_to(self.popularity[None, :], tf.shape(scores)), scores)
+            rows = tf.broadcast_to(tf.range(batch, dtype=tf.int64)[:, None], tf.shape(ids))
+            coords = tf.boolean_mask(tf.stack([rows, ids], axis=-1), valid)
+            seen = tf.scatter_nd(coords, tf.ones(tf.shape(coords)[:1], tf.float32), tf.cast(tf.shape(scores), tf.int64))
+            scores = tf.where(seen > 0, tf.fill(tf.shape(scores), float("-inf")), scores)
+            top = tf.math.top_k(scores, k=k)
+            return {"item_ids": tf.gather(self.vocab, top.indices), "scores": top.values}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="items")])
+        def complete_basket(self, items):
+            return self._complete(items)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item")])
+        def related_items(self, item):
+            return self._complete(item[:, None])
+
+    return BasketModule()
+
+
+def warmup_requests(model_name: str, examples: list[list[str]]) -> list:
+    """PredictionLog records (TF Serving's warm-up format) for both signatures."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    logs = []
+    width = max(1, max(len(e) for e in examples))
+    padded = [e + [""] * (width - len(e)) for e in examples]
+    for signature, key, value in (("complete_basket", "items", padded),
+                                  ("serving_default", "items", padded),
+                                  ("related_items", "item", [e[0] if e else "" for e in examples])):
+        req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+        req.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=tf.string))
+        logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req)))
+    return logs
+
+
+def export_saved_model(model: ServableModel, out_dir: str | os.PathLike, model_card: dict,
+                       model_name: str = "assoc", k: int = DEFAULT_K) -> Path:
+    """Write the SavedModel (+ warm-up file + model card) to ``out_dir`` atomically."""
+    import tensorflow as tf
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    started = time.perf_counter()
+    try:
+        module = _build_module(model, k)
+        signatures = {"serving_default": module.complete_basket, "complete_basket": module.complete_basket,
+                      "related_items": module.related_items}
+        tf.saved_model.save(module, str(tmp / "model"), signatures=signatures)
+        export = tmp / "model"
+        extra = export / "assets.extra"
+        extra.mkdir(parents=True, exist_ok=True)
+        popular = [model.vocab[i] for i in np.argsort(-model.popularity)[:3]]
+        examples = [popular[:2], [popular[0]], [], ["__unknown_item__"]]
+        with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as writer:
+            for record in warmup_requests(model_name, examples):
+                writer.write(record.SerializeToString())
+        card = {**model_card, "model": model.name, "kind": model.kind, "vocabulary_size": model.n_items,
+                "k": min(k, model.n_items), "params": model.params, "mix_weight": model.mix_weight,
+                "signatures": {"complete_basket": {"inputs": {"items": "string [batch, n]"},
+                                                   "outputs": {"item_ids": "string [batch, K]", "scores": "float [batch, K]"}},
+                               "related_items": {"inputs": {"item": "string [batch]"},
+                                                 "outputs": {"item_ids": "string [batch, K]", "scores": "float [batch, K]"}}}}
+        (export / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        export.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %s (%s, %d items) to %s in %.1fs", model.name, model.kind, model.n_items, out_dir,
+             time.perf_counter() - started)
+    return out_dir

@@ -1,0 +1,55 @@
+"""Classical scorers against hand computations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from assoc_lib import baselines
+
+BASKETS = [[0, 1], [0, 1], [0, 2], [1, 2], [3]]
+
+
+def test_rules_confidence_lift_and_max_aggregation():
+    X = baselines.baskets_to_csr(BASKETS, 4)
+    rules = baselines.AssociationRules(min_pair_count=1).fit(X)
+    pairs = {(a, c): (conf, lift) for a, c, conf, lift in zip(rules.pairs["antecedent"], rules.pairs["consequent"],
+                                                              rules.pairs["confidence"], rules.pairs["lift"])}
+    # item 0 in 3 baskets, (0,1) together in 2: conf(0->1) = 2/3; support(1) = 3/5 -> lift = (2/3)/(3/5)
+    assert pairs[(0, 1)][0] == pytest.approx(2 / 3)
+    assert pairs[(0, 1)][1] == pytest.approx((2 / 3) / (3 / 5))
+    scores = rules.score(baselines.baskets_to_csr([[0, 2]], 4))[0]
+    # item 1: max(conf(0->1)=2/3, conf(2->1)=1/2) = 2/3 (+ tiny popularity tie-break)
+    assert scores[1] == pytest.approx(2 / 3, abs=1e-5)
+    assert scores[3] < 1e-5
+
+
+def test_ease_matches_closed_form():
+    rng = np.random.default_rng(0)
+    X = baselines.baskets_to_csr([list(rng.choice(6, size=3, replace=False)) for _ in range(40)], 6)
+    ease = baselines.EASE(l2=5.0, top_n=6).fit(X)
+    G = (X.T @ X).toarray() + 5.0 * np.eye(6)
+    P = np.linalg.inv(G)
+    B = np.eye(6) - P / np.diag(P)
+    np.testing.assert_allclose(ease.B, B, atol=1e-5)
+    assert np.allclose(np.diag(ease.B), 0)
+
+
+def test_ease_steps_aside_beyond_max_items(caplog):
+    X = baselines.baskets_to_csr([[0, 1, 2, 3], [0, 1], [2, 3]], 4)
+    ease = baselines.EASE(l2=1.0, max_items=2).fit(X)
+    assert ease.B.shape == (2, 2) and "exceeds max_items" in caplog.text
+    assert ease.score(baselines.baskets_to_csr([[0]], 4)).shape == (1, 4)
+
+
+def test_item_knn_is_cosine():
+    X = baselines.baskets_to_csr(BASKETS, 4)
+    knn = baselines.ItemKNN(k=3).fit(X)
+    s = knn.score(baselines.baskets_to_csr([[0]], 4))[0]
+    assert s[1] == pytest.approx(2 / np.sqrt(3 * 3), abs=1e-5)
+    assert s[2] == pytest.approx(1 / np.sqrt(3 * 2), abs=1e-5)
+
+
+def test_popularity_ranks_by_count():
+    X = baselines.baskets_to_csr(BASKETS, 4)
+    s = baselines.Popularity().fit(X).score(baselines.baskets_to_csr([[3]], 4))[0]
+    assert list(np.argsort(-s, kind="stable")[:3]) == [0, 1, 2]

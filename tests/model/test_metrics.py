@@ -1,0 +1,71 @@
+"""Hand-checked metrics and the hold-out protocol."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from assoc_lib import evaluate
+from assoc_lib.baselines import baskets_to_csr
+
+
+def test_metrics_from_known_ranks():
+    # ranks 1, 3, 12, 25 over a 100-item vocabulary
+    m = evaluate.metrics_from_ranks(np.array([1, 3, 12, 25]), np.array([[0, 1], [1, 2], [3, 4], [0, 5]]), 100)
+    assert m["recall@10"] == pytest.approx(2 / 4)
+    assert m["recall@20"] == pytest.approx(3 / 4)
+    assert m["hitrate@10"] == m["recall@10"]
+    assert m["ndcg@10"] == pytest.approx((1 / math.log2(2) + 1 / math.log2(4)) / 4)
+    assert m["ndcg@20"] == pytest.approx((1 + 1 / math.log2(4) + 1 / math.log2(13)) / 4)
+    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 12 + 1 / 25) / 4)
+    assert m["coverage@10"] == pytest.approx(6 / 100)
+    assert m["n_eval_baskets"] == 4
+
+
+def test_ranks_exclude_inputs_and_count_ties_pessimistically():
+    scores = np.array([[9.0, 8.0, 5.0, 5.0] + [1.0] * 8])
+    inputs = sp.csr_matrix(np.array([[1] + [0] * 11], dtype=np.float32))
+    ranks, top = evaluate.ranks_of_hidden(scores, inputs, np.array([3]))
+    # item 0 is an input (excluded); 1 ranks first; 2 ties with the hidden item 3 -> rank 3
+    assert ranks.tolist() == [3]
+    assert 0 not in top[0]
+
+
+def test_hold_out_is_seeded_and_skips_single_item_baskets():
+    baskets = [[0, 1, 2], [3], [4, 5]]
+    a = evaluate.hold_out(baskets, 6, seed=1)
+    b = evaluate.hold_out(baskets, 6, seed=1)
+    assert a.n == 2 and a.basket_rows.tolist() == [0, 2]
+    assert a.hidden.tolist() == b.hidden.tolist()
+    for row, hidden in zip(range(a.n), a.hidden):
+        visible = set(a.inputs[row].indices)
+        assert hidden not in visible and len(visible) == len(baskets[a.basket_rows[row]]) - 1
+
+
+def test_evaluate_scores_perfect_and_worst_model():
+    baskets = [[0, 1], [2, 3], [4, 5]] * 5
+    holdout = evaluate.hold_out(baskets, 6, seed=0)
+    pair = {0: 1, 1: 0, 2: 3, 3: 2, 4: 5, 5: 4}
+
+    def oracle(X):
+        out = np.zeros(X.shape, dtype=np.float32)
+        for r in range(X.shape[0]):
+            out[r, pair[int(X[r].indices[0])]] = 1.0
+        return out
+
+    assert evaluate.evaluate_scores(oracle, holdout, 6)["ndcg@10"] == pytest.approx(1.0)
+    assert evaluate.evaluate_scores(lambda X: -oracle(X), holdout, 6)["mrr"] == pytest.approx(1 / 5)
+
+
+def test_comparison_table_has_one_row_per_model():
+    rows = [{"name": "ease", "kind": "classical", **{m: 0.1 for m in evaluate.METRICS}, "n_eval_baskets": 3},
+            {"name": "deep", "kind": "deep", **{m: 0.2 for m in evaluate.METRICS}, "n_eval_baskets": 3}]
+    table = evaluate.comparison_table(rows)
+    assert table.count("\n") == 3 and "| deep | deep |" in table
+
+
+def test_baskets_to_csr_dedups():
+    X = baskets_to_csr([[1, 1, 2], []], 4)
+    assert X.toarray().tolist() == [[0, 1, 1, 0], [0, 0, 0, 0]]
