@@ -150,6 +150,45 @@ def cmd_rollback(args):
     _print(push.rollback(args.serving_root or cfg.paths.serving_root, args.model or cfg.serving.model_name, args.to))
 
 
+def cmd_serve(args):
+    from assoc_lib import serving
+
+    cfg = _config(args)
+    model_name = args.model_name
+    base = args.model_base_path
+    if not args.model_config_file and not (model_name and base):
+        default_config = Path(cfg.paths.serving_root) / "models.config"
+        if not default_config.exists():
+            raise SystemExit(f"error: no --model-config-file and no {default_config}; push a model first")
+        args.model_config_file = str(default_config)
+    serving.serve(args.model_config_file, model_name, base, port=args.port, host=args.host,
+                  max_workers=args.max_workers, poll_seconds=args.poll_seconds, ready_file=args.ready_file)
+
+
+def cmd_query(args):
+    import grpc
+
+    from assoc_lib.client import AssocClient, describe
+
+    cfg = _config(args)
+    catalog = args.catalog or cfg.paths.catalog_path
+    with AssocClient(args.server, args.model or cfg.serving.model_name) as client:
+        try:
+            if args.signature == "related_items":
+                answer = client.related_items([args.items[0]], version=args.version, label=args.label)
+            else:
+                answer = client.complete_basket([args.items], version=args.version, label=args.label)
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 2
+    rows = describe(answer.item_ids[0][: args.k], answer.scores[0][: args.k], catalog)
+    print(f"model {client.model_name} version {answer.version} ({args.signature}) for {args.items}:")
+    for rank, r in enumerate(rows, 1):
+        extra = f"  {r.get('title', '')}  [{r.get('category', '')}]" if "title" in r else ""
+        print(f"{rank:3d}. {r['item_id']:>12s}  {r['score']:.4f}{extra}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     # SUPPRESS: options given before or after the subcommand both count (no default overwrites them).
@@ -230,6 +269,26 @@ def build_parser() -> argparse.ArgumentParser:
     stage("gate", cmd_gate, "pick the winner on validation, bless it if it does not regress", "comparison")
     stage("export", cmd_export, "export the blessed winner as a SavedModel", "blessing", "data_version")
     stage("push", cmd_push, "push an export to the serving root as the next version", "export_dir", "data_version")
+    p = sub.add_parser("serve", parents=[common], help="TF-Serving-compatible gRPC server on a model base path")
+    p.add_argument("--model-config-file", help="ModelServerConfig text proto (default: <serving_root>/models.config)")
+    p.add_argument("--model-name")
+    p.add_argument("--model-base-path")
+    p.add_argument("--port", type=int, default=8500)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--max-workers", type=int, default=8)
+    p.add_argument("--poll-seconds", type=float, default=2.0)
+    p.add_argument("--ready-file", help="write host:port here once serving")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("query", parents=[common], help="ask the served model (gRPC Predict)")
+    p.add_argument("--server", default="127.0.0.1:8500")
+    p.add_argument("--items", nargs="+", required=True)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--signature", choices=["complete_basket", "related_items"], default="complete_basket")
+    p.add_argument("--model")
+    p.add_argument("--label", help="version label, e.g. stable or canary")
+    p.add_argument("--version", type=int)
+    p.add_argument("--catalog", help="catalog.parquet for titles (default: <data>/raw/catalog.parquet)")
+    p.set_defaults(func=cmd_query)
     p = sub.add_parser("rollback", parents=[common], help="move the stable label back to VERSION")
     p.add_argument("--to", type=int, required=True)
     p.add_argument("--serving-root")

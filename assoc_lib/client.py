@@ -1,0 +1,102 @@
+"""A small client for the served model, on TF Serving's official gRPC stubs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+
+@dataclass
+class Answer:
+    version: int
+    item_ids: list[list[str]]
+    scores: list[list[float]]
+
+
+class AssocClient:
+    def __init__(self, target: str = "127.0.0.1:8500", model_name: str = "assoc", timeout: float = 10.0):
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
+        self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self.model_name, self.timeout = model_name, timeout
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _spec(self, spec, signature: str, version: int | None, label: str | None):
+        spec.name = self.model_name
+        spec.signature_name = signature
+        if version is not None:
+            spec.version.value = version
+        elif label:
+            spec.version_label = label
+
+    def predict(self, signature: str, inputs: dict, version: int | None = None, label: str | None = None) -> Answer:
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, signature, version, label)
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=tf.string))
+        response = self.predict_stub.Predict(request, timeout=self.timeout)
+        ids = tf.make_ndarray(response.outputs["item_ids"])
+        scores = tf.make_ndarray(response.outputs["scores"])
+        return Answer(response.model_spec.version.value, [[x.decode() for x in row] for row in ids],
+                      scores.tolist())
+
+    def complete_basket(self, baskets: list[list[str]], **kw) -> Answer:
+        width = max(1, max((len(b) for b in baskets), default=1))
+        return self.predict("complete_basket", {"items": [b + [""] * (width - len(b)) for b in baskets]}, **kw)
+
+    def related_items(self, items: list[str], **kw) -> Answer:
+        return self.predict("related_items", {"item": list(items)}, **kw)
+
+    def model_status(self) -> list[dict]:
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model_name
+        response = self.model_stub.GetModelStatus(request, timeout=self.timeout)
+        return [{"version": s.version, "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+                 "error": s.status.error_message} for s in response.model_version_status]
+
+    def metadata(self, version: int | None = None) -> dict:
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = self.model_name
+        if version is not None:
+            request.model_spec.version.value = version
+        request.metadata_field.append("signature_def")
+        response = self.predict_stub.GetModelMetadata(request, timeout=self.timeout)
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(sig_map)
+        return {"version": response.model_spec.version.value,
+                "signatures": {name: {"inputs": sorted(s.inputs), "outputs": sorted(s.outputs)}
+                               for name, s in sig_map.signature_def.items()}}
+
+
+def describe(item_ids: list[str], scores: list[float], catalog_path: str | Path | None) -> list[dict]:
+    """Items with titles and categories from the catalogue when there is one."""
+    rows = [{"item_id": i, "score": round(float(s), 4)} for i, s in zip(item_ids, scores)]
+    if catalog_path and Path(catalog_path).exists():
+        import pyarrow.parquet as pq
+
+        catalog = pq.read_table(catalog_path).to_pandas().set_index("item_id")
+        for r in rows:
+            if r["item_id"] in catalog.index:
+                c = catalog.loc[r["item_id"]]
+                r["title"] = c.get("title")
+                r["category"] = " / ".join(str(x) for x in (c.get("department"), c.get("category")) if x is not None
+                                           and str(x) not in ("", "nan", "<NA>"))
+    return rows

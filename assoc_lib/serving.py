@@ -1,0 +1,409 @@
+"""``assoc serve``: a gRPC server speaking TensorFlow Serving's API on a TF Serving model base path.
+
+The embedded default for local runs and tests, where no TF Serving binary or
+Docker engine exists; production runs the real ``tensorflow/serving`` on the
+same folders (docker/). Uses the official protos from tensorflow-serving-api:
+
+- ``PredictionService``: Predict, GetModelMetadata (Classify/Regress/MultiInference: UNIMPLEMENTED)
+- ``ModelService``: GetModelStatus, HandleReloadConfigRequest
+
+Versions follow the model's version policy (latest N, specific, all) and labels
+from ``--model-config-file``; the base path is polled and new versions are
+loaded (warm-up replayed) before old ones are unloaded. Errors use TF Serving's
+codes (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION) and never stop the server.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class ServingError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass
+class LoadedVersion:
+    version: int
+    path: Path
+    state: str = "LOADING"
+    loaded: object = None
+    signature_defs: dict = field(default_factory=dict)  # name -> SignatureDef proto
+    error: str = ""
+
+
+def _read_signature_defs(path: Path) -> dict:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((path / "saved_model.pb").read_bytes())
+    return dict(sm.meta_graphs[0].signature_def)
+
+
+def parse_model_config(text: str):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+
+
+class ServedModel:
+    """One model name: its config, loaded versions and labels."""
+
+    def __init__(self, config):
+        self.config = config  # tensorflow.serving.ModelConfig
+        self.versions: dict[int, LoadedVersion] = {}
+        self.lock = threading.RLock()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return dict(self.config.version_labels)
+
+    def wanted_versions(self) -> list[int]:
+        base = Path(self.config.base_path)
+        on_disk = sorted(int(p.name) for p in base.iterdir()
+                         if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").exists()) if base.exists() else []
+        policy = self.config.model_version_policy
+        which = policy.WhichOneof("policy_choice")
+        if which == "all":
+            return on_disk
+        if which == "specific":
+            return [v for v in on_disk if v in set(policy.specific.versions)]
+        n = policy.latest.num_versions if which == "latest" and policy.latest.num_versions else 1
+        return on_disk[-n:]
+
+    def sync(self) -> None:
+        """Load wanted versions (warm-up first), then unload the unwanted ones."""
+        wanted = self.wanted_versions()
+        for v in wanted:
+            if v not in self.versions or self.versions[v].state == "END":
+                self._load(v)
+        available = {v for v, lv in self.versions.items() if lv.state == "AVAILABLE"}
+        if not available & set(wanted):
+            return  # keep serving what we have until something new is AVAILABLE
+        for v in list(self.versions):
+            if v not in wanted and self.versions[v].state == "AVAILABLE":
+                with self.lock:
+                    self.versions[v].state = "UNLOADING"
+                    self.versions[v].loaded = None
+                    self.versions[v].state = "END"
+                log.info("unloaded %s version %d", self.name, v)
+
+    def _load(self, version: int) -> None:
+        import tensorflow as tf
+
+        path = Path(self.config.base_path) / str(version)
+        lv = LoadedVersion(version=version, path=path)
+        with self.lock:
+            self.versions[version] = lv
+        started = time.perf_counter()
+        try:
+            lv.loaded = tf.saved_model.load(str(path))
+            lv.signature_defs = _read_signature_defs(path)
+            warmed = self._warm_up(lv)
+            lv.state = "AVAILABLE"
+            log.info("loaded %s version %d from %s in %.1fs (%d warm-up requests replayed)", self.name, version, path,
+                     time.perf_counter() - started, warmed)
+        except Exception as exc:  # a broken version must not take the server down
+            lv.state, lv.error, lv.loaded = "END", f"{type(exc).__name__}: {exc}", None
+            log.error("failed to load %s version %d: %s", self.name, version, lv.error)
+
+    def _warm_up(self, lv: LoadedVersion) -> int:
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        warmup = lv.path / "assets.extra" / "tf_serving_warmup_requests"
+        if not warmup.exists():
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(str(warmup)):
+            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if entry.WhichOneof("log_type") == "predict_log":
+                run_signature(lv, entry.predict_log.request)
+                count += 1
+        return count
+
+    def resolve(self, model_spec) -> LoadedVersion:
+        with self.lock:
+            choice = model_spec.WhichOneof("version_choice")
+            if choice == "version":
+                v = model_spec.version.value
+                lv = self.versions.get(v)
+                if lv is None or lv.state != "AVAILABLE":
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Servable not found for request: Specific({self.name}, {v})")
+                return lv
+            if choice == "version_label":
+                label = model_spec.version_label
+                if label not in self.labels:
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"Unrecognized servable version label: {label}")
+                lv = self.versions.get(self.labels[label])
+                if lv is None or lv.state != "AVAILABLE":
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Servable not found for request: Specific({self.name}, {self.labels[label]})")
+                return lv
+            available = [v for v, lv in self.versions.items() if lv.state == "AVAILABLE"]
+            if not available:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({self.name})")
+            return self.versions[max(available)]
+
+
+def run_signature(lv: LoadedVersion, request):
+    """Run one PredictRequest against a loaded version; returns {output name: ndarray}."""
+    import tensorflow as tf
+
+    sig_name = request.model_spec.signature_name or "serving_default"
+    if sig_name not in lv.loaded.signatures:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature key "{sig_name}" not found.')
+    fn = lv.loaded.signatures[sig_name]
+    expected = fn.structured_input_signature[1]
+    given = set(request.inputs.keys())
+    if given != set(expected):
+        missing, extra = sorted(set(expected) - given), sorted(given - set(expected))
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input size does not match signature: {len(given)}!={len(expected)} len({{"
+                           f"{', '.join(sorted(given))}}}) != len({{{', '.join(sorted(expected))}}}). "
+                           f"Sent extra: {{{', '.join(extra)}}}. Missing but required: {{{', '.join(missing)}}}.")
+    kwargs = {}
+    for key, spec in expected.items():
+        try:
+            value = tf.make_ndarray(request.inputs[key])
+        except Exception as exc:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: bad tensor ({exc})") from exc
+        tensor = tf.convert_to_tensor(value)
+        if tensor.dtype != spec.dtype:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Expects arg[{key}] to be {spec.dtype.name} but {tensor.dtype.name} is provided")
+        if not spec.shape.is_compatible_with(tensor.shape):
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {key}: shape {tensor.shape} is not compatible with {spec.shape}")
+        kwargs[key] = tensor
+    try:
+        outputs = fn(**kwargs)
+    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(exc).splitlines()[0]) from exc
+    wanted = list(request.output_filter) or list(outputs)
+    unknown = [o for o in wanted if o not in outputs]
+    if unknown:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {unknown[0]}")
+    return {k: outputs[k].numpy() for k in wanted}
+
+
+class ModelRegistry:
+    """All served models; reloads config and polls base paths."""
+
+    def __init__(self, server_config, poll_seconds: float = 2.0):
+        self.models: dict[str, ServedModel] = {}
+        self.poll_seconds = poll_seconds
+        self.lock = threading.RLock()
+        self._stop = threading.Event()
+        self.apply_config(server_config)
+
+    def apply_config(self, server_config) -> None:
+        configs = {c.name: c for c in server_config.model_config_list.config}
+        for c in configs.values():
+            if not c.base_path:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"model {c.name} has no base_path")
+        with self.lock:
+            for name, c in configs.items():
+                if name in self.models:
+                    self.models[name].config = c
+                else:
+                    self.models[name] = ServedModel(c)
+            for name in list(self.models):
+                if name not in configs:
+                    del self.models[name]
+        for m in list(self.models.values()):
+            m.sync()
+            for label, v in m.labels.items():
+                if v not in m.versions or m.versions[v].state != "AVAILABLE":
+                    log.warning("label %s of %s points at version %d, which is not available", label, m.name, v)
+
+    def get(self, name: str) -> ServedModel:
+        with self.lock:
+            model = self.models.get(name)
+        if model is None:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
+        return model
+
+    def poll_forever(self, config_file: Path | None = None) -> None:
+        last_text = config_file.read_text() if config_file and config_file.exists() else None
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                if config_file and config_file.exists():
+                    text = config_file.read_text()
+                    if text != last_text:
+                        log.info("model config %s changed: reloading", config_file)
+                        self.apply_config(parse_model_config(text))
+                        last_text = text
+                        continue
+                for m in list(self.models.values()):
+                    m.sync()
+            except Exception as exc:
+                log.error("poll failed (still serving what is loaded): %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _abort(context, exc: ServingError):
+    context.abort(exc.code, exc.message)
+
+
+def make_servicers(registry: ModelRegistry):
+    import tensorflow as tf
+    from google.protobuf import any_pb2
+    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
+                                         model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+    from tensorflow_serving.apis import status_pb2  # noqa: F401  (ModelVersionStatus.status)
+
+    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):
+            try:
+                model = registry.get(request.model_spec.name)
+                lv = model.resolve(request.model_spec)
+                outputs = run_signature(lv, request)
+            except ServingError as exc:
+                return _abort(context, exc)
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = model.name
+            response.model_spec.version.value = lv.version
+            response.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
+            for key, value in outputs.items():
+                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+            return response
+
+        def GetModelMetadata(self, request, context):
+            try:
+                if list(request.metadata_field) != ["signature_def"]:
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       "Metadata field signature_def is the only one supported; got "
+                                       f"{list(request.metadata_field)}")
+                model = registry.get(request.model_spec.name)
+                lv = model.resolve(request.model_spec)
+            except ServingError as exc:
+                return _abort(context, exc)
+            sig_map = get_model_metadata_pb2.SignatureDefMap()
+            for name, sig in lv.signature_defs.items():
+                sig_map.signature_def[name].CopyFrom(sig)
+            packed = any_pb2.Any()
+            packed.Pack(sig_map)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = model.name
+            response.model_spec.version.value = lv.version
+            response.metadata["signature_def"].CopyFrom(packed)
+            return response
+
+        def _unimplemented(self, request, context):
+            context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                          "assoc serve implements Predict and GetModelMetadata; use signatures via Predict")
+
+        Classify = Regress = MultiInference = _unimplemented
+
+    class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+        def GetModelStatus(self, request, context):
+            try:
+                model = registry.get(request.model_spec.name)
+            except ServingError as exc:
+                return _abort(context, exc)
+            response = get_model_status_pb2.GetModelStatusResponse()
+            with model.lock:
+                items = sorted(model.versions.items())
+                if request.model_spec.WhichOneof("version_choice") == "version":
+                    items = [(v, lv) for v, lv in items if v == request.model_spec.version.value]
+                    if not items:
+                        return _abort(context, ServingError(
+                            grpc.StatusCode.NOT_FOUND,
+                            f"Could not find version {request.model_spec.version.value} of model {model.name}"))
+                for v, lv in items:
+                    status = response.model_version_status.add()
+                    status.version = v
+                    status.state = get_model_status_pb2.ModelVersionStatus.State.Value(lv.state)
+                    if lv.error:
+                        status.status.error_code = 13  # INTERNAL
+                        status.status.error_message = lv.error
+            return response
+
+        def HandleReloadConfigRequest(self, request, context):
+            response = model_management_pb2.ReloadConfigResponse()
+            try:
+                registry.apply_config(request.config)
+            except ServingError as exc:
+                response.status.error_code = exc.code.value[0]
+                response.status.error_message = exc.message
+            return response
+
+    return PredictionService(), ModelService()
+
+
+def build_server_config(model_config_file: str | None, model_name: str | None, model_base_path: str | None):
+    from tensorflow_serving.config import model_server_config_pb2
+
+    if model_config_file:
+        return parse_model_config(Path(model_config_file).read_text())
+    if not (model_name and model_base_path):
+        raise ValueError("give --model-config-file, or --model-name and --model-base-path")
+    cfg = model_server_config_pb2.ModelServerConfig()
+    c = cfg.model_config_list.config.add()
+    c.name, c.base_path, c.model_platform = model_name, str(Path(model_base_path).resolve()), "tensorflow"
+    return cfg
+
+
+def serve(model_config_file: str | None = None, model_name: str | None = None, model_base_path: str | None = None,
+          port: int = 8500, host: str = "127.0.0.1", max_workers: int = 8, poll_seconds: float = 2.0,
+          ready_file: str | None = None, block: bool = True):
+    """Start the server; with ``block`` wait until SIGTERM/SIGINT, then stop gracefully."""
+    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+    registry = ModelRegistry(build_server_config(model_config_file, model_name, model_base_path), poll_seconds)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                  ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    prediction, model_service = make_servicers(registry)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(model_service, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind {host}:{port}")
+    server.start()
+    poller = threading.Thread(target=registry.poll_forever,
+                              args=(Path(model_config_file) if model_config_file else None,), daemon=True)
+    poller.start()
+    for m in registry.models.values():
+        avail = [v for v, lv in m.versions.items() if lv.state == "AVAILABLE"]
+        log.info("serving %s on %s:%d: versions %s, labels %s, base path %s", m.name, host, bound, avail or "none",
+                 m.labels or "none", m.config.base_path)
+    if ready_file:
+        Path(ready_file).write_text(f"{host}:{bound}\n")
+    if not block:
+        return server, registry, bound
+    stopped = threading.Event()
+
+    def _graceful(signum, frame):
+        log.info("signal %d: stopping (in-flight requests get 5s)", signum)
+        registry.stop()
+        server.stop(grace=5).wait()
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, _graceful)
+    signal.signal(signal.SIGINT, _graceful)
+    stopped.wait()
+    return None
