@@ -22,6 +22,8 @@ class PathsConfig:
     data_dir: str = "data"  # raw partitions + catalog (tracked by data.dvc)
     artifacts_dir: str = "artifacts"  # reports, preprocessed splits, models (git-ignored)
     serving_root: str = "serving"  # TF Serving model base paths live below this
+    landing_dir: str = ""  # optional: new days arrive as <landing>/ds=YYYY-MM-DD/*.parquet|*.csv
+    dvc_repo: str = "."  # git+DVC checkout that holds data_dir; "" disables DVC versioning
 
     @property
     def orders_dir(self) -> Path:

@@ -4,10 +4,10 @@ and returns a small dict (paths, numbers) for XCom. The CLI calls the same funct
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 from assoc_lib.config import AssocConfig
@@ -55,13 +55,15 @@ def preprocess_day(cfg: AssocConfig, ds: str) -> dict:
     from assoc_lib import preprocess
 
     stats = preprocess.preprocess(cfg, ds)
+    data_version = snapshot_data(cfg)
     _summary(f"preprocess ds={ds}", {
+        "data version": data_version or "DVC off",
         "partitions": f"{len(stats['partitions_used'])} used, skipped {stats['partitions_skipped'] or 'none'}",
         "rows": f"{stats['rows_in']} in -> {stats['rows_out']} out",
         "dropped": {k: v for k, v in stats["rows_dropped"].items() if v} or "none",
         "orders": stats["orders_out"], "vocabulary": stats["vocabulary_size"], "out": stats["out_dir"]})
     return {"prep_dir": stats["out_dir"], "vocabulary_size": stats["vocabulary_size"],
-            "orders": stats["orders_out"]}
+            "orders": stats["orders_out"], "data_version": data_version}
 
 
 # --------------------------------------------------------------------------- train
@@ -129,3 +131,130 @@ def push_day(cfg: AssocConfig, ds: str, export_dir: str, data_version: str | Non
     _summary(f"push ds={ds}", {"version": result["version"], "pushed": result["pushed"], "path": result["path"],
                                "labels": result["labels"]})
     return result
+
+
+# --------------------------------------------------------------------------- ingest
+def ingest_day(cfg: AssocConfig, ds: str) -> dict:
+    """Land the day: from the landing folder when one is configured, else check it is already in raw/."""
+    import pandas as pd
+
+    target = contract.partition_dir(cfg.paths.orders_dir, ds)
+    source = Path(cfg.paths.landing_dir) / target.name if cfg.paths.landing_dir else None
+    if source is not None and source.exists():
+        frames = [contract.read_partition_raw(f) for f in sorted(source.glob("*.parquet"))]
+        frames += [pd.read_csv(f, dtype={"order_id": "string", "user_id": "string", "item_id": "string",
+                                         "store_id": "string"}) for f in sorted(source.glob("*.csv"))]
+        if not frames:
+            raise contract.ContractError(f"landing folder {source} holds no .parquet or .csv file")
+        df = pd.concat(frames, ignore_index=True)
+        if "user_id" in df.columns:
+            df["user_id"] = contract.pseudonymise(df["user_id"], contract.pseudonym_key(cfg.privacy.pseudonym_key))
+        contract.write_partition(contract.conform_orders(df), cfg.paths.orders_dir, ds)
+        how = f"landed from {source} (user ids pseudonymised)"
+    elif target.exists():
+        how = "already in raw/"
+    else:
+        raise contract.ContractError(f"no data for ds={ds}: neither {target} nor a landing folder")
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in target.glob("*.parquet"))
+    _summary(f"ingest ds={ds}", {"partition": target, "how": how, "rows": rows})
+    return {"partition": str(target), "rows": rows}
+
+
+# --------------------------------------------------------------------------- data version
+def snapshot_data(cfg: AssocConfig) -> str | None:
+    """dvc add + push the data folder; the md5 names the data every model of the day is trained on."""
+    from assoc_lib import versioning
+
+    if not cfg.paths.dvc_repo:
+        return None
+    repo = Path(cfg.paths.dvc_repo).resolve()
+    target = Path(cfg.paths.data_dir).resolve().relative_to(repo)
+    versioning.ensure_repo(repo)
+    return versioning.snapshot(repo, str(target))["md5"]
+
+
+# --------------------------------------------------------------------------- infra validation
+def infra_validate_day(cfg: AssocConfig, ds: str, export_dir: str, max_p99_ms: float = 2000.0,
+                       requests: int = 20) -> dict:
+    """Serve the export from a separate ``assoc serve`` process and check real gRPC answers."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    import numpy as np
+
+    from assoc_lib.client import AssocClient
+
+    card = json.loads((Path(export_dir) / "model_card.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="assoc-infra-") as tmp:
+        base = Path(tmp) / cfg.serving.model_name
+        shutil.copytree(export_dir, base / "1")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ready = Path(tmp) / "ready"
+        proc = subprocess.Popen([sys.executable, "-m", "assoc_lib.cli", "serve", "--model-name",
+                                 cfg.serving.model_name, "--model-base-path", str(base), "--port", str(port),
+                                 "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.time() + 120
+            while not ready.exists():
+                if proc.poll() is not None or time.time() > deadline:
+                    err = proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout"
+                    raise RuntimeError(f"infra validation: the serving process did not come up: {err}")
+                time.sleep(0.2)
+            latencies = []
+            with AssocClient(f"127.0.0.1:{port}", cfg.serving.model_name) as client:
+                status = client.model_status()
+                if not any(s["state"] == "AVAILABLE" for s in status):
+                    raise RuntimeError(f"infra validation: no AVAILABLE version: {status}")
+                meta = client.metadata()
+                missing = {"serving_default", "complete_basket", "related_items"} - set(meta["signatures"])
+                if missing:
+                    raise RuntimeError(f"infra validation: signatures missing: {sorted(missing)}")
+                for i in range(requests):
+                    t0 = time.perf_counter()
+                    ans = client.complete_basket([["__probe__"], []])
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    if len(ans.item_ids) != 2 or len(ans.item_ids[0]) != card["k"] or \
+                            len(ans.scores[0]) != card["k"] or not isinstance(ans.scores[0][0], float):
+                        raise RuntimeError(f"infra validation: bad answer shape {len(ans.item_ids)}x"
+                                           f"{len(ans.item_ids[0])}")
+                related = client.related_items([ans.item_ids[0][0]])
+                if len(related.item_ids[0]) != card["k"]:
+                    raise RuntimeError("infra validation: related_items returned the wrong K")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    p50, p99 = float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99))
+    if p99 > max_p99_ms:
+        raise RuntimeError(f"infra validation: p99 latency {p99:.1f} ms > {max_p99_ms} ms")
+    _summary(f"infra_validate ds={ds}: OK", {"signatures": sorted(meta["signatures"]), "k": card["k"],
+                                            "latency ms": f"p50 {p50:.1f}, p99 {p99:.1f} over {requests} requests"})
+    return {"p50_ms": p50, "p99_ms": p99, "signatures": sorted(meta["signatures"])}
+
+
+# --------------------------------------------------------------------------- version
+def version_day(cfg: AssocConfig, ds: str, pushed: dict, data_version: str | None) -> dict:
+    """Record the pushed model with DVC next to the data version it was trained on."""
+    from assoc_lib import versioning
+
+    record = {"ds": ds, "data_version": data_version, "model_version": pushed.get("version"),
+              "model_path": pushed.get("path"), "git_commit": None, "model_md5": None}
+    if cfg.paths.dvc_repo and pushed.get("path"):
+        repo = Path(cfg.paths.dvc_repo).resolve()
+        record["git_commit"] = versioning.git_commit_hash(repo)
+        model_path = Path(pushed["path"]).resolve()
+        if repo in model_path.parents:
+            record["model_md5"] = versioning.snapshot(repo, str(model_path.relative_to(repo)))["md5"]
+    out = run_dir(cfg, ds) / "versions.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    _summary(f"version ds={ds}", record)
+    return record

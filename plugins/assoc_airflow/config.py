@@ -1,0 +1,34 @@
+"""Build the one AssocConfig from the project config plus the DAG run's params."""
+from __future__ import annotations
+
+from assoc_lib.config import AssocConfig, load_config
+
+# DAG param name -> config key
+PARAM_KEYS = {
+    "window_days": "preprocess.window_days",
+    "min_count": "preprocess.min_count",
+    "deep_epochs": "models.deep_epochs",
+    "deep_embedding_dim": "models.deep_embedding_dim",
+    "deep_learning_rate": "models.deep_learning_rate",
+    "tolerance": "gate.tolerance",
+    "min_eval_baskets": "gate.min_eval_baskets",
+    "require_deep": "gate.require_deep",
+    "serving_root": "paths.serving_root",
+    "data_dir": "paths.data_dir",
+    "artifacts_dir": "paths.artifacts_dir",
+    "dvc_repo": "paths.dvc_repo",
+}
+
+
+def default_params() -> dict:
+    cfg = load_config()
+    out = {}
+    for param, key in PARAM_KEYS.items():
+        section, name = key.split(".")
+        out[param] = getattr(getattr(cfg, section), name)
+    return out
+
+
+def config_from_params(params: dict | None) -> AssocConfig:
+    overrides = {PARAM_KEYS[k]: v for k, v in (params or {}).items() if k in PARAM_KEYS and v is not None}
+    return load_config(overrides=overrides)
