@@ -86,8 +86,9 @@ class ModelsConfig:
     deep_dropout: float = 0.0
     deep_epochs: int = 20
     deep_batch_size: int = 512
-    deep_learning_rate: float = 0.001
+    deep_learning_rate: float = 0.005
     deep_patience: int = 3
+    deep_selection_tolerance: float = 0.01
     deep_sampled_softmax: int = 0
     deep_mix_with_ease: bool = True  # also offer the score-level deep+EASE mix as a deep candidate
     seed: int = 1234

@@ -24,9 +24,12 @@ class DeepParams:
     dropout: float = 0.0  # dropout on hidden activations
     epochs: int = 20
     batch_size: int = 512
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-3
     l2: float = 0.0
     patience: int = 3
+    # Model selection: the latest epoch within this relative distance of the best validation NDCG@10
+    # is kept (validation noise should not pick an under-trained early epoch).
+    selection_tolerance: float = 0.01
     sampled_softmax: int = 0  # >0: number of negatives for sampled softmax; 0: full softmax
     mix_with: str = ""  # "ease": also fit a score-level mix with EASE (weight chosen on validation)
     seed: int = 1234

@@ -140,7 +140,7 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
     log.info("training deep model: %d baskets, %d items, %s, params %s", train.shape[0], n_items, placement,
              json.dumps(params.to_dict()))
     started = time.perf_counter()
-    best, best_spec, best_epoch, waited, examples = -1.0, None, 0, 0, 0
+    best, best_spec, best_epoch, waited, examples, best_ndcg_selected = -1.0, None, 0, 0, 0, 0.0
     for epoch in range(1, params.epochs + 1):
         t0 = time.perf_counter()
         losses = []
@@ -154,15 +154,16 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
                "seconds": seconds}
         result.history.append(row)
         improved = ndcg > best
-        if improved:
-            best, best_spec, best_epoch, waited = ndcg, forward_spec(network), epoch, 0
+        best = max(best, ndcg)
+        waited = 0 if improved else waited + 1
+        selected = ndcg >= best * (1.0 - params.selection_tolerance)
+        if selected:
+            best_spec, best_epoch, best_ndcg_selected = forward_spec(network), epoch, ndcg
             if ckpt_manager:
                 ckpt_manager.save(checkpoint_number=epoch)
-        else:
-            waited += 1
         log.info("epoch %d/%d loss %.4f val NDCG@10 %.4f%s %.0f examples/s",
-                 epoch, params.epochs, row["loss"], ndcg, " (best)" if improved else f" (best {best:.4f} @ {best_epoch})",
-                 eps)
+                 epoch, params.epochs, row["loss"], ndcg,
+                 " (selected)" if selected else f" (selected epoch {best_epoch}, best {best:.4f})", eps)
         if writer:
             with writer.as_default():
                 tf.summary.scalar("loss", row["loss"], step=epoch)
@@ -173,7 +174,7 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
             break
     result.train_seconds = time.perf_counter() - started
     result.examples_per_second = examples / max(result.train_seconds, 1e-9)
-    result.spec, result.best_epoch, result.best_val_ndcg10 = best_spec, best_epoch, best
+    result.spec, result.best_epoch, result.best_val_ndcg10 = best_spec, best_epoch, best_ndcg_selected
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "history.json").write_text(json.dumps(result.history, indent=2))
@@ -202,6 +203,7 @@ def deep_params(cfg) -> DeepParams:
     return DeepParams(embedding_dim=m.deep_embedding_dim, hidden=hidden, layer_norm=m.deep_layer_norm,
                       input_dropout=m.deep_input_dropout, dropout=m.deep_dropout, epochs=m.deep_epochs,
                       batch_size=m.deep_batch_size, learning_rate=m.deep_learning_rate, patience=m.deep_patience,
+                      selection_tolerance=m.deep_selection_tolerance,
                       sampled_softmax=m.deep_sampled_softmax, seed=m.seed)
 
 

@@ -1,26 +1,87 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults: data -> validate -> preprocess -> DVC snapshot.
-# Usage: scripts/run_main.sh [--data synth|completejourney] [--days N]
+# The main job on the embedded defaults (SQLite Airflow, local DVC remote, the local serving process):
+# data -> validate -> for each of the last --run-days days: `airflow dags test assoc_daily DAY`
+# (validate, preprocess, train, evaluate, gate, export, infra-validate, push, version),
+# then `assoc serve` on the serving root and a real `assoc query` over gRPC.
+# Usage: scripts/run_main.sh [--data synth|completejourney] [--days N] [--run-days N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=synth
-DAYS=21
+DAYS=28
+RUN_DAYS=3
+PORT="${ASSOC_PORT:-8500}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) DATA="$2"; shift 2 ;;
     --days) DAYS="$2"; shift 2 ;;
+    --run-days) RUN_DAYS="$2"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 bash scripts/setup_env.sh
-export PATH="$PWD/.venv/bin:$PATH" TF_CPP_MIN_LOG_LEVEL=2
+source scripts/airflow_env.sh
+export PATH="$PWD/.venv/bin:$PATH"
+# Local CPU defaults: a small deep model (override with ASSOC_MODELS__* or assoc.toml).
+export ASSOC_MODELS__DEEP_EMBEDDING_DIM="${ASSOC_MODELS__DEEP_EMBEDDING_DIM:-64}"
+export ASSOC_MODELS__DEEP_EPOCHS="${ASSOC_MODELS__DEEP_EPOCHS:-30}"
+log() { printf '\n== %s\n' "$*"; }
+
+log "1/5 data ($DATA, $DAYS days)"
 case "$DATA" in
-  synth) assoc data synth --out data --start 2024-01-01 --days "$DAYS" --seed 42 > /dev/null ;;
-  completejourney) assoc data import completejourney --out data --start 2017-01-01 --days "$DAYS" > /dev/null ;;
+  synth) START=2024-01-01; assoc data synth --out data --start "$START" --days "$DAYS" --seed 42 > /dev/null ;;
+  completejourney) START=2017-10-01; assoc data import completejourney --out data --start "$START" --days "$DAYS" > /dev/null ;;
   *) echo "--data must be synth or completejourney" >&2; exit 2 ;;
 esac
-assoc validate --catalog data/raw/catalog.parquet > /dev/null
+FIRST_RUN=$(python3 -c "import datetime as d; print(d.date.fromisoformat('$START') + d.timedelta(days=$DAYS - $RUN_DAYS))")
+
+log "2/5 validate the history (Great Expectations)"
 mkdir -p artifacts
-assoc validate --all > artifacts/validate_all.json || { cat artifacts/validate_all.json; exit 1; }
-assoc preprocess | .venv/bin/python -c 'import json,sys; s=json.load(sys.stdin); print("preprocessed", s["ds"], "orders", s["orders_out"], "vocabulary", s["vocabulary_size"], "->", s["out_dir"])'
-assoc snapshot --repo . | .venv/bin/python -c 'import json,sys; s=json.load(sys.stdin); print("data version (dvc md5)", s["md5"], s["nfiles"], "files")'
+assoc validate --catalog data/raw/catalog.parquet > /dev/null 2>&1 || { assoc validate --catalog data/raw/catalog.parquet; exit 1; }
+assoc validate --all > artifacts/validate_all.json 2> artifacts/validate_all.log || { tail -30 artifacts/validate_all.log; cat artifacts/validate_all.json; exit 1; }
+python3 -c "import json; s=json.load(open('artifacts/validate_all.json')); print(f\"{s['passed']}/{s['partitions']} partitions passed\")"
+
+log "3/5 Airflow (SQLite at $AIRFLOW_HOME)"
+mkdir -p "$AIRFLOW_HOME"
+airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1 || { tail -20 "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
+airflow dags reserialize > /dev/null 2>&1 || true
+
+log "4/5 daily runs: $RUN_DAYS day(s) from $FIRST_RUN"
+for i in $(seq 0 $((RUN_DAYS - 1))); do
+  DAY=$(python3 -c "import datetime as d; print(d.date.fromisoformat('$FIRST_RUN') + d.timedelta(days=$i))")
+  LOGF="artifacts/dag-test-$DAY.log"
+  printf -- '-- airflow dags test assoc_daily %s (log: %s)\n' "$DAY" "$LOGF"
+  if ! airflow dags test assoc_daily "$DAY" > "$LOGF" 2>&1; then
+    tail -40 "$LOGF"; echo "DAG run for $DAY failed" >&2; exit 1
+  fi
+  python3 - "$DAY" <<'PY'
+import json, sys, pathlib
+run = pathlib.Path(f"artifacts/runs/ds={sys.argv[1]}")
+b = json.loads((run / "gate" / "blessing.json").read_text())
+v = b["verdict"]
+ratio = v.get("deep_over_classical")
+print(f"   gate: {'BLESSED' if b['blessed'] else 'not blessed'} winner={b['winner']} "
+      f"test ndcg@10={b.get('winner_test', 0):.4f} production={b.get('production')}; "
+      f"deep/classical={ratio if ratio is None else round(ratio, 3)}")
+ver = run / "versions.json"
+if ver.exists():
+    r = json.loads(ver.read_text())
+    print(f"   pushed version {r['model_version']} (data {r['data_version']})")
+PY
+done
+
+log "5/5 serve and query (gRPC PredictionService/Predict on 127.0.0.1:$PORT)"
+rm -f artifacts/serve.ready
+assoc serve --port "$PORT" --ready-file artifacts/serve.ready > artifacts/serve.log 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do [ -f artifacts/serve.ready ] && break; kill -0 $SERVER 2>/dev/null || { cat artifacts/serve.log; exit 1; }; sleep 1; done
+[ -f artifacts/serve.ready ] || { cat artifacts/serve.log; echo "server did not start" >&2; exit 1; }
+BASKET=$(python3 - <<'PY'
+import pyarrow.parquet as pq, glob
+part = sorted(glob.glob("data/raw/orders/ds=*"))[-1]
+t = pq.read_table(part, columns=["order_id", "item_id"]).to_pandas()
+sizes = t.groupby("order_id")["item_id"].agg(list)
+print(" ".join(sizes[sizes.map(len) >= 2].iloc[0][:3]))
+PY
+)
+assoc query --server "127.0.0.1:$PORT" --items $BASKET --k 10

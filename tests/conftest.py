@@ -14,7 +14,7 @@ SHARED = REPO_ROOT.parent / "shared"
 GROCERIES = SHARED / "data" / "groceries" / "groceries.csv"
 TEST_KEY = b"test-pseudonym-key"
 SYNTH_START = "2024-03-01"
-SYNTH_DAYS = 12
+SYNTH_DAYS = 20
 
 os.environ.setdefault("ASSOC_PSEUDONYM_KEY", TEST_KEY.decode())
 
@@ -61,3 +61,36 @@ def groceries_csv() -> Path:
     if not GROCERIES.exists():
         pytest.skip(f"reference data {GROCERIES} absent (../shared is not beside this checkout)")
     return GROCERIES
+
+
+def small_model_overrides() -> dict:
+    """A deep model small enough for CI that still learns the planted structure."""
+    return {"models.deep_embedding_dim": 64, "models.deep_epochs": 60, "models.deep_learning_rate": 0.01,
+            "models.deep_batch_size": 128, "models.deep_patience": 10, "models.ease_l2": 10.0}
+
+
+@pytest.fixture(scope="session")
+def trained(synth_world, tmp_path_factory):
+    """Preprocessed split + every candidate trained on the session's synthetic world."""
+    from assoc_lib import preprocess
+    from assoc_lib.config import apply_overrides
+    from assoc_lib.train import train_candidates
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = apply_overrides(make_config(synth_world), small_model_overrides())
+    prep = preprocess.preprocess(cfg, out_dir=root / "prep")
+    summary = train_candidates(root / "prep", cfg, root / "train")
+    return {"cfg": cfg, "prep_dir": root / "prep", "summary": summary, "root": root,
+            "candidates": {c["name"]: c for c in summary["candidates"]}, "prep": prep}
+
+
+@pytest.fixture(scope="session")
+def exported(trained):
+    """Every candidate exported as a SavedModel."""
+    from assoc_lib.export import ServableModel, export_saved_model
+
+    out = {}
+    for name, cand in trained["candidates"].items():
+        model = ServableModel.load(cand["path"])
+        out[name] = export_saved_model(model, trained["root"] / "export" / name, {"data_version": "test"}, k=20)
+    return out

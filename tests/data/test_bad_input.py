@@ -15,7 +15,10 @@ from assoc_lib import preprocess, validate
 from assoc_lib.cli import main
 from assoc_lib.data import adapters, contract
 
-BAD_DAY = "2024-03-13"  # the day after the synthetic world's last day
+from tests.conftest import SYNTH_DAYS, SYNTH_START
+
+# the day after the synthetic world's last day
+BAD_DAY = (dt.date.fromisoformat(SYNTH_START) + dt.timedelta(days=SYNTH_DAYS)).isoformat()
 
 
 def _good_day(cfg) -> pd.DataFrame:

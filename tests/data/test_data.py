@@ -15,7 +15,7 @@ import pytest
 
 from assoc_lib.data import adapters, contract
 from assoc_lib.data.synth import synthesize
-from tests.conftest import TEST_KEY
+from tests.conftest import SYNTH_DAYS, TEST_KEY
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -42,7 +42,7 @@ def test_synth_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 def test_synth_rows_follow_contract_and_hide_raw_users(synth_world):
     parts = contract.list_partitions(synth_world / "data" / "raw" / "orders")
-    assert len(parts) == 12
+    assert len(parts) == SYNTH_DAYS
     df = contract.read_orders(parts[0][1])
     assert pq.read_schema(parts[0][1] / contract.PARTITION_FILE).names == contract.ORDER_COLUMNS
     assert not df.duplicated(["order_id", "item_id"]).any()

@@ -1,0 +1,110 @@
+"""Deep training, the planted-structure target, and the SavedModel round trip."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from assoc_lib import evaluate
+from assoc_lib.baselines import baskets_to_csr
+from assoc_lib.export import WARMUP_FILE, ServableModel
+from assoc_lib.preprocess import load_split
+
+
+def _load(export_dir):
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(export_dir))
+
+
+def test_training_logs_epochs_and_keeps_best(trained):
+    history = trained["summary"]["deep_history"]
+    assert len(history) >= 2
+    assert {"loss", "val_ndcg@10", "examples_per_second"} <= set(history[0])
+    assert history[-1]["loss"] < history[0]["loss"]
+    deep = trained["candidates"]["deep"]
+    best = max(h["val_ndcg@10"] for h in history)
+    selected = history[deep["best_epoch"] - 1]["val_ndcg@10"]
+    tolerance = trained["cfg"].models.deep_selection_tolerance
+    assert selected >= best * (1 - tolerance)
+    assert all(h["val_ndcg@10"] < best * (1 - tolerance) for h in history[deep["best_epoch"]:])
+    assert (trained["root"] / "train" / "deep" / "checkpoints").exists()
+    assert any((trained["root"] / "train" / "deep" / "tensorboard").iterdir())
+
+
+def test_deep_related_items_recover_planted_pairs(trained, exported, synth_world):
+    import tensorflow as tf
+
+    truth = json.loads((synth_world / "data" / "ground_truth.json").read_text())
+    _, vocab = load_split(trained["prep_dir"])
+    pairs = [(a, b) for a, b in truth["planted_pairs"] if a in vocab and b in vocab]
+    fn = _load(exported["deep"]).signatures["related_items"]
+    top = fn(item=tf.constant([a for a, _ in pairs]))["item_ids"].numpy()[:, :10].astype(str)
+    hit = np.mean([b in row for (_, b), row in zip(pairs, top)])
+    assert len(pairs) >= 20
+    assert hit >= 0.9, f"only {hit:.0%} of planted pairs in the deep model's related_items top-10"
+
+
+@pytest.mark.parametrize("name", ["popularity", "rules", "item_knn", "ease", "deep", "deep+ease"])
+def test_export_round_trip_matches_in_memory_top_k(trained, exported, name):
+    import tensorflow as tf
+
+    baskets, vocab = load_split(trained["prep_dir"])
+    test = [list(map(int, b)) for b in baskets.loc[baskets["split"] == "test", "items"]][:40]
+    model = ServableModel.load(trained["candidates"][name]["path"])
+    X = baskets_to_csr(test, len(vocab))
+    scores = model.score(X).astype(np.float64)
+    rows, cols = X.nonzero()
+    scores[rows, cols] = -np.inf
+    width = max(len(b) for b in test)
+    items = [[vocab[i] for i in b] + [""] * (width - len(b)) for b in test]
+    out = _load(exported[name]).signatures["complete_basket"](items=tf.constant(items))
+    got_ids, got_scores = out["item_ids"].numpy().astype(str), out["scores"].numpy()
+    assert got_ids.shape == (len(test), 20)
+    expected = -np.sort(-scores, axis=1)[:, :20]
+    np.testing.assert_allclose(got_scores, expected, rtol=1e-4, atol=1e-4)
+    for r in range(len(test)):
+        assert not set(got_ids[r]) & {vocab[i] for i in test[r]}  # inputs excluded
+        top10 = {vocab[i] for i in np.argsort(-scores[r], kind="stable")[:10]}
+        tie_free = expected[r, 9] > expected[r, 10] + 1e-4
+        if tie_free:
+            assert set(got_ids[r, :10]) == top10
+
+
+def test_empty_and_unknown_baskets_get_popular_items(trained, exported):
+    import tensorflow as tf
+
+    _, vocab = load_split(trained["prep_dir"])
+    model = ServableModel.load(trained["candidates"]["deep"]["path"])
+    popular = [vocab[i] for i in np.argsort(-model.popularity, kind="stable")[:5]]
+    out = _load(exported["deep"]).signatures["serving_default"](items=tf.constant([["", ""], ["nope", ""]]))
+    ids = out["item_ids"].numpy().astype(str)
+    assert list(ids[0, :5]) == popular and list(ids[1, :5]) == popular
+
+
+def test_warmup_records_and_model_card(exported):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = exported["deep"] / "assets.extra" / WARMUP_FILE
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
+    assert {l.predict_log.request.model_spec.signature_name for l in logs} == \
+        {"complete_basket", "serving_default", "related_items"}
+    card = json.loads((exported["deep"] / "model_card.json").read_text())
+    assert card["data_version"] == "test" and card["vocabulary_size"] > 100 and card["k"] == 20
+
+
+def test_comparison_and_gate_on_real_candidates(trained, tmp_path):
+    from assoc_lib import gate
+
+    payload = evaluate.evaluate_candidates(trained["prep_dir"], trained["summary"]["candidates"], trained["cfg"],
+                                           tmp_path)
+    names = [r["name"] for r in payload["models"]]
+    assert names == ["popularity", "rules", "item_knn", "ease", "deep", "deep+ease"]
+    assert (tmp_path / "comparison.md").read_text().count("\n") == len(names) + 2
+    by = {r["name"]: r for r in payload["models"]}
+    assert by["ease"]["ndcg@10"] > by["popularity"]["ndcg@10"]  # planted structure beats popularity
+    decision = gate.decide(payload, trained["cfg"])
+    assert decision["winner"] == max(payload["models"], key=lambda r: r["val_ndcg@10"])["name"]
+    assert decision["verdict"]["deep_over_classical"] is not None
