@@ -18,6 +18,7 @@ class AssocClient:
     def __init__(self, target: str = "127.0.0.1:8500", model_name: str = "assoc", timeout: float = 10.0):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+        self.target = target
         self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
         self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)

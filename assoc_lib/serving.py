@@ -76,11 +76,12 @@ class ServedModel:
     def labels(self) -> dict[str, int]:
         return dict(self.config.version_labels)
 
-    def wanted_versions(self) -> list[int]:
-        base = Path(self.config.base_path)
+    def wanted_versions(self, config=None) -> list[int]:
+        config = config or self.config
+        base = Path(config.base_path)
         on_disk = sorted(int(p.name) for p in base.iterdir()
                          if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").exists()) if base.exists() else []
-        policy = self.config.model_version_policy
+        policy = config.model_version_policy
         which = policy.WhichOneof("policy_choice")
         if which == "all":
             return on_disk
@@ -89,22 +90,28 @@ class ServedModel:
         n = policy.latest.num_versions if which == "latest" and policy.latest.num_versions else 1
         return on_disk[-n:]
 
-    def sync(self) -> None:
-        """Load wanted versions (warm-up first), then unload the unwanted ones."""
-        wanted = self.wanted_versions()
+    def sync(self, new_config=None) -> None:
+        """Load the wanted versions (warm-up first), then switch config/labels, then unload the rest.
+
+        Requests keep being answered by the old versions and labels until the new ones are AVAILABLE.
+        """
+        config = new_config or self.config
+        wanted = self.wanted_versions(config)
         for v in wanted:
             if v not in self.versions or self.versions[v].state == "END":
                 self._load(v)
         available = {v for v, lv in self.versions.items() if lv.state == "AVAILABLE"}
-        if not available & set(wanted):
-            return  # keep serving what we have until something new is AVAILABLE
-        for v in list(self.versions):
-            if v not in wanted and self.versions[v].state == "AVAILABLE":
-                with self.lock:
-                    self.versions[v].state = "UNLOADING"
-                    self.versions[v].loaded = None
-                    self.versions[v].state = "END"
-                log.info("unloaded %s version %d", self.name, v)
+        if wanted and not available & set(wanted):
+            return  # nothing new could be loaded: keep serving what we have
+        with self.lock:
+            self.config = config
+            to_unload = [v for v in self.versions if v not in wanted and self.versions[v].state == "AVAILABLE"]
+            for v in to_unload:
+                self.versions[v].state = "UNLOADING"
+                self.versions[v].loaded = None
+                self.versions[v].state = "END"
+        for v in to_unload:
+            log.info("unloaded %s version %d", self.name, v)
 
     def _load(self, version: int) -> None:
         import tensorflow as tf
@@ -214,25 +221,32 @@ class ModelRegistry:
         self.models: dict[str, ServedModel] = {}
         self.poll_seconds = poll_seconds
         self.lock = threading.RLock()
+        self.sync_lock = threading.RLock()  # one config change or poll at a time
         self._stop = threading.Event()
         self.apply_config(server_config)
 
     def apply_config(self, server_config) -> None:
+        with self.sync_lock:
+            self._apply_config(server_config)
+
+    def _apply_config(self, server_config) -> None:
         configs = {c.name: c for c in server_config.model_config_list.config}
         for c in configs.values():
             if not c.base_path:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"model {c.name} has no base_path")
         with self.lock:
-            for name, c in configs.items():
-                if name in self.models:
-                    self.models[name].config = c
-                else:
-                    self.models[name] = ServedModel(c)
+            new = {name: ServedModel(c) for name, c in configs.items() if name not in self.models}
+        for m in new.values():
+            m.sync()
+        for name, c in configs.items():
+            if name not in new:
+                self.models[name].sync(c)
+        with self.lock:
+            self.models.update(new)
             for name in list(self.models):
                 if name not in configs:
                     del self.models[name]
         for m in list(self.models.values()):
-            m.sync()
             for label, v in m.labels.items():
                 if v not in m.versions or m.versions[v].state != "AVAILABLE":
                     log.warning("label %s of %s points at version %d, which is not available", label, m.name, v)
@@ -255,8 +269,9 @@ class ModelRegistry:
                         self.apply_config(parse_model_config(text))
                         last_text = text
                         continue
-                for m in list(self.models.values()):
-                    m.sync()
+                with self.sync_lock:
+                    for m in list(self.models.values()):
+                        m.sync()
             except Exception as exc:
                 log.error("poll failed (still serving what is loaded): %s", exc)
 

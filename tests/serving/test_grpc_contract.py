@@ -1,0 +1,131 @@
+"""The serving contract over real gRPC: assoc serve answers as TF Serving does."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from assoc_lib import push, serving
+from assoc_lib.client import AssocClient
+
+
+@pytest.fixture(scope="module")
+def server(exported, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    push.push(exported["rules"], root, "assoc")
+    push.push(exported["deep"], root, "assoc", label="canary")
+    push.rollback(root, "assoc", 1)  # stable=1 (rules), canary=2 (deep)
+    srv, registry, port = serving.serve(str(root / "models.config"), port=0, poll_seconds=0.5, block=False)
+    yield {"root": root, "port": port, "registry": registry, "exported": exported}
+    registry.stop()
+    srv.stop(grace=1).wait()
+
+
+def client(server):
+    return AssocClient(f"127.0.0.1:{server['port']}", "assoc")
+
+
+def test_complete_basket_and_related_items(server, trained):
+    from assoc_lib.preprocess import load_split
+
+    _, vocab = load_split(trained["prep_dir"])
+    with client(server) as c:
+        ans = c.complete_basket([[vocab[0], vocab[1]], ["unknown-id"]])
+        assert len(ans.item_ids) == 2 and len(ans.item_ids[0]) == 20
+        assert vocab[0] not in ans.item_ids[0] and vocab[1] not in ans.item_ids[0]
+        assert ans.scores[0] == sorted(ans.scores[0], reverse=True)
+        rel = c.related_items([vocab[0]])
+        assert vocab[0] not in rel.item_ids[0]
+
+
+def test_version_and_label_routing(server):
+    with client(server) as c:
+        assert c.complete_basket([[]]).version == 2  # latest available
+        assert c.complete_basket([[]], label="stable").version == 1
+        assert c.complete_basket([[]], label="canary").version == 2
+        assert c.complete_basket([[]], version=1).version == 1
+
+
+@pytest.mark.parametrize("call,code,text", [
+    (lambda c: AssocClient(c.target, "nope").complete_basket([["a"]]), grpc.StatusCode.NOT_FOUND,
+     "Servable not found for request: Latest(nope)"),
+    (lambda c: c.complete_basket([["a"]], version=99), grpc.StatusCode.NOT_FOUND, "Specific(assoc, 99)"),
+    (lambda c: c.complete_basket([["a"]], label="gold"), grpc.StatusCode.INVALID_ARGUMENT,
+     "Unrecognized servable version label: gold"),
+    (lambda c: c.predict("nope", {"items": [["a"]]}), grpc.StatusCode.INVALID_ARGUMENT,
+     'Serving signature key "nope" not found'),
+    (lambda c: c.predict("complete_basket", {"basket": [["a"]]}), grpc.StatusCode.INVALID_ARGUMENT,
+     "Missing but required: {items}"),
+    (lambda c: c.predict("related_items", {"item": [["a", "b"]]}), grpc.StatusCode.INVALID_ARGUMENT,
+     "not compatible"),
+])
+def test_errors_as_tf_serving_gives_them(server, call, code, text):
+    with client(server) as c:
+        c.target = f"127.0.0.1:{server['port']}"
+        with pytest.raises(grpc.RpcError) as err:
+            call(c)
+        assert err.value.code() == code and text in err.value.details()
+        assert c.complete_basket([[]]).version == 2  # still serving
+
+
+def test_wrong_dtype_is_invalid_argument(server):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    with client(server) as c:
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = "assoc"
+        req.model_spec.signature_name = "complete_basket"
+        req.inputs["items"].CopyFrom(tf.make_tensor_proto(np.array([[1, 2]], dtype=np.int64)))
+        with pytest.raises(grpc.RpcError) as err:
+            c.predict_stub.Predict(req)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Expects arg[items] to be string" in \
+            err.value.details()
+
+
+def test_metadata_status_and_unimplemented(server):
+    from tensorflow_serving.apis import classification_pb2
+
+    with client(server) as c:
+        meta = c.metadata(version=1)
+        assert meta["version"] == 1
+        assert set(meta["signatures"]) >= {"serving_default", "complete_basket", "related_items"}
+        assert meta["signatures"]["complete_basket"]["outputs"] == ["item_ids", "scores"]
+        assert [s["state"] for s in c.model_status()] == ["AVAILABLE", "AVAILABLE"]
+        req = classification_pb2.ClassificationRequest()
+        req.model_spec.name = "assoc"
+        with pytest.raises(grpc.RpcError) as err:
+            c.predict_stub.Classify(req)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_new_version_is_polled_and_rollback_followed(server):
+    root = server["root"]
+    v3 = push.push(server["exported"]["ease"], root, "assoc")["version"]
+    with client(server) as c:
+        deadline = time.time() + 60
+        while time.time() < deadline and c.complete_basket([[]], label="stable").version != v3:
+            time.sleep(0.3)
+        assert c.complete_basket([[]], label="stable").version == v3
+        push.rollback(root, "assoc", 1)
+        deadline = time.time() + 60
+        while time.time() < deadline and c.complete_basket([[]], label="stable").version != 1:
+            time.sleep(0.3)
+        assert c.complete_basket([[]], label="stable").version == 1
+
+
+def test_reload_config_request(server):
+    from tensorflow_serving.apis import model_management_pb2
+
+    config = serving.parse_model_config((server["root"] / "models.config").read_text())
+    with client(server) as c:
+        req = model_management_pb2.ReloadConfigRequest()
+        req.config.CopyFrom(config)
+        resp = c.model_stub.HandleReloadConfigRequest(req)
+        assert resp.status.error_code == 0
+        bad = model_management_pb2.ReloadConfigRequest()
+        bad.config.model_config_list.config.add().name = "nobase"
+        assert c.model_stub.HandleReloadConfigRequest(bad).status.error_message == "model nobase has no base_path"
