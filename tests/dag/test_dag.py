@@ -1,0 +1,129 @@
+"""The daily DAG: structure, and whole days run with dag.test() on small synthetic data."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pendulum
+import pyarrow.parquet as pq
+import pytest
+
+from assoc_lib import push
+from assoc_lib.data import contract
+from tests.conftest import SYNTH_DAYS, SYNTH_START, small_model_overrides
+
+EXPECTED = {"ingest", "validate", "preprocess", "train", "evaluate", "gate", "export", "not_blessed",
+            "infra_validate", "push", "version"}
+
+
+def test_dag_imports_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert "assoc_daily" in dagbag.dags
+
+
+def test_tasks_dependencies_and_retries(dagbag):
+    dag = dagbag.dags["assoc_daily"]
+    assert set(dag.task_ids) == EXPECTED
+    down = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert down["ingest"] == {"validate"}
+    assert down["validate"] == {"preprocess"}
+    assert down["preprocess"] >= {"train", "evaluate", "export", "push", "version"}
+    assert down["gate"] == {"export", "not_blessed"}
+    assert down["export"] == {"infra_validate", "push"}
+    assert down["infra_validate"] == {"push"} and down["push"] == {"version"}
+    for task_id in ("ingest", "infra_validate", "push", "version"):
+        assert dag.get_task(task_id).retries >= 2
+    assert dag.max_active_runs == 1
+    assert dag.get_task("push").outlets and dag.get_task("validate").outlets
+    # no cycles: a topological order covers every task
+    assert len(dag.topological_sort()) == len(EXPECTED)
+
+
+def _day(offset: int) -> str:
+    return (dt.date.fromisoformat(SYNTH_START) + dt.timedelta(days=offset)).isoformat()
+
+
+@pytest.fixture
+def dag_world(world, monkeypatch):
+    """The synthetic world as a git+DVC checkout, with the small model settings."""
+    subprocess.run(["git", "init", "-q", str(world)], check=True)
+    for key, value in small_model_overrides().items():
+        section, name = key.split(".")
+        monkeypatch.setenv(f"ASSOC_{section.upper()}__{name.upper()}", str(value))
+    return world
+
+
+def run_day(dagbag, world: Path, ds: str, **params):
+    dag = dagbag.dags["assoc_daily"]
+    conf = {"data_dir": str(world / "data"), "artifacts_dir": str(world / "artifacts"),
+            "serving_root": str(world / "serving"), "dvc_repo": str(world), **params}
+    return dag.test(logical_date=pendulum.parse(ds), run_conf=conf)
+
+
+def states(dagrun) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dagrun.get_task_instances()}
+
+
+def test_whole_day_pushes_a_version_that_answers_grpc(dagbag, dag_world):
+    from assoc_lib import serving
+    from assoc_lib.client import AssocClient
+
+    ds = _day(SYNTH_DAYS - 1)
+    run = run_day(dagbag, dag_world, ds)
+    st = states(run)
+    assert str(run.state) == "success", st
+    assert st["push"] == "success" and st["not_blessed"] == "skipped" and st["version"] == "success"
+    root = dag_world / "serving"
+    assert push.versions(root, "assoc") == [1]
+    record = json.loads((dag_world / "artifacts" / "runs" / f"ds={ds}" / "versions.json").read_text())
+    assert record["data_version"].endswith(".dir") and record["model_md5"]
+    card = json.loads((root / "assoc" / "1" / "model_card.json").read_text())
+    assert card["data_version"] == record["data_version"]
+    srv, registry, port = serving.serve(str(root / "models.config"), port=0, block=False)
+    try:
+        with AssocClient(f"127.0.0.1:{port}") as client:
+            answer = client.complete_basket([[]])
+            assert answer.version == 1 and len(answer.item_ids[0]) > 0
+    finally:
+        registry.stop()
+        srv.stop(0)
+
+    # Re-running the same day is idempotent: same version, no second push.
+    again = run_day(dagbag, dag_world, ds)
+    assert str(again.state) == "success"
+    assert push.versions(root, "assoc") == [1]
+
+    # A later day whose candidate is worse than production (forced: a tiny, barely trained model
+    # that the gate must pick because require_deep) is not pushed, and the run stays green.
+    nxt = _day(SYNTH_DAYS)
+    src = contract.list_partitions(dag_world / "data" / "raw" / "orders")[-1][1]
+    df = contract.read_partition_raw(src)
+    df["ts"] = df["ts"] + __import__("pandas").Timedelta(days=1)
+    df["order_id"] = "N" + df["order_id"].astype(str)
+    contract.write_partition(contract.conform_orders(df), dag_world / "data" / "raw" / "orders", nxt)
+    worse = run_day(dagbag, dag_world, nxt, require_deep=True, deep_epochs=1, deep_embedding_dim=2,
+                    deep_learning_rate=0.0001)
+    st = states(worse)
+    assert str(worse.state) == "success", st
+    assert st["not_blessed"] == "success" and st["export"] == "skipped" and st["push"] == "skipped"
+    assert push.versions(root, "assoc") == [1]
+    blessing = json.loads((dag_world / "artifacts" / "runs" / f"ds={nxt}" / "gate" / "blessing.json").read_text())
+    assert not blessing["blessed"] and any("would regress" in r for r in blessing["reasons"])
+
+
+def test_corrupted_partition_fails_at_validate_and_pushes_nothing(dagbag, dag_world):
+    ds = _day(SYNTH_DAYS - 1)
+    part = contract.partition_dir(dag_world / "data" / "raw" / "orders", ds)
+    table = pq.read_table(part / contract.PARTITION_FILE)
+    pq.write_table(table.set_column(table.schema.get_field_index("price"), "price",
+                                    __import__("pyarrow").array([-1.0] * table.num_rows)), part / contract.PARTITION_FILE)
+    run = run_day(dagbag, dag_world, ds)
+    st = states(run)
+    assert str(run.state) == "failed"
+    assert st["validate"] == "failed"
+    assert st["preprocess"] in ("upstream_failed", "None") and st["push"] in ("upstream_failed", "None")
+    assert not (dag_world / "serving").exists() or push.versions(dag_world / "serving", "assoc") == []
+    assert (dag_world / "data" / "quarantine" / "orders" / f"ds={ds}").exists()
