@@ -168,7 +168,17 @@ def preprocess(cfg: AssocConfig | None = None, ds: dt.date | str | None = None, 
         "partitions_used": [contract.partition_date(p).isoformat() for p in used],
         "partitions_skipped": skipped,
     })
-    final = Path(out_dir) if out_dir else output_dir(cfg, ds)
+    final = write_split(baskets, vocab, stats, Path(out_dir) if out_dir else output_dir(cfg, ds))
+    stats["out_dir"] = str(final)
+    log.info("preprocess ds=%s: %d partitions, rows %d in -> %d out (dropped %s); orders %s; vocabulary %d -> %s",
+             ds, len(used), stats["rows_in"], stats["rows_out"],
+             {k: v for k, v in stats["rows_dropped"].items() if v}, stats["orders_out"], len(vocab), final)
+    return stats
+
+
+def write_split(baskets: pd.DataFrame, vocab: list[str], stats: dict, final: Path) -> Path:
+    """Write baskets.parquet, vocab.txt and stats.json into ``final`` atomically."""
+    final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
@@ -188,11 +198,7 @@ def preprocess(cfg: AssocConfig | None = None, ds: dt.date | str | None = None, 
         tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    stats["out_dir"] = str(final)
-    log.info("preprocess ds=%s: %d partitions, rows %d in -> %d out (dropped %s); orders %s; vocabulary %d -> %s",
-             ds, len(used), stats["rows_in"], stats["rows_out"],
-             {k: v for k, v in stats["rows_dropped"].items() if v}, stats["orders_out"], len(vocab), final)
-    return stats
+    return final
 
 
 def load_split(prep_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
