@@ -29,7 +29,8 @@ from assoc_lib.data import contract
 
 log = logging.getLogger(__name__)
 
-EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
+# The suites live in the repository's expectations/; ASSOC_EXPECTATIONS_DIR points elsewhere (e.g. in images).
+EXPECTATIONS_DIR = Path(os.environ.get("ASSOC_EXPECTATIONS_DIR") or Path(__file__).resolve().parent.parent / "expectations")
 RESULT_FILE = "result.json"
 QUARANTINE_MARKER = "_QUARANTINE.json"
 DERIVED_COLUMNS = ("item_in_catalog",)  # added by _ge_frame, not part of the partition
