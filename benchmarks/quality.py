@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min-count", type=int, default=None)
     ap.add_argument("--val-days", type=int, default=0)
     ap.add_argument("--test-days", type=int, default=0)
+    ap.add_argument("--end", help="last day (YYYY-MM-DD) of orders to use, e.g. 2017-12-31")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config override, e.g. models.deep_epochs=15")
     ap.add_argument("--work-dir", type=Path, help="keep the split and models here (default: a temp folder)")
@@ -74,6 +75,8 @@ def main(argv=None) -> int:
         cfg.preprocess.min_count = args.min_count
     started = time.perf_counter()
     rows, has_time = read_orders(args.orders)
+    if args.end:
+        rows = rows[rows["ts"] < pd.Timestamp(args.end, tz="UTC") + pd.Timedelta(days=1)]
     split_method = "time" if has_time else "random"
     baskets, vocab, stats = preprocess.build_baskets(
         rows, cfg.preprocess.min_count, cfg.preprocess.val_fraction, cfg.preprocess.test_fraction, split_method,
@@ -95,7 +98,7 @@ def main(argv=None) -> int:
         "dataset": {"orders": str(args.orders), "catalog": str(args.catalog) if args.catalog else None,
                     "rows_in": stats["rows_in"], "rows_out": stats["rows_out"], "vocabulary_size": len(vocab),
                     "min_count": cfg.preprocess.min_count},
-        "split": {"method": split_method, "val_days": args.val_days, "test_days": args.test_days,
+        "split": {"method": split_method, "val_days": args.val_days, "test_days": args.test_days, "end": args.end,
                   "orders": stats["orders_out"], "bounds": stats["split_bounds"]},
         "n_eval_baskets": payload["n_eval_baskets"], "n_val_baskets": payload["n_val_baskets"],
         "placement": summary["placement"], "deep_history": summary["deep_history"],
