@@ -30,14 +30,27 @@ class HoldOut:
     inputs: sp.csr_matrix
     hidden: np.ndarray
     basket_rows: np.ndarray  # row of each evaluated basket in the original split
+    history: sp.csr_matrix | None = None  # personalised protocol: earlier purchase counts per basket
 
     @property
     def n(self) -> int:
         return len(self.hidden)
 
+    @property
+    def protocol(self) -> str:
+        return "anonymous" if self.history is None else "personalised"
 
-def hold_out(baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0) -> HoldOut:
-    """Hide one seeded item from every basket with >= 2 items."""
+    def anonymous(self) -> "HoldOut":
+        return HoldOut(self.inputs, self.hidden, self.basket_rows, None)
+
+
+def hold_out(baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0,
+             history: sp.csr_matrix | None = None) -> HoldOut:
+    """Hide one seeded item from every basket with >= 2 items.
+
+    ``history`` (rows aligned with ``baskets``) switches on the personalised protocol; history
+    items are not excluded from the ranking (buying again is the point).
+    """
     rng = np.random.default_rng(seed)
     rows, visible, hidden = [], [], []
     for r, basket in enumerate(baskets):
@@ -48,7 +61,9 @@ def hold_out(baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0) -> H
         rows.append(r)
         hidden.append(basket[h])
         visible.append(basket[:h] + basket[h + 1:])
-    return HoldOut(baskets_to_csr(visible, n_items), np.asarray(hidden, dtype=np.int64), np.asarray(rows, dtype=np.int64))
+    rows = np.asarray(rows, dtype=np.int64)
+    return HoldOut(baskets_to_csr(visible, n_items), np.asarray(hidden, dtype=np.int64), rows,
+                   history[rows] if history is not None else None)
 
 
 def ranks_of_hidden(scores: np.ndarray, inputs: sp.csr_matrix, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,18 +92,56 @@ def metrics_from_ranks(ranks: np.ndarray, top_items: np.ndarray | None, n_items:
     return out
 
 
-def evaluate_scores(score_fn: Callable[[sp.csr_matrix], np.ndarray], holdout: HoldOut, n_items: int,
+def evaluate_scores(score_fn: Callable[..., np.ndarray], holdout: HoldOut, n_items: int,
                     batch_size: int = 512) -> dict[str, float]:
-    """Run ``score_fn`` over the hold-out in batches and compute every metric."""
+    """Run ``score_fn(X)`` (anonymous) or ``score_fn(X, H)`` (personalised) in batches; every metric."""
     all_ranks, all_top = [], []
     for start in range(0, holdout.n, batch_size):
         X = holdout.inputs[start: start + batch_size]
-        ranks, top = ranks_of_hidden(score_fn(X), X, holdout.hidden[start: start + batch_size])
+        scores = score_fn(X) if holdout.history is None else score_fn(X, holdout.history[start: start + batch_size])
+        ranks, top = ranks_of_hidden(scores, X, holdout.hidden[start: start + batch_size])
         all_ranks.append(ranks)
         all_top.append(top)
     if not all_ranks:
         return metrics_from_ranks(np.array([]), None, n_items)
     return metrics_from_ranks(np.concatenate(all_ranks), np.concatenate(all_top), n_items)
+
+
+def tune_on_validation(holdout: HoldOut, n_items: int, parts_fn: Callable, combine: Callable,
+                       grid: Sequence, batch_size: int = 512) -> dict:
+    """Validation NDCG@10 of ``combine(parts, prior, g)`` for every ``g`` in ``grid``, scoring each batch once.
+
+    ``parts_fn(X, H)`` returns the expensive score parts; ``prior`` is log(1 + history counts) as a
+    dense array (zeros on the anonymous protocol).
+    """
+    ranks = {g: [] for g in grid}
+    tops = {g: [] for g in grid}
+    for start in range(0, holdout.n, batch_size):
+        X = holdout.inputs[start: start + batch_size]
+        H = holdout.history[start: start + batch_size] if holdout.history is not None else None
+        parts = parts_fn(X, H)
+        prior = np.log1p(H.toarray()) if H is not None else 0.0
+        for g in grid:
+            r, t = ranks_of_hidden(combine(parts, prior, g), X, holdout.hidden[start: start + batch_size])
+            ranks[g].append(r)
+            tops[g].append(t)
+    return {g: metrics_from_ranks(np.concatenate(ranks[g]), np.concatenate(tops[g]), n_items)["ndcg@10"]
+            if ranks[g] else 0.0 for g in grid}
+
+
+def make_holdouts(baskets, n_items: int, seed: int) -> tuple[dict[str, HoldOut], sp.csr_matrix | None]:
+    """Validation and test hold-outs (with history when the data has user ids) and the full history matrix."""
+    from assoc_lib.history import build_histories
+    from assoc_lib.train import split_baskets
+
+    has_users = bool(baskets["user_id"].notna().any()) if len(baskets) else False
+    H = build_histories(baskets, n_items)[0] if has_users else None
+    splits = split_baskets(baskets)
+    out = {}
+    for offset, name in enumerate(("validation", "test")):
+        rows = np.flatnonzero((baskets["split"] == name).to_numpy())
+        out[name] = hold_out(splits[name], n_items, seed + offset, H[rows] if H is not None else None)
+    return out, H
 
 
 def comparison_table(rows: list[dict], metrics: Sequence[str] = METRICS) -> str:
@@ -114,7 +167,7 @@ def write_comparison(rows: list[dict], out_dir: str | Path, extra: dict | None =
 
 
 # --------------------------------------------------------------------------- candidates and production
-def evaluate_topk(topk_fn: Callable[[list[list[str]]], list[list[str]]], holdout: HoldOut, vocab: list[str],
+def evaluate_topk(topk_fn: Callable[..., list[list[str]]], holdout: HoldOut, vocab: list[str],
                   batch_size: int = 256) -> dict[str, float]:
     """Metrics for a model that only returns its top-K ids (a served SavedModel).
 
@@ -125,7 +178,13 @@ def evaluate_topk(topk_fn: Callable[[list[list[str]]], list[list[str]]], holdout
     for start in range(0, holdout.n, batch_size):
         X = holdout.inputs[start: start + batch_size]
         baskets = [[vocab[i] for i in X.indices[X.indptr[r]: X.indptr[r + 1]]] for r in range(X.shape[0])]
-        returned = topk_fn(baskets)
+        if holdout.history is None:
+            returned = topk_fn(baskets)
+        else:
+            H = holdout.history[start: start + batch_size]
+            histories = [([vocab[i] for i in H.indices[H.indptr[r]: H.indptr[r + 1]]],
+                          H.data[H.indptr[r]: H.indptr[r + 1]].tolist()) for r in range(H.shape[0])]
+            returned = topk_fn(baskets, histories)
         for r, ids in enumerate(returned):
             k_seen = max(k_seen, len(ids))
             target = vocab[holdout.hidden[start + r]]
@@ -139,17 +198,26 @@ def evaluate_topk(topk_fn: Callable[[list[list[str]]], list[list[str]]], holdout
     return out
 
 
-def saved_model_topk(export_dir: str | Path) -> Callable[[list[list[str]]], list[list[str]]]:
-    """Call an exported model's ``complete_basket`` signature in-process."""
+def saved_model_topk(export_dir: str | Path, personal: bool = False) -> Callable[..., list[list[str]]]:
+    """Call an exported model in-process: ``complete_basket``, or ``complete_basket_personal`` with history
+    (an export without that signature answers the personalised protocol anonymously)."""
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(export_dir))
-    fn = loaded.signatures["complete_basket"]
+    has_personal = "complete_basket_personal" in loaded.signatures
+    fn = loaded.signatures["complete_basket_personal" if personal and has_personal else "complete_basket"]
 
-    def topk(baskets: list[list[str]]) -> list[list[str]]:
-        width = max(1, max(len(b) for b in baskets))
-        items = tf.constant([b + [""] * (width - len(b)) for b in baskets])
-        ids = fn(items=items)["item_ids"].numpy()
+    def pad(rows, fill):
+        width = max(1, max(len(r) for r in rows))
+        return [list(r) + [fill] * (width - len(r)) for r in rows]
+
+    def topk(baskets: list[list[str]], histories=None) -> list[list[str]]:
+        kwargs = {"items": tf.constant(pad(baskets, ""))}
+        if personal and has_personal:
+            histories = histories or [([], [])] * len(baskets)
+            kwargs["history"] = tf.constant(pad([h[0] for h in histories], ""))
+            kwargs["history_counts"] = tf.constant(pad([h[1] for h in histories], 0.0), dtype=tf.float32)
+        ids = fn(**kwargs)["item_ids"].numpy()
         return [[x.decode() for x in row] for row in ids]
 
     return topk
@@ -164,33 +232,40 @@ def evaluate_candidates(prep_dir: str | Path, candidates: list[dict], cfg, out_d
     """
     from assoc_lib.export import ServableModel
     from assoc_lib.preprocess import load_split
-    from assoc_lib.train import split_baskets
 
     baskets, vocab = load_split(prep_dir)
-    splits = split_baskets(baskets)
     n_items = len(vocab)
-    holdouts = {"validation": hold_out(splits["validation"], n_items, cfg.models.eval_seed),
-                "test": hold_out(splits["test"], n_items, cfg.models.eval_seed + 1)}
+    holdouts, history = make_holdouts(baskets, n_items, cfg.models.eval_seed)
+    protocols = ["anonymous"] + (["personalised"] if history is not None else [])
+
+    def view(split: str, protocol: str) -> HoldOut:
+        return holdouts[split] if protocol == "personalised" else holdouts[split].anonymous()
+
     rows = []
     for cand in candidates:
         model = ServableModel.load(cand["path"])
         if model.vocab != vocab:
             raise ValueError(f"candidate {cand['name']} was trained on another vocabulary than {prep_dir}")
-        val = evaluate_scores(model.score, holdouts["validation"], n_items)
-        test = evaluate_scores(model.score, holdouts["test"], n_items)
-        rows.append({"name": cand["name"], "kind": cand["kind"], "protocol": "anonymous", **test,
-                     "val_ndcg@10": val["ndcg@10"], "val_n_eval_baskets": val["n_eval_baskets"],
-                     "train_seconds": cand.get("train_seconds"), "path": cand["path"]})
+        for protocol in protocols:
+            if protocol == "anonymous" and cand.get("personal_only"):
+                continue
+            val = evaluate_scores(model.score, view("validation", protocol), n_items)
+            test = evaluate_scores(model.score, view("test", protocol), n_items)
+            rows.append({"name": cand["name"], "kind": cand["kind"], "protocol": protocol, **test,
+                         "val_ndcg@10": val["ndcg@10"], "val_n_eval_baskets": val["n_eval_baskets"],
+                         "train_seconds": cand.get("train_seconds"), "path": cand["path"],
+                         "history_weight": model.history_weight if protocol == "personalised" else 0.0})
     if production:
-        topk = saved_model_topk(production["path"])
-        val = evaluate_topk(topk, holdouts["validation"], vocab)
-        test = evaluate_topk(topk, holdouts["test"], vocab)
-        rows.append({"name": f"production v{production.get('version')}", "kind": "production",
-                     "protocol": "anonymous", **test, "val_ndcg@10": val["ndcg@10"],
-                     "val_n_eval_baskets": val["n_eval_baskets"], "train_seconds": None,
-                     "path": str(production["path"]), "version": production.get("version")})
+        for protocol in protocols:
+            topk = saved_model_topk(production["path"], personal=protocol == "personalised")
+            val = evaluate_topk(topk, view("validation", protocol), vocab)
+            test = evaluate_topk(topk, view("test", protocol), vocab)
+            rows.append({"name": f"production v{production.get('version')}", "kind": "production",
+                         "protocol": protocol, **test, "val_ndcg@10": val["ndcg@10"],
+                         "val_n_eval_baskets": val["n_eval_baskets"], "train_seconds": None,
+                         "path": str(production["path"]), "version": production.get("version")})
     payload = write_comparison(rows, out_dir, {
-        "prep_dir": str(prep_dir), "n_eval_baskets": holdouts["test"].n,
+        "prep_dir": str(prep_dir), "n_eval_baskets": holdouts["test"].n, "protocols": protocols,
         "n_val_baskets": holdouts["validation"].n, "n_items": n_items})
     log.info("model comparison on %d test baskets (winner picked on %d validation baskets):\n%s",
              holdouts["test"].n, holdouts["validation"].n, comparison_table(rows, ("val_ndcg@10",) + METRICS))

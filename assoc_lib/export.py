@@ -40,22 +40,31 @@ class ServableModel:
     deep: dict | None = None  # model.forward_spec
     mix_weight: float = 0.0  # weight of the table when both parts exist
     params: dict = field(default_factory=dict)
+    history_weight: float = 0.0  # personalised protocol: + history_weight · log(1 + purchase count)
 
     @property
     def n_items(self) -> int:
         return len(self.vocab)
 
-    def score(self, X: sp.csr_matrix) -> np.ndarray:
+    @property
+    def personal(self) -> bool:
+        """Whether the network itself reads the history (a second input)."""
+        return self.deep is not None and "hist_embeddings" in self.deep
+
+    def score(self, X: sp.csr_matrix, H: sp.csr_matrix | None = None) -> np.ndarray:
+        """Scores [rows, vocabulary]; ``H`` (history purchase counts) switches on personalisation."""
         if self.deep is not None and self.table is not None:
-            out = mix(numpy_logits(self.deep, X), self.table.score(X), self.mix_weight)
+            out = mix(numpy_logits(self.deep, X, H), self.table.score(X), self.mix_weight)
         elif self.deep is not None:
-            out = numpy_logits(self.deep, X)
+            out = numpy_logits(self.deep, X, H)
         else:
             out = self.table.score(X)
+        out = np.array(out, dtype=np.float32, copy=True)
         empty = np.diff(X.indptr) == 0
         if empty.any():
-            out = np.array(out, dtype=np.float32, copy=True)
             out[empty] = self.popularity
+        if H is not None and self.history_weight:
+            out += self.history_weight * np.log1p(H.toarray())
         return out
 
     # ---------------------------------------------------------------- persistence between tasks
@@ -64,14 +73,16 @@ class ServableModel:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"popularity": self.popularity, "vocab": np.asarray(self.vocab, dtype=object)}
         meta = {"name": self.name, "kind": self.kind, "mix_weight": self.mix_weight, "params": self.params,
+                "history_weight": self.history_weight,
                 "table_aggregation": self.table.aggregation if self.table else None,
                 "deep_layers": [l["type"] for l in self.deep["layers"]] if self.deep else None,
                 "deep_eps": [l.get("epsilon") for l in self.deep["layers"]] if self.deep else None}
         if self.table is not None:
             arrays.update(table_indices=self.table.indices, table_weights=self.table.weights, table_bias=self.table.bias)
         if self.deep is not None:
-            for key in ("embeddings", "bag_bias", "out_kernel", "out_bias"):
-                arrays[f"deep_{key}"] = self.deep[key]
+            for key in ("embeddings", "bag_bias", "out_kernel", "out_bias", "hist_embeddings", "repeat_weight"):
+                if key in self.deep:
+                    arrays[f"deep_{key}"] = self.deep[key]
             for i, layer in enumerate(self.deep["layers"]):
                 for key, value in layer.items():
                     if isinstance(value, np.ndarray):
@@ -90,7 +101,8 @@ class ServableModel:
         if meta["table_aggregation"]:
             table = NeighbourTable(z["table_indices"], z["table_weights"], z["table_bias"], meta["table_aggregation"])
         if meta["deep_layers"] is not None:
-            deep = {k: z[f"deep_{k}"] for k in ("embeddings", "bag_bias", "out_kernel", "out_bias")}
+            deep = {k: z[f"deep_{k}"] for k in ("embeddings", "bag_bias", "out_kernel", "out_bias",
+                                                "hist_embeddings", "repeat_weight") if f"deep_{k}" in z}
             deep["layers"] = []
             for i, (kind, eps) in enumerate(zip(meta["deep_layers"], meta["deep_eps"])):
                 if kind == "dense_tanh":
@@ -101,7 +113,7 @@ class ServableModel:
                                            "beta": z[f"deep_layer{i}_beta"], "epsilon": eps})
         return cls(name=meta["name"], kind=meta["kind"], vocab=[str(v) for v in z["vocab"]],
                    popularity=z["popularity"], table=table, deep=deep, mix_weight=meta["mix_weight"],
-                   params=meta["params"])
+                   params=meta["params"], history_weight=meta.get("history_weight", 0.0))
 
 
 # -------------------------------------------------------------------- TensorFlow graph
@@ -130,6 +142,9 @@ def _build_module(model: ServableModel, k: int):
                                      for l in d["layers"]]
                 self.out_kernel = tf.constant(d["out_kernel"])
                 self.out_bias = tf.constant(d["out_bias"])
+                if model.personal:
+                    self.hist_emb = tf.constant(d["hist_embeddings"])
+                    self.repeat_weight = tf.constant(d["repeat_weight"])
 
         def _table_scores(self, ids, valid, batch):
             safe = tf.maximum(ids, 0)
@@ -146,37 +161,62 @@ def _build_module(model: ServableModel, k: int):
                 flat = tf.math.unsorted_segment_sum(vals, seg, batch * V)
             return tf.reshape(flat, [batch, V]) + self.nbr_bias
 
-        def _deep_scores(self, ids, valid):
+        def _dense_history(self, hist_ids, hist_w, batch):
+            """log(1 + count) of the history items as a dense [batch, V] matrix."""
+            valid = hist_ids >= 0
+            rows = tf.broadcast_to(tf.range(batch, dtype=tf.int64)[:, None], tf.shape(hist_ids))
+            seg = tf.boolean_mask(rows * V + hist_ids, valid)
+            flat = tf.math.unsorted_segment_sum(tf.boolean_mask(hist_w, valid), seg, tf.cast(batch, tf.int64) * V)
+            return tf.reshape(flat, [batch, V])
+
+        def _deep_scores(self, ids, valid, hist=None):
             mask = tf.cast(valid, tf.float32)
             vec = tf.reduce_sum(tf.gather(self.emb, tf.maximum(ids, 0)) * mask[:, :, None], axis=1)
             count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
-            h = tf.tanh(vec / tf.sqrt(count) + self.bag_bias)
+            pre = vec / tf.sqrt(count) + self.bag_bias
+            if hist is not None and model.personal:
+                hist_ids, hist_w, _ = hist
+                w = hist_w * tf.cast(hist_ids >= 0, tf.float32)
+                hv = tf.reduce_sum(tf.gather(self.hist_emb, tf.maximum(hist_ids, 0)) * w[:, :, None], axis=1)
+                pre += hv / tf.sqrt(tf.maximum(tf.reduce_sum(w * w, axis=1, keepdims=True), 1e-6))
+            h = tf.tanh(pre)
             for layer in self.layer_consts:
                 if layer["type"] == "dense_tanh":
                     h = tf.tanh(tf.matmul(h, layer["kernel"]) + layer["bias"])
                 else:
                     mu, var = tf.nn.moments(h, axes=[-1], keepdims=True)
                     h = (h - mu) / tf.sqrt(var + layer["epsilon"]) * layer["gamma"] + layer["beta"]
-            return tf.matmul(h, self.out_kernel) + self.out_bias
+            logits = tf.matmul(h, self.out_kernel) + self.out_bias
+            if hist is not None and model.personal:
+                logits += hist[2] * self.repeat_weight[None, :]
+            return logits
 
         @staticmethod
         def _standardise(s):
             mu, var = tf.nn.moments(s, axes=[1], keepdims=True)
             return (s - mu) / tf.maximum(tf.sqrt(var), 1e-8)
 
-        def _complete(self, items):
+        def _complete(self, items, history=None, history_counts=None):
             ids = self.lookup.lookup(items)  # unknown ids and "" padding -> -1, ignored
             valid = ids >= 0
             batch = tf.shape(ids)[0]
+            hist = None
+            if history is not None:
+                hist_ids = self.lookup.lookup(history)
+                hist_w = tf.math.log1p(tf.maximum(tf.cast(history_counts, tf.float32), 0.0))
+                hist_w = tf.where(hist_ids >= 0, hist_w, tf.zeros_like(hist_w))
+                hist = (hist_ids, hist_w, self._dense_history(hist_ids, hist_w, batch))
             if model.deep is not None and model.table is not None:
-                scores = ((1.0 - model.mix_weight) * self._standardise(self._deep_scores(ids, valid))
+                scores = ((1.0 - model.mix_weight) * self._standardise(self._deep_scores(ids, valid, hist))
                           + model.mix_weight * self._standardise(self._table_scores(ids, valid, batch)))
             elif model.deep is not None:
-                scores = self._deep_scores(ids, valid)
+                scores = self._deep_scores(ids, valid, hist)
             else:
                 scores = self._table_scores(ids, valid, batch)
             empty = tf.logical_not(tf.reduce_any(valid, axis=1))
             scores = tf.where(empty[:, None], tf.broadcast_to(self.popularity[None, :], tf.shape(scores)), scores)
+            if hist is not None and model.history_weight:
+                scores += model.history_weight * hist[2]
             rows = tf.broadcast_to(tf.range(batch, dtype=tf.int64)[:, None], tf.shape(ids))
             coords = tf.boolean_mask(tf.stack([rows, ids], axis=-1), valid)
             seen = tf.scatter_nd(coords, tf.ones(tf.shape(coords)[:1], tf.float32), tf.cast(tf.shape(scores), tf.int64))
@@ -187,6 +227,12 @@ def _build_module(model: ServableModel, k: int):
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="items")])
         def complete_basket(self, items):
             return self._complete(items)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="items"),
+                                      tf.TensorSpec([None, None], tf.string, name="history"),
+                                      tf.TensorSpec([None, None], tf.float32, name="history_counts")])
+        def complete_basket_personal(self, items, history, history_counts):
+            return self._complete(items, history, history_counts)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item")])
         def related_items(self, item):
@@ -203,11 +249,16 @@ def warmup_requests(model_name: str, examples: list[list[str]]) -> list:
     logs = []
     width = max(1, max(len(e) for e in examples))
     padded = [e + [""] * (width - len(e)) for e in examples]
-    for signature, key, value in (("complete_basket", "items", padded),
-                                  ("serving_default", "items", padded),
-                                  ("related_items", "item", [e[0] if e else "" for e in examples])):
+    history = [list(reversed(e)) + [""] * (width - len(e)) for e in examples]
+    counts = [[float(len(e) - i) if i < len(e) else 0.0 for i in range(width)] for e in examples]
+    requests = (("complete_basket", {"items": padded}), ("serving_default", {"items": padded}),
+                ("complete_basket_personal", {"items": padded, "history": history, "history_counts": counts}),
+                ("related_items", {"item": [e[0] if e else "" for e in examples]}))
+    for signature, inputs in requests:
         req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
-        req.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=tf.string))
+        for key, value in inputs.items():
+            dtype = tf.float32 if key == "history_counts" else tf.string
+            req.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
         logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req)))
     return logs
 
@@ -224,6 +275,7 @@ def export_saved_model(model: ServableModel, out_dir: str | os.PathLike, model_c
     try:
         module = _build_module(model, k)
         signatures = {"serving_default": module.complete_basket, "complete_basket": module.complete_basket,
+                      "complete_basket_personal": module.complete_basket_personal,
                       "related_items": module.related_items}
         tf.saved_model.save(module, str(tmp / "model"), signatures=signatures)
         export = tmp / "model"
@@ -236,8 +288,14 @@ def export_saved_model(model: ServableModel, out_dir: str | os.PathLike, model_c
                 writer.write(record.SerializeToString())
         card = {**model_card, "model": model.name, "kind": model.kind, "vocabulary_size": model.n_items,
                 "k": min(k, model.n_items), "params": model.params, "mix_weight": model.mix_weight,
+                "history_weight": model.history_weight, "personal_network": model.personal,
                 "signatures": {"complete_basket": {"inputs": {"items": "string [batch, n]"},
                                                    "outputs": {"item_ids": "string [batch, K]", "scores": "float [batch, K]"}},
+                               "complete_basket_personal": {"inputs": {"items": "string [batch, n]",
+                                                                       "history": "string [batch, h]",
+                                                                       "history_counts": "float [batch, h]"},
+                                                            "outputs": {"item_ids": "string [batch, K]",
+                                                                        "scores": "float [batch, K]"}},
                                "related_items": {"inputs": {"item": "string [batch]"},
                                                  "outputs": {"item_ids": "string [batch, K]", "scores": "float [batch, K]"}}}}
         (export / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")

@@ -14,14 +14,7 @@ log = logging.getLogger(__name__)
 BLESSING_FILE = "blessing.json"
 
 
-def decide(comparison: dict, cfg) -> dict:
-    """Pure decision from a comparison payload (see evaluate.evaluate_candidates)."""
-    g = cfg.gate
-    metric, val_metric = g.metric, f"val_{g.metric}"
-    rows = comparison["models"]
-    production = next((r for r in rows if r["kind"] == "production"), None)
-    pool = [r for r in rows if r["kind"] in (("deep",) if g.require_deep else ("deep", "classical"))]
-    reasons: list[str] = []
+def _verdict(rows: list[dict], metric: str) -> dict:
     best_of = lambda kind: max((r for r in rows if r["kind"] == kind), key=lambda r: r[metric], default=None)
     deep, classical = best_of("deep"), best_of("classical")
     verdict = {
@@ -31,10 +24,29 @@ def decide(comparison: dict, cfg) -> dict:
     }
     if verdict["deep_over_classical"] is not None:
         verdict["deep_beats_classical"] = verdict["deep_over_classical"] >= 1.0
+    return verdict
+
+
+def decide(comparison: dict, cfg) -> dict:
+    """Pure decision from a comparison payload (see evaluate.evaluate_candidates).
+
+    On data with user ids the personalised protocol decides; the anonymous one is still reported.
+    """
+    g = cfg.gate
+    metric, val_metric = g.metric, f"val_{g.metric}"
+    all_rows = comparison["models"]
+    protocols = sorted({r.get("protocol", "anonymous") for r in all_rows}, key=lambda p: p != "anonymous")
+    protocol = "personalised" if "personalised" in protocols else "anonymous"
+    rows = [r for r in all_rows if r.get("protocol", "anonymous") == protocol]
+    verdicts = {p: _verdict([r for r in all_rows if r.get("protocol", "anonymous") == p], metric) for p in protocols}
+    production = next((r for r in rows if r["kind"] == "production"), None)
+    pool = [r for r in rows if r["kind"] in (("deep",) if g.require_deep else ("deep", "classical"))]
+    reasons: list[str] = [f"decided on the {protocol} protocol"]
+    verdict = verdicts[protocol]
     if not pool:
-        return {"blessed": False, "winner": None, "metric": metric,
-                "reasons": ["no eligible candidate" + (" (require_deep)" if g.require_deep else "")],
-                "verdict": verdict, "production": production and production["name"]}
+        return {"blessed": False, "winner": None, "metric": metric, "protocol": protocol,
+                "reasons": reasons + ["no eligible candidate" + (" (require_deep)" if g.require_deep else "")],
+                "verdict": verdict, "verdicts": verdicts, "production": production and production["name"]}
     winner = max(pool, key=lambda r: r[val_metric])  # chosen on validation only; ties: first listed
     reasons.append(f"winner {winner['name']} ({winner['kind']}) by validation {metric} "
                    f"{winner[val_metric]:.4f} among {[r['name'] for r in pool]}")
@@ -60,7 +72,8 @@ def decide(comparison: dict, cfg) -> dict:
             "winner_path": winner.get("path"), "metric": metric, "winner_test": winner[metric],
             "winner_val": winner[val_metric], "production": production and production["name"],
             "production_test": production and production[metric], "require_deep": g.require_deep,
-            "tolerance": g.tolerance, "reasons": reasons, "verdict": verdict}
+            "tolerance": g.tolerance, "reasons": reasons, "verdict": verdict, "protocol": protocol,
+            "verdicts": verdicts}
 
 
 def run_gate(comparison: dict, cfg, out_dir: str | Path) -> dict:
@@ -70,9 +83,11 @@ def run_gate(comparison: dict, cfg, out_dir: str | Path) -> dict:
     (out / BLESSING_FILE).write_text(json.dumps(decision, indent=2, default=float) + "\n")
     v = decision["verdict"]
     ratio = v.get("deep_over_classical")
-    log.info("gate: %s %s\n  %s\n  verdict: deep/classical on test %s (%s %.4f vs %s %.4f)",
+    others = "; ".join(f"{p}: {'n/a' if x.get('deep_over_classical') is None else round(x['deep_over_classical'], 3)}"
+                       for p, x in decision.get("verdicts", {}).items())
+    log.info("gate: %s %s\n  %s\n  verdict: deep/classical on test %s (%s %.4f vs %s %.4f); by protocol: %s",
              "BLESSED" if decision["blessed"] else "NOT BLESSED", decision["winner"],
              "\n  ".join(decision["reasons"]), "n/a" if ratio is None else f"{ratio:.3f}",
              v.get("best_deep"), v.get("best_deep_test") or 0.0, v.get("best_classical"),
-             v.get("best_classical_test") or 0.0)
+             v.get("best_classical_test") or 0.0, others)
     return decision

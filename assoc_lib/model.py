@@ -31,7 +31,8 @@ class DeepParams:
     # is kept (validation noise should not pick an under-trained early epoch).
     selection_tolerance: float = 0.01
     sampled_softmax: int = 0  # >0: number of negatives for sampled softmax; 0: full softmax
-    mix_with: str = ""  # "ease": also fit a score-level mix with EASE (weight chosen on validation)
+    personal: bool = False  # second input: the shopper's history (items + purchase counts)
+    history_dropout: float = 0.2  # share of training baskets whose history is hidden (learn the anonymous case)
     seed: int = 1234
     extra: dict = field(default_factory=dict)
 
@@ -75,8 +76,51 @@ def build_network(n_items: int, params: DeepParams):
             count = ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1.0)
             return summed / ops.sqrt(count) + self.bias
 
+    class HistoryBag(layers.Layer):
+        """sum of history-item embeddings weighted by log(1 + count), L2-normalised by the weights."""
+
+        def __init__(self, n_items, dim, **kw):
+            super().__init__(**kw)
+            self.table = self.add_weight(shape=(n_items + 1, dim), initializer="glorot_uniform",
+                                         name="history_embeddings")
+
+        def call(self, ids, weights):
+            w = weights * ops.cast(ops.greater_equal(ids, 0), self.compute_dtype)
+            vectors = ops.take(self.table, ops.maximum(ids, 0) + 1, axis=0)
+            summed = ops.sum(vectors * ops.expand_dims(w, -1), axis=1)
+            return summed / ops.sqrt(ops.maximum(ops.sum(w * w, axis=1, keepdims=True), 1e-6))
+
+    class RepeatPrior(layers.Layer):
+        """logits_j += (gamma + r_j) · log(1 + count_j): how much each item is bought again."""
+
+        def __init__(self, n_items, **kw):
+            super().__init__(**kw)
+            self.n_items = n_items
+            self.gamma = self.add_weight(shape=(), initializer=keras.initializers.Constant(1.0), name="gamma")
+            self.repeat_bias = self.add_weight(shape=(n_items,), initializer="zeros", name="repeat_bias")
+
+        def call(self, logits, ids, weights):
+            import tensorflow as tf
+
+            batch = tf.shape(ids)[0]
+            valid = ids >= 0
+            rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(ids))
+            seg = tf.boolean_mask(rows * self.n_items + ids, valid)
+            dense = tf.math.unsorted_segment_sum(tf.boolean_mask(tf.cast(weights, tf.float32), valid), seg,
+                                                 batch * self.n_items)
+            dense = tf.reshape(dense, [batch, self.n_items])
+            return logits + dense * (self.gamma + self.repeat_bias)[None, :]
+
     ids = keras.Input(shape=(None,), dtype="int32", name="items")
-    h = layers.Activation("tanh", name="bag_act")(EmbeddingBag(n_items, params.embedding_dim, params.l2, name="bag")(ids))
+    inputs = [ids]
+    pre = EmbeddingBag(n_items, params.embedding_dim, params.l2, name="bag")(ids)
+    if params.personal:
+        hist_ids = keras.Input(shape=(None,), dtype="int32", name="history")
+        hist_w = keras.Input(shape=(None,), dtype="float32", name="history_weights")
+        inputs += [hist_ids, hist_w]
+        pre = layers.Add(name="bag_plus_history")([pre, HistoryBag(n_items, params.embedding_dim, name="history_bag")(
+            hist_ids, hist_w)])
+    h = layers.Activation("tanh", name="bag_act")(pre)
     for i, width in enumerate(params.hidden):
         if params.dropout:
             h = layers.Dropout(params.dropout, seed=params.seed + i)(h)
@@ -86,7 +130,9 @@ def build_network(n_items: int, params: DeepParams):
     if params.dropout:
         h = layers.Dropout(params.dropout, seed=params.seed + 99)(h)
     logits = layers.Dense(n_items, name="item_logits", dtype="float32")(h)
-    return keras.Model(ids, [logits, h], name="basket_dae")
+    if params.personal:
+        logits = RepeatPrior(n_items, name="repeat_prior")(logits, hist_ids, hist_w)
+    return keras.Model(inputs, [logits, h], name="basket_dae")
 
 
 def forward_spec(network) -> dict:
@@ -105,20 +151,42 @@ def forward_spec(network) -> dict:
     out = network.get_layer("item_logits")
     k, b = out.get_weights()
     spec["out_kernel"], spec["out_bias"] = k.astype(np.float32), b.astype(np.float32)
+    if any(layer.name == "history_bag" for layer in network.layers):
+        spec["hist_embeddings"] = np.asarray(network.get_layer("history_bag").table.numpy()[1:], np.float32)
+        prior = network.get_layer("repeat_prior")
+        spec["repeat_weight"] = (float(prior.gamma.numpy()) + prior.repeat_bias.numpy()).astype(np.float32)
     return spec
 
 
-def numpy_logits(spec: dict, X: sp.csr_matrix) -> np.ndarray:
-    """The network's logits computed from ``forward_spec`` with numpy (reference for the export)."""
+def history_weights(H: sp.csr_matrix) -> sp.csr_matrix:
+    """log(1 + purchase count) of each history item."""
+    W = H.copy().astype(np.float32)
+    W.data = np.log1p(W.data)
+    return W
+
+
+def numpy_logits(spec: dict, X: sp.csr_matrix, H: sp.csr_matrix | None = None) -> np.ndarray:
+    """The network's logits computed from ``forward_spec`` with numpy (reference for the export).
+
+    ``H``: history purchase counts (CSR, same rows as X); ignored by a basket-only network.
+    """
     counts = np.maximum(np.asarray(X.sum(axis=1)).ravel(), 1.0)
-    h = np.tanh(np.asarray(X @ spec["embeddings"]) / np.sqrt(counts)[:, None] + spec["bag_bias"])
+    pre = np.asarray(X @ spec["embeddings"]) / np.sqrt(counts)[:, None] + spec["bag_bias"]
+    W = history_weights(H) if H is not None and "hist_embeddings" in spec else None
+    if W is not None:
+        norm = np.sqrt(np.maximum(np.asarray(W.multiply(W).sum(axis=1)).ravel(), 1e-6))
+        pre = pre + np.asarray(W @ spec["hist_embeddings"]) / norm[:, None]
+    h = np.tanh(pre)
     for layer in spec["layers"]:
         if layer["type"] == "dense_tanh":
             h = np.tanh(h @ layer["kernel"] + layer["bias"])
         else:
             mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
             h = (h - mu) / np.sqrt(var + layer["epsilon"]) * layer["gamma"] + layer["beta"]
-    return h @ spec["out_kernel"] + spec["out_bias"]
+    logits = h @ spec["out_kernel"] + spec["out_bias"]
+    if W is not None:
+        logits = logits + np.asarray(W.multiply(spec["repeat_weight"][None, :]).todense())
+    return logits
 
 
 def standardise(scores: np.ndarray) -> np.ndarray:

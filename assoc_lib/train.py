@@ -47,34 +47,55 @@ class DeepResult:
     examples_per_second: float = 0.0
     placement: str = ""
 
-    def score(self, X: sp.csr_matrix) -> np.ndarray:
-        return numpy_logits(self.spec, X)
+    def score(self, X: sp.csr_matrix, H: sp.csr_matrix | None = None) -> np.ndarray:
+        return numpy_logits(self.spec, X, H)
 
 
-def _dataset(train: sp.csr_matrix, params: DeepParams, global_batch: int):
+def _dataset(train: sp.csr_matrix, params: DeepParams, global_batch: int, history: sp.csr_matrix | None = None):
+    """(corrupted basket ids, full basket ids[, history ids, history weights]) padded with -1 / 0."""
     import tensorflow as tf
 
-    values = tf.constant(train.indices.astype(np.int32))
-    ragged = tf.RaggedTensor.from_row_splits(values, tf.constant(train.indptr.astype(np.int64)))
-    ds = tf.data.Dataset.from_tensor_slices(ragged)
-    ds = ds.shuffle(min(train.shape[0], 100_000), seed=params.seed, reshuffle_each_iteration=True)
+    def ragged(values, splits, dtype):
+        return tf.RaggedTensor.from_row_splits(tf.constant(values.astype(dtype)), tf.constant(splits.astype(np.int64)))
 
+    items = ragged(train.indices, train.indptr, np.int32)
+    if params.personal:
+        W = history.tocsr()
+        hist_ids = ragged(W.indices, W.indptr, np.int32)
+        hist_w = ragged(np.log1p(W.data), W.indptr, np.float32)
+        ds = tf.data.Dataset.from_tensor_slices((items, hist_ids, hist_w))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((items,))
+    ds = ds.shuffle(min(train.shape[0], 100_000), seed=params.seed, reshuffle_each_iteration=True)
     p = params.input_dropout
 
-    def corrupt(items):
+    def corrupt(items, *hist):
         n = tf.shape(items)[0]
         r = tf.random.uniform([n], seed=params.seed)
         keep = tf.logical_or(r >= p, tf.equal(tf.range(n), tf.cast(tf.argmax(r), tf.int32)))
-        return tf.boolean_mask(items, keep), items
+        out = (tf.boolean_mask(items, keep), items)
+        if hist:
+            hide = tf.random.uniform([], seed=params.seed + 1) < params.history_dropout
+            ids, w = hist
+            out += (tf.cond(hide, lambda: ids[:0], lambda: ids), tf.cond(hide, lambda: w[:0], lambda: w))
+        return out
 
     ds = ds.map(corrupt, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.padded_batch(global_batch, padded_shapes=([None], [None]), padding_values=(-1, -1))
+    shapes = ([None], [None]) + (([None], [None]) if params.personal else ())
+    pads = (-1, -1) + ((-1, 0.0) if params.personal else ())
+    ds = ds.padded_batch(global_batch, padded_shapes=shapes, padding_values=pads)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
-               out_dir: str | os.PathLike | None = None) -> DeepResult:
-    """Train on binary train baskets; keep the epoch with the best validation NDCG@10."""
+               out_dir: str | os.PathLike | None = None, history: sp.csr_matrix | None = None) -> DeepResult:
+    """Train on binary train baskets; keep the epoch with the best validation NDCG@10.
+
+    ``params.personal``: ``history`` holds each train basket's earlier purchase counts (CSR aligned
+    with ``train``) and ``val`` carries its history; validation is then on the personalised protocol.
+    """
+    if params.personal and history is None:
+        raise ValueError("a personal network needs the train baskets' history")
     import keras
     import tensorflow as tf
 
@@ -91,8 +112,8 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
         optimizer.build(network.trainable_variables)
     out_layer = network.get_layer("item_logits")
 
-    def per_example_loss(items_in, targets, training):
-        logits, hidden = network(items_in, training=training)
+    def per_example_loss(items_in, targets, hist, training):
+        logits, hidden = network([items_in, *hist] if hist else items_in, training=training)
         mask = tf.cast(targets >= 0, tf.float32)
         if params.sampled_softmax and training:
             # One positive per basket per step, drawn from the full basket.
@@ -107,15 +128,13 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
         picked = tf.gather(logp, tf.maximum(targets, 0), batch_dims=1)
         return -tf.reduce_sum(picked * mask, axis=1)
 
-    dataset = strategy.experimental_distribute_dataset(_dataset(train, params, global_batch))
+    dataset = strategy.experimental_distribute_dataset(_dataset(train, params, global_batch, history))
 
     @tf.function(input_signature=[dataset.element_spec])  # one trace for every basket length
     def train_step(batch):
-        items_in, targets = batch
-
-        def step(items_in, targets):
+        def step(items_in, targets, *hist):
             with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(per_example_loss(items_in, targets, True)) / global_batch
+                loss = tf.reduce_sum(per_example_loss(items_in, targets, hist, True)) / global_batch
                 if network.losses:
                     loss += tf.add_n(network.losses) / strategy.num_replicas_in_sync
                 scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
@@ -123,7 +142,7 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
             optimizer.apply(grads, network.trainable_variables)
             return loss
 
-        per_replica = strategy.run(step, args=(items_in, targets))
+        per_replica = strategy.run(step, args=tuple(batch))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     writer = tf.summary.create_file_writer(str(out_dir / "tensorboard")) if out_dir else None
@@ -133,7 +152,8 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
         ckpt_manager = tf.train.CheckpointManager(ckpt, str(out_dir / "checkpoints"), max_to_keep=2)
 
     def val_ndcg() -> float:
-        return evaluate.evaluate_scores(lambda X: numpy_logits(forward_spec(network), X), val, n_items)["ndcg@10"] \
+        spec = forward_spec(network)
+        return evaluate.evaluate_scores(lambda X, H=None: numpy_logits(spec, X, H), val, n_items)["ndcg@10"] \
             if val.n else 0.0
 
     result = DeepResult(spec={}, placement=placement)
@@ -207,13 +227,32 @@ def deep_params(cfg) -> DeepParams:
                       sampled_softmax=m.deep_sampled_softmax, seed=m.seed)
 
 
+HISTORY_GRID = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def _tune_history_weight(model, holdout: evaluate.HoldOut, n_items: int) -> tuple[float, dict]:
+    """β for score + β·log(1 + purchase count), chosen on the personalised validation hold-out."""
+    saved = model.history_weight
+    model.history_weight = 0.0
+    try:
+        scores = evaluate.tune_on_validation(holdout, n_items, lambda X, H: model.score(X, H),
+                                             lambda base, prior, b: base + b * prior, HISTORY_GRID)
+    finally:
+        model.history_weight = saved
+    best = max(scores, key=lambda b: (scores[b], -b))
+    return best, scores
+
+
 def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLike) -> dict:
     """Fit every classical scorer and the deep network on the same train split; save each as a candidate.
 
-    Returns a small summary (names, paths, seconds, epochs) fit for XCom and logs.
+    On data with user ids the personalised protocol is on: each candidate also gets a history
+    weight β tuned on validation, ``personal_frequency`` joins as a baseline, and the deep network
+    takes the shopper's history as a second input. Returns a small summary for XCom and logs.
     """
     from assoc_lib import baselines
     from assoc_lib.export import ServableModel
+    from assoc_lib.model import standardise
     from assoc_lib.preprocess import load_split
 
     out_dir = Path(out_dir)
@@ -223,55 +262,61 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     splits = split_baskets(baskets)
     n_items = len(vocab)
     X = baselines.baskets_to_csr(splits["train"], n_items)
-    val = evaluate.hold_out(splits["validation"], n_items, cfg.models.eval_seed)
+    holdouts, history = evaluate.make_holdouts(baskets, n_items, cfg.models.eval_seed)
+    personal = history is not None
+    val = holdouts["validation"]  # personalised when the data has users
     popularity = baselines._popularity(X)
     entries, ease_table = [], None
+
+    def save(model, entry: dict) -> None:
+        if personal:
+            model.history_weight, grid = _tune_history_weight(model, val, n_items)
+            entry["history_weight"] = model.history_weight
+            log.info("%s: history weight %.3g chosen on validation (personalised NDCG@10 by weight: %s)",
+                     model.name, model.history_weight, {k: round(v, 4) for k, v in grid.items()})
+        entry["path"] = str(model.save(cand_dir / f"{model.name}.npz"))
+        entries.append(entry)
+
     for scorer in baselines.default_scorers(cfg):
         seconds = baselines.fit_timed(scorer, X)
         model = ServableModel(scorer.name, "classical", vocab, popularity, table=scorer.neighbour_table(),
                               params=scorer.params())
-        path = model.save(cand_dir / f"{scorer.name}.npz")
-        entries.append({"name": scorer.name, "kind": "classical", "path": str(path), "train_seconds": seconds})
+        save(model, {"name": scorer.name, "kind": "classical", "train_seconds": seconds})
         if scorer.name == "ease":
             ease_table = model.table
         del scorer
+    if personal:
+        v = n_items
+        frequency = ServableModel("personal_frequency", "classical", vocab, popularity,
+                                  table=baselines.NeighbourTable(np.full((v, 1), -1, np.int32),
+                                                                 np.zeros((v, 1), np.float32),
+                                                                 baselines.TIE_BREAK * popularity, "sum"),
+                                  history_weight=1.0, params={"score": "log(1 + purchase count), ties by popularity"})
+        entries.append({"name": "personal_frequency", "kind": "classical", "train_seconds": 0.0,
+                        "personal_only": True, "history_weight": 1.0,
+                        "path": str(frequency.save(cand_dir / "personal_frequency.npz"))})
     params = deep_params(cfg)
-    result = train_deep(X, val, params, out_dir / "deep")
+    params.personal = personal
+    train_rows = np.flatnonzero((baskets["split"] == "train").to_numpy())
+    result = train_deep(X, val, params, out_dir / "deep", history=history[train_rows] if personal else None)
     deep = ServableModel("deep", "deep", vocab, popularity, deep=result.spec, params=params.to_dict())
-    entries.append({"name": "deep", "kind": "deep", "path": str(deep.save(cand_dir / "deep.npz")),
-                    "train_seconds": result.train_seconds, "best_epoch": result.best_epoch,
-                    "examples_per_second": result.examples_per_second})
+    save(deep, {"name": "deep", "kind": "deep", "train_seconds": result.train_seconds,
+                "best_epoch": result.best_epoch, "examples_per_second": result.examples_per_second})
     if cfg.models.deep_mix_with_ease and ease_table is not None and val.n:
         started = time.perf_counter()
-        scores = mix_grid_ndcg(result.score, ease_table.score, val, n_items, MIX_GRID)
+        scores = evaluate.tune_on_validation(
+            val, n_items, lambda Xb, Hb: (standardise(result.score(Xb, Hb)), standardise(ease_table.score(Xb))),
+            lambda parts, prior, w: (1 - w) * parts[0] + w * parts[1], MIX_GRID)
         weight = max(scores, key=lambda w: (scores[w], -w))
         hybrid = ServableModel("deep+ease", "deep", vocab, popularity, table=ease_table, deep=result.spec,
                                mix_weight=weight, params={**params.to_dict(), "mix_weight": weight,
                                                           "mix_val_ndcg@10": scores})
-        entries.append({"name": "deep+ease", "kind": "deep", "path": str(hybrid.save(cand_dir / "deep+ease.npz")),
-                        "train_seconds": result.train_seconds + time.perf_counter() - started,
-                        "mix_weight": weight})
         log.info("deep+ease mix: weight of EASE %.1f chosen on validation (NDCG@10 by weight: %s)", weight,
                  {k: round(v, 4) for k, v in scores.items()})
+        save(hybrid, {"name": "deep+ease", "kind": "deep", "mix_weight": weight,
+                      "train_seconds": result.train_seconds + time.perf_counter() - started})
     summary = {"prep_dir": str(prep_dir), "out_dir": str(out_dir), "n_items": n_items,
                "n_train_baskets": X.shape[0], "placement": result.placement, "candidates": entries,
-               "deep_history": result.history}
+               "protocol": "personalised" if personal else "anonymous", "deep_history": result.history}
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
-
-
-def mix_grid_ndcg(deep_fn, other_fn, holdout, n_items, weights, batch_size: int = 512) -> dict[float, float]:
-    """Validation NDCG@10 of the score-level mix for each weight, scoring each batch once."""
-    from assoc_lib.model import standardise
-
-    ranks = {w: [] for w in weights}
-    tops = {w: [] for w in weights}
-    for start in range(0, holdout.n, batch_size):
-        Xb = holdout.inputs[start: start + batch_size]
-        d, o = standardise(deep_fn(Xb)), standardise(other_fn(Xb))
-        for w in weights:
-            r, t = evaluate.ranks_of_hidden((1 - w) * d + w * o, Xb, holdout.hidden[start: start + batch_size])
-            ranks[w].append(r)
-            tops[w].append(t)
-    return {w: evaluate.metrics_from_ranks(np.concatenate(ranks[w]), np.concatenate(tops[w]), n_items)["ndcg@10"]
-            for w in weights}

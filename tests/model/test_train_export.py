@@ -90,7 +90,7 @@ def test_warmup_records_and_model_card(exported):
     path = exported["deep"] / "assets.extra" / WARMUP_FILE
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
     assert {l.predict_log.request.model_spec.signature_name for l in logs} == \
-        {"complete_basket", "serving_default", "related_items"}
+        {"complete_basket", "serving_default", "related_items", "complete_basket_personal"}
     card = json.loads((exported["deep"] / "model_card.json").read_text())
     assert card["data_version"] == "test" and card["vocabulary_size"] > 100 and card["k"] == 20
 
@@ -100,11 +100,16 @@ def test_comparison_and_gate_on_real_candidates(trained, tmp_path):
 
     payload = evaluate.evaluate_candidates(trained["prep_dir"], trained["summary"]["candidates"], trained["cfg"],
                                            tmp_path)
-    names = [r["name"] for r in payload["models"]]
+    names = [r["name"] for r in payload["models"] if r["protocol"] == "anonymous"]
     assert names == ["popularity", "rules", "item_knn", "ease", "deep", "deep+ease"]
-    assert (tmp_path / "comparison.md").read_text().count("\n") == len(names) + 2
-    by = {r["name"]: r for r in payload["models"]}
+    personal = [r["name"] for r in payload["models"] if r["protocol"] == "personalised"]
+    assert personal == ["popularity", "rules", "item_knn", "ease", "personal_frequency", "deep", "deep+ease"]
+    assert (tmp_path / "comparison.md").read_text().count("\n") == len(payload["models"]) + 2
+    by = {r["name"]: r for r in payload["models"] if r["protocol"] == "anonymous"}
     assert by["ease"]["ndcg@10"] > by["popularity"]["ndcg@10"]  # planted structure beats popularity
     decision = gate.decide(payload, trained["cfg"])
-    assert decision["winner"] == max(payload["models"], key=lambda r: r["val_ndcg@10"])["name"]
+    assert decision["protocol"] == "personalised"
+    rows = [r for r in payload["models"] if r["protocol"] == "personalised"]
+    assert decision["winner"] == max(rows, key=lambda r: r["val_ndcg@10"])["name"]
+    assert set(decision["verdicts"]) == {"anonymous", "personalised"}
     assert decision["verdict"]["deep_over_classical"] is not None
