@@ -176,13 +176,21 @@ def cmd_query(args):
         try:
             if args.signature == "related_items":
                 answer = client.related_items([args.items[0]], version=args.version, label=args.label)
+            elif args.history:
+                counts = args.history_counts or [1.0] * len(args.history)
+                if len(counts) != len(args.history):
+                    raise SystemExit("error: --history-counts needs one count per --history item")
+                answer = client.complete_basket_personal([args.items], [args.history], [counts],
+                                                         version=args.version, label=args.label)
             else:
                 answer = client.complete_basket([args.items], version=args.version, label=args.label)
         except grpc.RpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 2
     rows = describe(answer.item_ids[0][: args.k], answer.scores[0][: args.k], catalog)
-    print(f"model {client.model_name} version {answer.version} ({args.signature}) for {args.items}:")
+    signature = "complete_basket_personal" if args.history and args.signature != "related_items" else args.signature
+    print(f"model {client.model_name} version {answer.version} ({signature}) for {args.items}"
+          + (f" with history {args.history}" if args.history else "") + ":")
     for rank, r in enumerate(rows, 1):
         extra = f"  {r.get('title', '')}  [{r.get('category', '')}]" if "title" in r else ""
         print(f"{rank:3d}. {r['item_id']:>12s}  {r['score']:.4f}{extra}")
@@ -288,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="version label, e.g. stable or canary")
     p.add_argument("--version", type=int)
     p.add_argument("--catalog", help="catalog.parquet for titles (default: <data>/raw/catalog.parquet)")
+    p.add_argument("--history", nargs="+", help="the shopper's earlier purchases (item ids): personalised answer")
+    p.add_argument("--history-counts", nargs="+", type=float, help="purchase count per --history item (default 1)")
     p.set_defaults(func=cmd_query)
     p = sub.add_parser("rollback", parents=[common], help="move the stable label back to VERSION")
     p.add_argument("--to", type=int, required=True)

@@ -48,7 +48,8 @@ class AssocClient:
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, signature, version, label)
         for key, value in inputs.items():
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=tf.string))
+            dtype = tf.float32 if key == "history_counts" else tf.string
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
         response = self.predict_stub.Predict(request, timeout=self.timeout)
         ids = tf.make_ndarray(response.outputs["item_ids"])
         scores = tf.make_ndarray(response.outputs["scores"])
@@ -58,6 +59,16 @@ class AssocClient:
     def complete_basket(self, baskets: list[list[str]], **kw) -> Answer:
         width = max(1, max((len(b) for b in baskets), default=1))
         return self.predict("complete_basket", {"items": [b + [""] * (width - len(b)) for b in baskets]}, **kw)
+
+    def complete_basket_personal(self, baskets: list[list[str]], histories: list[list[str]],
+                                 counts: list[list[float]], **kw) -> Answer:
+        """The shopper's earlier purchases (ids and counts) ride along; the model stores none."""
+        def pad(rows, fill):
+            width = max(1, max((len(r) for r in rows), default=1))
+            return [list(r) + [fill] * (width - len(r)) for r in rows]
+
+        return self.predict("complete_basket_personal", {"items": pad(baskets, ""), "history": pad(histories, ""),
+                                                         "history_counts": pad(counts, 0.0)}, **kw)
 
     def related_items(self, items: list[str], **kw) -> Answer:
         return self.predict("related_items", {"item": list(items)}, **kw)

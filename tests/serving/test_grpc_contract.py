@@ -129,3 +129,33 @@ def test_reload_config_request(server):
         bad = model_management_pb2.ReloadConfigRequest()
         bad.config.model_config_list.config.add().name = "nobase"
         assert c.model_stub.HandleReloadConfigRequest(bad).status.error_message == "model nobase has no base_path"
+
+
+def test_personalised_signature_over_grpc(server, trained):
+    from assoc_lib.preprocess import load_split
+
+    _, vocab = load_split(trained["prep_dir"])
+    with client(server) as c:
+        anon = c.complete_basket([[vocab[5]]], version=2)
+        empty = c.complete_basket_personal([[vocab[5]]], [[]], [[]], version=2)
+        assert empty.item_ids == anon.item_ids  # empty history: the anonymous answer
+        favourite = vocab[150]
+        personal = c.complete_basket_personal([[vocab[5]]], [[favourite]], [[25.0]], version=2)
+        assert personal.item_ids[0].index(favourite) < (anon.item_ids[0].index(favourite)
+                                                        if favourite in anon.item_ids[0] else 99)
+        with pytest.raises(grpc.RpcError) as err:
+            c.predict("complete_basket_personal", {"items": [[vocab[5]]], "history": [[favourite]]}, version=2)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Missing but required: {history_counts}" in err.value.details()
+
+
+def test_query_cli_prints_titles_and_version(server, trained, capsys):
+    from assoc_lib.cli import main
+    from assoc_lib.preprocess import load_split
+
+    _, vocab = load_split(trained["prep_dir"])
+    code = main(["query", "--server", f"127.0.0.1:{server['port']}", "--items", vocab[0], "--k", "3",
+                 "--catalog", str(trained["cfg"].paths.catalog_path), "--history", vocab[3], "--history-counts", "4"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "version 2 (complete_basket_personal)" in out and "Product" in out and out.count("\n") == 4
