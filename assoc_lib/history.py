@@ -13,8 +13,6 @@ with the baskets: purchase counts, and days since the last purchase + 1.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -22,68 +20,78 @@ import scipy.sparse as sp
 SPLIT_RANK = {"train": 0, "validation": 1, "test": 2}
 
 
-class _Builder:
-    def __init__(self):
-        self.rows, self.cols, self.counts, self.recency = [], [], [], []
-
-    def emit(self, row: int, count: dict, last: dict, now: float) -> None:
-        for item, c in count.items():
-            self.rows.append(row)
-            self.cols.append(item)
-            self.counts.append(float(c))
-            self.recency.append(max(now - last[item], 0.0) + 1.0)
-
-    def matrices(self, shape) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-        idx = (np.asarray(self.rows, np.int64), np.asarray(self.cols, np.int64))
-        return (sp.csr_matrix((np.asarray(self.counts, np.float32), idx), shape=shape),
-                sp.csr_matrix((np.asarray(self.recency, np.float32), idx), shape=shape))
-
-
-def _add(count: dict, last: dict, items, day: float) -> None:
-    for item in items:
-        item = int(item)
-        count[item] = count.get(item, 0) + 1
-        last[item] = day
-
-
 def build_histories(baskets: pd.DataFrame, n_items: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """(counts, days_since_last + 1) as CSR [len(baskets), n_items], rows in the frame's order."""
-    out = _Builder()
-    if len(baskets) == 0:
-        return out.matrices((0, n_items))
+    """(counts, days_since_last + 1) as CSR [len(baskets), n_items], rows in the frame's order.
+
+    Vectorised per user: a dense [baskets, distinct items] matrix of the user, cumulative counts
+    and running last-purchase days, read at each basket's cut-off.
+    """
+    n = len(baskets)
+    if n == 0:
+        empty = sp.csr_matrix((0, n_items), dtype=np.float32)
+        return empty, empty.copy()
     ts = baskets["ts"]
     days = ((ts - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds() / 86_400.0).to_numpy()
-    stamp = ts.to_numpy()
+    stamp = ts.to_numpy().astype("datetime64[us]").astype(np.int64)
     split = baskets["split"].map(SPLIT_RANK).to_numpy()
     items = baskets["items"].to_numpy()
-    by_user: dict[str, list[int]] = defaultdict(list)
-    for r, user in enumerate(baskets["user_id"].to_numpy(dtype=object)):
-        if isinstance(user, str) and user:
-            by_user[user].append(r)
-    for rows in by_user.values():
-        rows.sort(key=lambda r: (stamp[r], r))
-        count: dict[int, int] = {}
-        last: dict[int, float] = {}
-        train = [r for r in rows if split[r] == 0]
-        i = 0
-        while i < len(train):  # baskets at the same instant do not see each other
-            j = i
-            while j < len(train) and stamp[train[j]] == stamp[train[i]]:
-                j += 1
-            for r in train[i:j]:
-                out.emit(r, count, last, days[r])
-            for r in train[i:j]:
-                _add(count, last, items[r], days[r])
-            i = j
-        validation = [r for r in rows if split[r] == 1]
-        for r in validation:
-            out.emit(r, count, last, days[r])
-        for r in validation:
-            _add(count, last, items[r], days[r])
-        for r in rows:
-            if split[r] == 2:
-                out.emit(r, count, last, days[r])
-    return out.matrices((len(baskets), n_items))
+    users = baskets["user_id"].to_numpy(dtype=object)
+    known = np.array([isinstance(u, str) and bool(u) for u in users])
+    out_rows, out_cols, out_counts, out_recency = [], [], [], []
+    if known.any():
+        codes, _ = pd.factorize(pd.Series(users[known]))
+        known_rows = np.flatnonzero(known)
+        order = np.lexsort((known_rows, stamp[known_rows], codes))
+        sorted_rows, sorted_codes = known_rows[order], codes[order]
+        bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
+        for rows in np.split(sorted_rows, bounds):
+            _user_history(rows, items, days, stamp, split, out_rows, out_cols, out_counts, out_recency)
+    idx = (np.concatenate(out_rows) if out_rows else np.zeros(0, np.int64),
+           np.concatenate(out_cols) if out_cols else np.zeros(0, np.int64))
+    counts = sp.csr_matrix((np.concatenate(out_counts) if out_counts else np.zeros(0, np.float32), idx),
+                           shape=(n, n_items))
+    recency = sp.csr_matrix((np.concatenate(out_recency) if out_recency else np.zeros(0, np.float32), idx),
+                            shape=(n, n_items))
+    return counts, recency
+
+
+def _user_history(rows, items, days, stamp, split, out_rows, out_cols, out_counts, out_recency) -> None:
+    """History of one user's baskets (``rows`` sorted by time)."""
+    lengths = np.fromiter((len(items[r]) for r in rows), np.int64, len(rows))
+    flat = np.concatenate([np.asarray(items[r], np.int64) for r in rows]) if lengths.sum() else np.zeros(0, np.int64)
+    distinct, local = np.unique(flat, return_inverse=True)
+    if len(distinct) == 0:
+        return
+    B = np.zeros((len(rows), len(distinct)), np.float32)
+    B[np.repeat(np.arange(len(rows)), lengths), local] = 1.0
+    day = days[rows]
+    bought_day = np.where(B > 0, day[:, None], -np.inf)
+    sp_ = split[rows]
+    history = np.zeros_like(B)
+    last = np.full_like(B, -np.inf)
+    train = np.flatnonzero(sp_ == 0)
+    if len(train):
+        cum = np.cumsum(B[train], axis=0)
+        run_last = np.maximum.accumulate(bought_day[train], axis=0)
+        t = stamp[rows][train]
+        first_of_instant = np.searchsorted(t, t, side="left")  # baskets at one instant see only earlier ones
+        has = first_of_instant > 0
+        history[train[has]] = cum[first_of_instant[has] - 1]
+        last[train[has]] = run_last[first_of_instant[has] - 1]
+        train_total, train_last = cum[-1], run_last[-1]
+    else:
+        train_total, train_last = np.zeros(B.shape[1], np.float32), np.full(B.shape[1], -np.inf)
+    val = np.flatnonzero(sp_ == 1)
+    history[val], last[val] = train_total, train_last
+    test = np.flatnonzero(sp_ == 2)
+    if len(test):
+        history[test] = train_total + B[val].sum(axis=0)
+        last[test] = np.maximum(train_last, bought_day[val].max(axis=0)) if len(val) else train_last
+    r, c = np.nonzero(history)
+    out_rows.append(rows[r].astype(np.int64))
+    out_cols.append(distinct[c])
+    out_counts.append(history[r, c].astype(np.float32))
+    out_recency.append((np.maximum(day[r] - last[r, c], 0.0) + 1.0).astype(np.float32))
 
 
 def prior(counts: sp.csr_matrix) -> sp.csr_matrix:
