@@ -32,7 +32,7 @@ def build_histories(baskets: pd.DataFrame, n_items: int) -> tuple[sp.csr_matrix,
         return empty, empty.copy()
     ts = baskets["ts"]
     days = ((ts - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds() / 86_400.0).to_numpy()
-    stamp = ts.to_numpy().astype("datetime64[us]").astype(np.int64)
+    stamp = ts.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[us]").astype(np.int64)
     split = baskets["split"].map(SPLIT_RANK).to_numpy()
     items = baskets["items"].to_numpy()
     users = baskets["user_id"].to_numpy(dtype=object)
