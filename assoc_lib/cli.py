@@ -187,13 +187,21 @@ def cmd_query(args):
         except grpc.RpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 2
-    rows = describe(answer.item_ids[0][: args.k], answer.scores[0][: args.k], catalog)
+    rows = describe(answer.item_ids[0][: args.k], answer.scores[0][: args.k], catalog,
+                    answer.evidence[0][: args.k] if answer.evidence else None)
     signature = "complete_basket_personal" if args.history and args.signature != "related_items" else args.signature
     print(f"model {client.model_name} version {answer.version} ({signature}) for {args.items}"
           + (f" with history {args.history}" if args.history else "") + ":")
     for rank, r in enumerate(rows, 1):
-        extra = f"  {r.get('title', '')}  [{r.get('category', '')}]" if "title" in r else ""
+        extra = f"  {r.get('title') or ''}  [{r.get('category') or ''}]" if r.get("title") else ""
         print(f"{rank:3d}. {r['item_id']:>12s}  {r['score']:.4f}{extra}")
+        if args.explain:
+            if r.get("evidence_item"):
+                because = r["evidence_item"] + (f" ({r['evidence_title']})" if r.get("evidence_title") else "")
+                print(f"       because the basket holds {because}: bought together in {r['evidence_count']:.0f} "
+                      f"baskets, confidence {r['confidence']:.2f}, lift {r['lift']:.1f}")
+            else:
+                print("       no pairwise evidence with the basket: model score only")
     return 0
 
 
@@ -296,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="version label, e.g. stable or canary")
     p.add_argument("--version", type=int)
     p.add_argument("--catalog", help="catalog.parquet for titles (default: <data>/raw/catalog.parquet)")
+    p.add_argument("--explain", action="store_true", help="print the basket item and evidence behind each item")
     p.add_argument("--history", nargs="+", help="the shopper's earlier purchases (item ids): personalised answer")
     p.add_argument("--history-counts", nargs="+", type=float, help="purchase count per --history item (default 1)")
     p.set_defaults(func=cmd_query)

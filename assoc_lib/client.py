@@ -12,6 +12,7 @@ class Answer:
     version: int
     item_ids: list[list[str]]
     scores: list[list[float]]
+    evidence: list[list[dict]] | None = None  # per item: evidence_item, evidence_count, confidence, lift
 
 
 class AssocClient:
@@ -53,8 +54,15 @@ class AssocClient:
         response = self.predict_stub.Predict(request, timeout=self.timeout)
         ids = tf.make_ndarray(response.outputs["item_ids"])
         scores = tf.make_ndarray(response.outputs["scores"])
+        evidence = None
+        if "evidence_item" in response.outputs:
+            ev = {k: tf.make_ndarray(response.outputs[k]) for k in ("evidence_item", "evidence_count", "confidence", "lift")}
+            evidence = [[{"evidence_item": ev["evidence_item"][b, i].decode(),
+                          "evidence_count": float(ev["evidence_count"][b, i]),
+                          "confidence": float(ev["confidence"][b, i]), "lift": float(ev["lift"][b, i])}
+                         for i in range(ids.shape[1])] for b in range(ids.shape[0])]
         return Answer(response.model_spec.version.value, [[x.decode() for x in row] for row in ids],
-                      scores.tolist())
+                      scores.tolist(), evidence)
 
     def complete_basket(self, baskets: list[list[str]], **kw) -> Answer:
         width = max(1, max((len(b) for b in baskets), default=1))
@@ -98,17 +106,27 @@ class AssocClient:
                                for name, s in sig_map.signature_def.items()}}
 
 
-def describe(item_ids: list[str], scores: list[float], catalog_path: str | Path | None) -> list[dict]:
-    """Items with titles and categories from the catalogue when there is one."""
+def describe(item_ids: list[str], scores: list[float], catalog_path: str | Path | None,
+             evidence: list[dict] | None = None) -> list[dict]:
+    """Items with titles and categories from the catalogue when there is one (and their evidence)."""
     rows = [{"item_id": i, "score": round(float(s), 4)} for i, s in zip(item_ids, scores)]
+    for r, e in zip(rows, evidence or []):
+        r.update(e)
     if catalog_path and Path(catalog_path).exists():
         import pyarrow.parquet as pq
 
         catalog = pq.read_table(catalog_path).to_pandas().set_index("item_id")
+
+        def title(item):
+            if item not in catalog.index:
+                return None, None
+            c = catalog.loc[item]
+            category = " / ".join(str(x) for x in (c.get("department"), c.get("category"))
+                                  if x is not None and str(x) not in ("", "nan", "<NA>"))
+            return c.get("title"), category
+
         for r in rows:
-            if r["item_id"] in catalog.index:
-                c = catalog.loc[r["item_id"]]
-                r["title"] = c.get("title")
-                r["category"] = " / ".join(str(x) for x in (c.get("department"), c.get("category")) if x is not None
-                                           and str(x) not in ("", "nan", "<NA>"))
+            r["title"], r["category"] = title(r["item_id"])
+            if r.get("evidence_item"):
+                r["evidence_title"] = title(r["evidence_item"])[0]
     return rows

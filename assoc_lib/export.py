@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from assoc_lib.baselines import NeighbourTable
+from assoc_lib.explain import EvidenceTable
 from assoc_lib.model import mix, numpy_logits
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class ServableModel:
     mix_weight: float = 0.0  # weight of the table when both parts exist
     params: dict = field(default_factory=dict)
     history_weight: float = 0.0  # personalised protocol: + history_weight · log(1 + purchase count)
+    evidence: EvidenceTable | None = None  # pairwise evidence that explains each recommendation
 
     @property
     def n_items(self) -> int:
@@ -79,6 +81,9 @@ class ServableModel:
                 "deep_eps": [l.get("epsilon") for l in self.deep["layers"]] if self.deep else None}
         if self.table is not None:
             arrays.update(table_indices=self.table.indices, table_weights=self.table.weights, table_bias=self.table.bias)
+        if self.evidence is not None:
+            arrays.update(ev_indices=self.evidence.indices, ev_count=self.evidence.count,
+                          ev_confidence=self.evidence.confidence, ev_lift=self.evidence.lift)
         if self.deep is not None:
             for key in ("embeddings", "bag_bias", "out_kernel", "out_bias", "hist_embeddings", "repeat_weight"):
                 if key in self.deep:
@@ -111,7 +116,9 @@ class ServableModel:
                 else:
                     deep["layers"].append({"type": kind, "gamma": z[f"deep_layer{i}_gamma"],
                                            "beta": z[f"deep_layer{i}_beta"], "epsilon": eps})
-        return cls(name=meta["name"], kind=meta["kind"], vocab=[str(v) for v in z["vocab"]],
+        evidence = EvidenceTable(z["ev_indices"], z["ev_count"], z["ev_confidence"], z["ev_lift"]) \
+            if "ev_indices" in z else None
+        return cls(name=meta["name"], kind=meta["kind"], vocab=[str(v) for v in z["vocab"]], evidence=evidence,
                    popularity=z["popularity"], table=table, deep=deep, mix_weight=meta["mix_weight"],
                    params=meta["params"], history_weight=meta.get("history_weight", 0.0))
 
@@ -130,6 +137,10 @@ def _build_module(model: ServableModel, k: int):
             self.lookup = tf.lookup.StaticHashTable(
                 tf.lookup.KeyValueTensorInitializer(self.vocab, tf.range(V, dtype=tf.int64)), default_value=-1)
             self.popularity = tf.constant(model.popularity, tf.float32)
+            if model.evidence is not None:
+                self.ev_idx = tf.constant(model.evidence.indices.astype(np.int64))
+                self.ev_stats = tf.constant(np.stack([model.evidence.count, model.evidence.confidence,
+                                                      model.evidence.lift], axis=-1))  # [V, N, 3]
             if model.table is not None:
                 self.nbr_idx = tf.constant(model.table.indices, tf.int32)
                 self.nbr_w = tf.constant(model.table.weights, tf.float32)
@@ -222,7 +233,32 @@ def _build_module(model: ServableModel, k: int):
             seen = tf.scatter_nd(coords, tf.ones(tf.shape(coords)[:1], tf.float32), tf.cast(tf.shape(scores), tf.int64))
             scores = tf.where(seen > 0, tf.fill(tf.shape(scores), float("-inf")), scores)
             top = tf.math.top_k(scores, k=k)
-            return {"item_ids": tf.gather(self.vocab, top.indices), "scores": top.values}
+            out = {"item_ids": tf.gather(self.vocab, top.indices), "scores": top.values}
+            if model.evidence is not None:
+                out.update(self._explain(ids, valid, tf.cast(top.indices, tf.int64)))
+            return out
+
+        def _explain(self, ids, valid, top):
+            """For each recommended item: the basket item with the most confident rule towards it."""
+            nbr = tf.gather(self.ev_idx, tf.maximum(ids, 0))  # [B, n, N]
+            stats = tf.gather(self.ev_stats, tf.maximum(ids, 0))  # [B, n, N, 3]
+            match = tf.logical_and(tf.equal(nbr[:, None, :, :], top[:, :, None, None]),
+                                   valid[:, None, :, None])  # [B, K, n, N]
+            conf = tf.where(match, tf.broadcast_to(stats[:, None, :, :, 1], tf.shape(match)), -1.0)
+            shape = tf.shape(conf)
+            flat = tf.reshape(conf, [shape[0], shape[1], -1])
+            best = tf.argmax(flat, axis=-1, output_type=tf.int32)  # position in n*N
+            found = tf.reduce_max(flat, axis=-1) > 0
+            n_nbr = tf.shape(nbr)[2]
+            basket_pos = best // n_nbr
+            evidence_ids = tf.gather(ids, basket_pos, batch_dims=1)
+            flat_stats = tf.reshape(stats, [shape[0], -1, 3])
+            picked = tf.gather(flat_stats, best, batch_dims=1)  # [B, K, 3]
+            zeros = tf.zeros_like(picked[..., 0])
+            return {"evidence_item": tf.where(found, tf.gather(self.vocab, tf.maximum(evidence_ids, 0)), ""),
+                    "evidence_count": tf.where(found, picked[..., 0], zeros),
+                    "confidence": tf.where(found, picked[..., 1], zeros),
+                    "lift": tf.where(found, picked[..., 2], zeros)}
 
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="items")])
         def complete_basket(self, items):

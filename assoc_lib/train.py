@@ -251,6 +251,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     takes the shopper's history as a second input. Returns a small summary for XCom and logs.
     """
     from assoc_lib import baselines
+    from assoc_lib.explain import evidence_table
     from assoc_lib.export import ServableModel
     from assoc_lib.model import standardise
     from assoc_lib.preprocess import load_split
@@ -266,9 +267,11 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     personal = history is not None
     val = holdouts["validation"]  # personalised when the data has users
     popularity = baselines._popularity(X)
+    evidence = evidence_table(X, cfg.models.evidence_top_n)
     entries, ease_table = [], None
 
     def save(model, entry: dict) -> None:
+        model.evidence = evidence
         if personal:
             model.history_weight, grid = _tune_history_weight(model, val, n_items)
             entry["history_weight"] = model.history_weight
@@ -292,6 +295,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
                                                                  np.zeros((v, 1), np.float32),
                                                                  baselines.TIE_BREAK * popularity, "sum"),
                                   history_weight=1.0, params={"score": "log(1 + purchase count), ties by popularity"})
+        frequency.evidence = evidence
         entries.append({"name": "personal_frequency", "kind": "classical", "train_seconds": 0.0,
                         "personal_only": True, "history_weight": 1.0,
                         "path": str(frequency.save(cand_dir / "personal_frequency.npz"))})

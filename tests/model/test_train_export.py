@@ -113,3 +113,31 @@ def test_comparison_and_gate_on_real_candidates(trained, tmp_path):
     assert decision["winner"] == max(rows, key=lambda r: r["val_ndcg@10"])["name"]
     assert set(decision["verdicts"]) == {"anonymous", "personalised"}
     assert decision["verdict"]["deep_over_classical"] is not None
+
+
+def test_explanations_match_reference_and_evidence(trained, exported):
+    import tensorflow as tf
+
+    from assoc_lib.explain import explain
+
+    baskets, vocab = load_split(trained["prep_dir"])
+    index = {v: i for i, v in enumerate(vocab)}
+    model = ServableModel.load(trained["candidates"]["rules"]["path"])
+    basket = [list(map(int, b)) for b in baskets.loc[baskets["split"] == "test", "items"] if len(b) >= 3][0]
+    out = _load(exported["rules"]).signatures["complete_basket"](items=tf.constant([[vocab[i] for i in basket]]))
+    recs = [index[x] for x in out["item_ids"].numpy()[0].astype(str)]
+    expected = explain(model.evidence, basket, recs)
+    got_items = out["evidence_item"].numpy()[0].astype(str)
+    for r, e in enumerate(expected):
+        assert got_items[r] == (vocab[e["evidence_item"]] if e["evidence_item"] >= 0 else "")
+        assert out["confidence"].numpy()[0, r] == pytest.approx(e["confidence"], abs=1e-6)
+        assert out["lift"].numpy()[0, r] == pytest.approx(e["lift"], rel=1e-5, abs=1e-6)
+        assert out["evidence_count"].numpy()[0, r] == pytest.approx(e["count"])
+    assert any(e["evidence_item"] >= 0 for e in expected)
+    # evidence really is the training co-occurrence: P(j | i) from the train baskets
+    train = [set(b) for b in baskets.loc[baskets["split"] == "train", "items"]]
+    e = next(e for e, j in zip(expected, recs) if e["evidence_item"] >= 0)
+    j = recs[expected.index(e)]
+    with_i = [b for b in train if e["evidence_item"] in b]
+    assert e["count"] == sum(j in b for b in with_i)
+    assert e["confidence"] == pytest.approx(e["count"] / len(with_i), rel=1e-6)

@@ -28,6 +28,20 @@ def client(server):
     return AssocClient(f"127.0.0.1:{server['port']}", "assoc")
 
 
+def test_explanations_over_grpc(server, trained):
+    from assoc_lib.preprocess import load_split
+
+    _, vocab = load_split(trained["prep_dir"])
+    with client(server) as c:
+        ans = c.complete_basket([[vocab[0], vocab[1], vocab[2]]], label="stable")
+    evidence = ans.evidence[0]
+    assert len(evidence) == len(ans.item_ids[0])
+    explained = [e for e in evidence if e["evidence_item"]]
+    assert explained and all(e["evidence_item"] in vocab[:3] for e in explained)
+    assert all(0 < e["confidence"] <= 1 and e["lift"] > 0 and e["evidence_count"] >= 2 for e in explained)
+    assert all(e["confidence"] == 0 for e in evidence if not e["evidence_item"])
+
+
 def test_complete_basket_and_related_items(server, trained):
     from assoc_lib.preprocess import load_split
 
@@ -93,7 +107,9 @@ def test_metadata_status_and_unimplemented(server):
         meta = c.metadata(version=1)
         assert meta["version"] == 1
         assert set(meta["signatures"]) >= {"serving_default", "complete_basket", "related_items"}
-        assert meta["signatures"]["complete_basket"]["outputs"] == ["item_ids", "scores"]
+        assert meta["signatures"]["complete_basket"]["outputs"] == ["confidence", "evidence_count", "evidence_item",
+                                                                   "item_ids", "lift", "scores"]
+        assert meta["signatures"]["complete_basket_personal"]["inputs"] == ["history", "history_counts", "items"]
         assert [s["state"] for s in c.model_status()] == ["AVAILABLE", "AVAILABLE"]
         req = classification_pb2.ClassificationRequest()
         req.model_spec.name = "assoc"
@@ -159,3 +175,8 @@ def test_query_cli_prints_titles_and_version(server, trained, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "version 2 (complete_basket_personal)" in out and "Product" in out and out.count("\n") == 4
+    code = main(["query", "--server", f"127.0.0.1:{server['port']}", "--items", vocab[0], vocab[1], "--k", "5",
+                 "--catalog", str(trained["cfg"].paths.catalog_path), "--explain", "--label", "stable"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("\n") == 11
+    assert "because the basket holds" in out and "confidence" in out and "lift" in out
