@@ -113,6 +113,14 @@ class ServingConfig:
 
 
 @dataclass
+class InsightsConfig:
+    pair_min_support: float = 0.001  # pair rules below this support are never listed
+    multi_min_support: float = 0.005  # FP-growth threshold for multi-item rules
+    min_confidence: float = 0.2
+    category_k: int = 10  # neighbours voting in category prediction
+
+
+@dataclass
 class AssocConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
@@ -121,6 +129,7 @@ class AssocConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    insights: InsightsConfig = field(default_factory=InsightsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

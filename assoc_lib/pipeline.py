@@ -258,3 +258,53 @@ def version_day(cfg: AssocConfig, ds: str, pushed: dict, data_version: str | Non
     out.write_text(json.dumps(record, indent=2) + "\n")
     _summary(f"version ds={ds}", record)
     return record
+
+
+# --------------------------------------------------------------------------- insights
+def insights_day(cfg: AssocConfig, ds: str, prep_dir: str, candidates: list[dict]) -> dict:
+    """Frequently-bought-together tables, category prediction and the HTML report for the day."""
+    import pyarrow.parquet as pq
+
+    from assoc_lib import insights, report
+    from assoc_lib.export import ServableModel
+    from assoc_lib.preprocess import load_split
+    from assoc_lib.train import split_baskets
+    from assoc_lib.validate import RESULT_FILE
+
+    baskets, vocab = load_split(prep_dir)
+    train = split_baskets(baskets)["train"]
+    out = run_dir(cfg, ds) / "insights"
+    deep_entry = next((c for c in candidates if c["name"] == "deep"), None)
+    deep = ServableModel.load(deep_entry["path"]) if deep_entry else None
+    ic = cfg.insights
+    fbt = insights.frequently_bought_together(train, vocab, deep, cfg.paths.catalog_path, out,
+                                              ic.pair_min_support, ic.multi_min_support, ic.min_confidence)
+    categories = insights.category_prediction(train, vocab, deep.deep["embeddings"], cfg.paths.catalog_path, out,
+                                              k=ic.category_k) if deep is not None else None
+    daily = []
+    for day, part in contract.list_partitions(cfg.paths.orders_dir):
+        if str(day) > ds or (contract._as_date(ds) - day).days >= cfg.preprocess.window_days:
+            continue
+        record = cfg.paths.reports_dir / "validation" / f"ds={day}" / RESULT_FILE
+        params = json.loads(record.read_text()).get("parameters", {}) if record.exists() else {}
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in part.glob("*.parquet"))
+        daily.append({"ds": str(day), "rows": rows, "min_rows": params.get("min_rows"),
+                      "max_rows": params.get("max_rows")})
+    comparison_path = run_dir(cfg, ds) / "evaluation" / "comparison.json"
+    comparison = json.loads(comparison_path.read_text()) if comparison_path.exists() else None
+    rep = report.build_report(out / "report.html", ds, baskets, vocab, pd_frame(daily), insights._catalog(
+        cfg.paths.catalog_path), comparison, report.past_runs(Path(cfg.paths.artifacts_dir) / "runs"), categories)
+    _summary(f"insights ds={ds}", {
+        "pair rules": fbt["pairs"]["rows"], "multi-item rules": fbt["multi_item"]["rows"],
+        "related-item rows": fbt["deep_related"]["rows"],
+        **{f"category accuracy ({lvl})": ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())
+           for lvl, r in (categories or {}).get("levels", {}).items()},
+        "report": f"file://{Path(rep['path']).resolve()}"})
+    return {"report": rep["path"], "fbt": {k: v["csv"] for k, v in fbt.items()},
+            "category_accuracy": {lvl: r["accuracy"] for lvl, r in (categories or {}).get("levels", {}).items()}}
+
+
+def pd_frame(rows: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["ds", "rows", "min_rows", "max_rows"])

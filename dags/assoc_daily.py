@@ -1,4 +1,5 @@
-"""assoc_daily: validate → preprocess → train → evaluate → gate → export → infra-validate → push → version.
+"""assoc_daily: validate → preprocess → train → evaluate → gate → export → infra-validate → push → version
+(+ insights: frequently-bought-together tables, category suggestions and the HTML report).
 
 Wiring only: each task calls one assoc_lib function (through the assoc_airflow
 adapters in plugins/); XCom carries paths and small dicts. Settings come from
@@ -69,12 +70,18 @@ def assoc_daily():
         return pipeline.evaluate_day(_cfg(), ds, prep["prep_dir"], trained["candidates"])
 
     @task.branch
-    def gate(evaluation: dict, ds=None) -> str:
+    def gate(evaluation: dict, ds=None) -> list[str]:
         from assoc_lib import pipeline
 
         decision = pipeline.gate_day(_cfg(), ds, evaluation["comparison"])
         get_current_context()["ti"].xcom_push(key="decision", value=decision)
-        return "export" if decision["blessed"] else "not_blessed"
+        return ["export" if decision["blessed"] else "not_blessed", "insights"]
+
+    @task
+    def insights(prep: dict, trained: dict, ds=None) -> dict:
+        from assoc_lib import pipeline
+
+        return pipeline.insights_day(_cfg(), ds, prep["prep_dir"], trained["candidates"])
 
     @task
     def not_blessed(ds=None) -> dict:
@@ -114,7 +121,7 @@ def assoc_daily():
     evaluation = evaluate(prep, trained)
     branch = gate(evaluation)
     exported = export(prep)
-    branch >> [exported, not_blessed()]
+    branch >> [exported, not_blessed(), insights(prep, trained)]
     checked = infra_validate(exported)
     pushed = push(exported, prep)
     checked >> pushed

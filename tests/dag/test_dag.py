@@ -16,7 +16,7 @@ from assoc_lib.data import contract
 from tests.conftest import SYNTH_DAYS, SYNTH_START, small_model_overrides
 
 EXPECTED = {"ingest", "validate", "preprocess", "train", "evaluate", "gate", "export", "not_blessed",
-            "infra_validate", "push", "version"}
+            "infra_validate", "push", "version", "insights"}
 
 
 def test_dag_imports_without_errors(dagbag):
@@ -31,7 +31,7 @@ def test_tasks_dependencies_and_retries(dagbag):
     assert down["ingest"] == {"validate"}
     assert down["validate"] == {"preprocess"}
     assert down["preprocess"] >= {"train", "evaluate", "export", "push", "version"}
-    assert down["gate"] == {"export", "not_blessed"}
+    assert down["gate"] == {"export", "not_blessed", "insights"}
     assert down["export"] == {"infra_validate", "push"}
     assert down["infra_validate"] == {"push"} and down["push"] == {"version"}
     for task_id in ("ingest", "infra_validate", "push", "version"):
@@ -76,6 +76,9 @@ def test_whole_day_pushes_a_version_that_answers_grpc(dagbag, dag_world):
     st = states(run)
     assert str(run.state) == "success", st
     assert st["push"] == "success" and st["not_blessed"] == "skipped" and st["version"] == "success"
+    assert st["insights"] == "success"
+    report = dag_world / "artifacts" / "runs" / f"ds={ds}" / "insights" / "report.html"
+    assert report.exists() and (report.parent / "fbt_pairs.csv").exists()
     root = dag_world / "serving"
     assert push.versions(root, "assoc") == [1]
     record = json.loads((dag_world / "artifacts" / "runs" / f"ds={ds}" / "versions.json").read_text())
@@ -109,6 +112,7 @@ def test_whole_day_pushes_a_version_that_answers_grpc(dagbag, dag_world):
     st = states(worse)
     assert str(worse.state) == "success", st
     assert st["not_blessed"] == "success" and st["export"] == "skipped" and st["push"] == "skipped"
+    assert st["insights"] == "success"
     assert push.versions(root, "assoc") == [1]
     blessing = json.loads((dag_world / "artifacts" / "runs" / f"ds={nxt}" / "gate" / "blessing.json").read_text())
     assert not blessing["blessed"] and any("would regress" in r for r in blessing["reasons"])
