@@ -135,7 +135,7 @@ def make_holdouts(baskets, n_items: int, seed: int) -> tuple[dict[str, HoldOut],
     from assoc_lib.train import split_baskets
 
     has_users = bool(baskets["user_id"].notna().any()) if len(baskets) else False
-    H = build_histories(baskets, n_items)[0] if has_users else None
+    H = build_histories(baskets, n_items, with_recency=False)[0] if has_users else None
     splits = split_baskets(baskets)
     out = {}
     for offset, name in enumerate(("validation", "test")):

@@ -20,8 +20,11 @@ import scipy.sparse as sp
 SPLIT_RANK = {"train": 0, "validation": 1, "test": 2}
 
 
-def build_histories(baskets: pd.DataFrame, n_items: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def build_histories(baskets: pd.DataFrame, n_items: int,
+                    with_recency: bool = True) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
     """(counts, days_since_last + 1) as CSR [len(baskets), n_items], rows in the frame's order.
+
+    ``with_recency=False`` skips the recency matrix (half the memory) when only counts are used.
 
     Vectorised per user: a dense [baskets, distinct items] matrix of the user, cumulative counts
     and running last-purchase days, read at each basket's cut-off.
@@ -45,11 +48,14 @@ def build_histories(baskets: pd.DataFrame, n_items: int) -> tuple[sp.csr_matrix,
         sorted_rows, sorted_codes = known_rows[order], codes[order]
         bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
         for rows in np.split(sorted_rows, bounds):
-            _user_history(rows, items, days, stamp, split, out_rows, out_cols, out_counts, out_recency)
+            _user_history(rows, items, days, stamp, split, out_rows, out_cols, out_counts,
+                          out_recency if with_recency else None)
     idx = (np.concatenate(out_rows) if out_rows else np.zeros(0, np.int64),
            np.concatenate(out_cols) if out_cols else np.zeros(0, np.int64))
     counts = sp.csr_matrix((np.concatenate(out_counts) if out_counts else np.zeros(0, np.float32), idx),
                            shape=(n, n_items))
+    if not with_recency:
+        return counts, None
     recency = sp.csr_matrix((np.concatenate(out_recency) if out_recency else np.zeros(0, np.float32), idx),
                             shape=(n, n_items))
     return counts, recency
@@ -91,7 +97,8 @@ def _user_history(rows, items, days, stamp, split, out_rows, out_cols, out_count
     out_rows.append(rows[r].astype(np.int64))
     out_cols.append(distinct[c])
     out_counts.append(history[r, c].astype(np.float32))
-    out_recency.append((np.maximum(day[r] - last[r, c], 0.0) + 1.0).astype(np.float32))
+    if out_recency is not None:
+        out_recency.append((np.maximum(day[r] - last[r, c], 0.0) + 1.0).astype(np.float32))
 
 
 def prior(counts: sp.csr_matrix) -> sp.csr_matrix:
