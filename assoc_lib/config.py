@@ -92,6 +92,7 @@ class ModelsConfig:
     deep_selection_tolerance: float = 0.01
     deep_sampled_softmax: int = 0
     deep_mix_with_ease: bool = True  # also offer the score-level deep+EASE mix as a deep candidate
+    history_max_items: int = 200  # personalised protocol: the shopper's most-bought items kept as history
     seed: int = 1234
     eval_seed: int = 20240101
 

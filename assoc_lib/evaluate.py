@@ -129,13 +129,18 @@ def tune_on_validation(holdout: HoldOut, n_items: int, parts_fn: Callable, combi
             if ranks[g] else 0.0 for g in grid}
 
 
-def make_holdouts(baskets, n_items: int, seed: int) -> tuple[dict[str, HoldOut], sp.csr_matrix | None]:
-    """Validation and test hold-outs (with history when the data has user ids) and the full history matrix."""
-    from assoc_lib.history import build_histories
+def make_holdouts(baskets, n_items: int, seed: int,
+                  history_max_items: int = 200) -> tuple[dict[str, HoldOut], sp.csr_matrix | None]:
+    """Validation and test hold-outs (with history when the data has user ids) and the full history matrix.
+
+    Each history keeps the shopper's ``history_max_items`` most-bought items.
+    """
+    from assoc_lib.history import build_histories, cap_history
     from assoc_lib.train import split_baskets
 
     has_users = bool(baskets["user_id"].notna().any()) if len(baskets) else False
-    H = build_histories(baskets, n_items, with_recency=False)[0] if has_users else None
+    H = cap_history(build_histories(baskets, n_items, with_recency=False)[0], history_max_items) \
+        if has_users else None
     splits = split_baskets(baskets)
     out = {}
     for offset, name in enumerate(("validation", "test")):
@@ -235,7 +240,7 @@ def evaluate_candidates(prep_dir: str | Path, candidates: list[dict], cfg, out_d
 
     baskets, vocab = load_split(prep_dir)
     n_items = len(vocab)
-    holdouts, history = make_holdouts(baskets, n_items, cfg.models.eval_seed)
+    holdouts, history = make_holdouts(baskets, n_items, cfg.models.eval_seed, cfg.models.history_max_items)
     protocols = ["anonymous"] + (["personalised"] if history is not None else [])
 
     def view(split: str, protocol: str) -> HoldOut:

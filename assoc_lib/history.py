@@ -101,6 +101,27 @@ def _user_history(rows, items, days, stamp, split, out_rows, out_cols, out_count
         out_recency.append((np.maximum(day[r] - last[r, c], 0.0) + 1.0).astype(np.float32))
 
 
+def cap_history(counts: sp.csr_matrix, max_items: int) -> sp.csr_matrix:
+    """Keep each basket's ``max_items`` most-bought history items (ties: lower item index).
+
+    Bounds the work per basket (and a request's size): a loyal shopper's full history can hold
+    thousands of items, nearly all bought once.
+    """
+    if max_items <= 0:
+        return counts
+    counts = counts.tocsr()
+    lengths = np.diff(counts.indptr)
+    if not len(lengths) or lengths.max() <= max_items:
+        return counts
+    keep = np.ones(counts.nnz, dtype=bool)
+    for r in np.flatnonzero(lengths > max_items):
+        lo, hi = counts.indptr[r], counts.indptr[r + 1]
+        order = np.lexsort((counts.indices[lo:hi], -counts.data[lo:hi]))
+        keep[lo:hi][order[max_items:]] = False
+    rows = np.repeat(np.arange(counts.shape[0]), lengths)[keep]
+    return sp.csr_matrix((counts.data[keep], (rows, counts.indices[keep])), shape=counts.shape)
+
+
 def prior(counts: sp.csr_matrix) -> sp.csr_matrix:
     """log(1 + purchase count): the personal frequency prior added to a basket score."""
     out = counts.copy().astype(np.float32)

@@ -263,7 +263,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     splits = split_baskets(baskets)
     n_items = len(vocab)
     X = baselines.baskets_to_csr(splits["train"], n_items)
-    holdouts, history = evaluate.make_holdouts(baskets, n_items, cfg.models.eval_seed)
+    holdouts, history = evaluate.make_holdouts(baskets, n_items, cfg.models.eval_seed, cfg.models.history_max_items)
     personal = history is not None
     val = holdouts["validation"]  # personalised when the data has users
     popularity = baselines._popularity(X)

@@ -46,6 +46,16 @@ def test_repeat_counts_accumulate():
     assert counts[2, 0] == 2 and counts[2, 1] == 1
 
 
+def test_cap_history_keeps_most_bought():
+    import scipy.sparse as sp
+
+    from assoc_lib.history import cap_history
+
+    H = sp.csr_matrix(np.array([[5, 1, 3, 0, 2], [0, 1, 0, 0, 0]], dtype=np.float32))
+    capped = cap_history(H, 2).toarray()
+    assert capped.tolist() == [[5, 0, 3, 0, 0], [0, 1, 0, 0, 0]]
+
+
 def test_personal_frequency_and_tuned_prior_beat_anonymous(trained, tmp_path):
     from assoc_lib import evaluate
 
