@@ -48,6 +48,12 @@ class NeighbourTable:
     bias: np.ndarray  # float32 [n_items]
     aggregation: str  # "sum" or "max"
 
+    @classmethod
+    def bias_only(cls, bias: np.ndarray) -> "NeighbourTable":
+        """No neighbours: every basket gets ``bias`` (popularity-style scorers)."""
+        v = len(bias)
+        return cls(np.full((v, 1), -1, np.int32), np.zeros((v, 1), np.float32), bias.astype(np.float32), "sum")
+
     def score(self, X: sp.csr_matrix) -> np.ndarray:
         n, v = X.shape
         out = np.zeros((n, v), dtype=np.float32) if self.aggregation == "sum" else np.full((n, v), -np.inf, np.float32)
@@ -97,20 +103,38 @@ def top_n_table(matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, w
 
 
+def cooccurrence(X: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Pair counts (CSR, diagonal removed) and per-item basket counts of binary baskets."""
+    C = (X.T @ X).tocsr().astype(np.float32)
+    item_count = C.diagonal().copy()
+    C.setdiag(0)
+    C.eliminate_zeros()
+    return C, item_count
+
+
+def cosine_cooccurrence(X: sp.csr_matrix) -> sp.csr_matrix:
+    """count(i, j) / sqrt(count(i) · count(j)), diagonal removed."""
+    C, item_count = cooccurrence(X)
+    D = sp.diags(1.0 / np.sqrt(np.maximum(item_count, 1e-12)))
+    return (D @ C @ D).tocsr()
+
+
 class Scorer:
-    """Fit on train baskets; score baskets against the vocabulary."""
+    """Fit on train baskets; score baskets against the vocabulary through the exportable table."""
 
     name = "scorer"
     kind = "classical"
+    table: NeighbourTable
 
     def fit(self, X: sp.csr_matrix) -> "Scorer":
         raise NotImplementedError
 
     def score(self, X: sp.csr_matrix) -> np.ndarray:
-        raise NotImplementedError
+        """Scores of the served form, so evaluation measures what ships."""
+        return self.neighbour_table().score(X)
 
     def neighbour_table(self) -> NeighbourTable:
-        raise NotImplementedError
+        return self.table
 
     def params(self) -> dict:
         return {}
@@ -132,8 +156,7 @@ class Popularity(Scorer):
         return np.tile(self.pop, (X.shape[0], 1))
 
     def neighbour_table(self):
-        v = len(self.pop)
-        return NeighbourTable(np.full((v, 1), -1, np.int32), np.zeros((v, 1), np.float32), self.pop, "sum")
+        return NeighbourTable.bias_only(self.pop)
 
 
 class AssociationRules(Scorer):
@@ -146,10 +169,7 @@ class AssociationRules(Scorer):
 
     def fit(self, X):
         n = X.shape[0]
-        C = (X.T @ X).tocsr().astype(np.float32)
-        item_count = C.diagonal().copy()
-        C.setdiag(0)
-        C.eliminate_zeros()
+        C, item_count = cooccurrence(X)
         C.data[C.data < self.min_pair_count] = 0
         C.eliminate_zeros()
         coo = C.tocoo()
@@ -166,12 +186,6 @@ class AssociationRules(Scorer):
         self.table = NeighbourTable(*top_n_table(conf, self.top_n), TIE_BREAK * self.pop, "max")
         return self
 
-    def score(self, X):
-        return self.table.score(X)
-
-    def neighbour_table(self):
-        return self.table
-
     def params(self):
         return {"min_pair_count": self.min_pair_count, "min_confidence": self.min_confidence, "top_n": self.top_n,
                 "aggregation": "max confidence"}
@@ -186,21 +200,9 @@ class ItemKNN(Scorer):
         self.k = k
 
     def fit(self, X):
-        C = (X.T @ X).tocsr().astype(np.float32)
-        norms = np.sqrt(np.maximum(C.diagonal(), 1e-12))
-        C.setdiag(0)
-        C.eliminate_zeros()
-        D = sp.diags(1.0 / norms)
-        S = (D @ C @ D).tocsr()
         self.pop = _popularity(X)
-        self.table = NeighbourTable(*top_n_table(S, self.k), TIE_BREAK * self.pop, "sum")
+        self.table = NeighbourTable(*top_n_table(cosine_cooccurrence(X), self.k), TIE_BREAK * self.pop, "sum")
         return self
-
-    def score(self, X):
-        return self.table.score(X)
-
-    def neighbour_table(self):
-        return self.table
 
     def params(self):
         return {"k": self.k}
@@ -241,10 +243,6 @@ class EASE(Scorer):
         self.pop = _popularity(X)
         self.covered = m
         return self
-
-    def score(self, X):
-        """Scores of the served form (top-N neighbour table), so evaluation measures what ships."""
-        return self.neighbour_table().score(X)
 
     def score_dense(self, X):
         out = np.tile(TIE_BREAK * self.pop, (X.shape[0], 1))

@@ -27,11 +27,10 @@ class EvidenceTable:
 
 def evidence_table(X: sp.csr_matrix, top_n: int = 50, min_count: int = 2) -> EvidenceTable:
     """From the binary train baskets: each item's top-N partners by confidence (ties: count)."""
+    from assoc_lib.baselines import cooccurrence
+
     n_baskets, v = X.shape
-    C = (X.T @ X).tocsr().astype(np.float32)
-    item_count = C.diagonal().copy()
-    C.setdiag(0)
-    C.eliminate_zeros()
+    C, item_count = cooccurrence(X)
     idx = np.full((v, top_n), -1, np.int32)
     cnt = np.zeros((v, top_n), np.float32)
     conf = np.zeros((v, top_n), np.float32)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from assoc_lib.baselines import baskets_to_csr
+from assoc_lib.baselines import baskets_to_csr, cosine_cooccurrence
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +166,7 @@ def category_prediction(baskets: list[list[int]], vocab: list[str], embeddings: 
     out_dir = Path(out_dir)
     X = baskets_to_csr(baskets, len(vocab))
     counts = np.asarray(X.sum(axis=0)).ravel()
-    C = (X.T @ X).tocsr().astype(np.float32)
-    norms = np.sqrt(np.maximum(C.diagonal(), 1e-12))
-    C.setdiag(0)
-    cooc = sp.diags(1 / norms) @ C @ sp.diags(1 / norms)
+    cooc = cosine_cooccurrence(X)
     result = {"k": k, "holdout_share": holdout_share, "levels": {}}
     suggestions = []
     for level in ("department", "category"):

@@ -289,11 +289,8 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             ease_table = model.table
         del scorer
     if personal:
-        v = n_items
         frequency = ServableModel("personal_frequency", "classical", vocab, popularity,
-                                  table=baselines.NeighbourTable(np.full((v, 1), -1, np.int32),
-                                                                 np.zeros((v, 1), np.float32),
-                                                                 baselines.TIE_BREAK * popularity, "sum"),
+                                  table=baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * popularity),
                                   history_weight=1.0, params={"score": "log(1 + purchase count), ties by popularity"})
         frequency.evidence = evidence
         entries.append({"name": "personal_frequency", "kind": "classical", "train_seconds": 0.0,
