@@ -26,7 +26,9 @@ class EvidenceTable:
 
 
 def evidence_table(X: sp.csr_matrix, top_n: int = 50, min_count: int = 2) -> EvidenceTable:
-    """From the binary train baskets: each item's top-N partners by confidence (ties: count)."""
+    """From the binary train baskets: each item's top-N partners by confidence (ties: count).
+
+    Only pairs seen together ``min_count`` times with lift > 1 count as evidence."""
     from assoc_lib.baselines import cooccurrence
 
     n_baskets, v = X.shape
@@ -39,11 +41,11 @@ def evidence_table(X: sp.csr_matrix, top_n: int = 50, min_count: int = 2) -> Evi
     for i in range(v):
         cols = C.indices[C.indptr[i]: C.indptr[i + 1]]
         vals = C.data[C.indptr[i]: C.indptr[i + 1]]
-        keep = vals >= min_count
-        cols, vals = cols[keep], vals[keep]
+        c = vals / max(item_count[i], 1.0)
+        keep = (vals >= min_count) & (c / np.maximum(support[cols], 1e-12) > 1.0)  # lift <= 1 is no evidence
+        cols, vals, c = cols[keep], vals[keep], c[keep]
         if not len(cols):
             continue
-        c = vals / max(item_count[i], 1.0)
         order = np.lexsort((-vals, -c))[:top_n]
         k = len(order)
         idx[i, :k], cnt[i, :k], conf[i, :k] = cols[order], vals[order], c[order]

@@ -38,7 +38,7 @@ def test_explanations_over_grpc(server, trained):
     assert len(evidence) == len(ans.item_ids[0])
     explained = [e for e in evidence if e["evidence_item"]]
     assert explained and all(e["evidence_item"] in vocab[:3] for e in explained)
-    assert all(0 < e["confidence"] <= 1 and e["lift"] > 0 and e["evidence_count"] >= 2 for e in explained)
+    assert all(0 < e["confidence"] <= 1 and e["lift"] > 1 and e["evidence_count"] >= 2 for e in explained)
     assert all(e["confidence"] == 0 for e in evidence if not e["evidence_item"])
 
 
@@ -148,17 +148,33 @@ def test_reload_config_request(server):
 
 
 def test_personalised_signature_over_grpc(server, trained):
+    import json
+
     from assoc_lib.preprocess import load_split
 
     _, vocab = load_split(trained["prep_dir"])
+    card = json.loads((server["root"] / "assoc" / "1" / "model_card.json").read_text())  # rules, stable
     with client(server) as c:
-        anon = c.complete_basket([[vocab[5]]], version=2)
-        empty = c.complete_basket_personal([[vocab[5]]], [[]], [[]], version=2)
-        assert empty.item_ids == anon.item_ids  # empty history: the anonymous answer
-        favourite = vocab[150]
-        personal = c.complete_basket_personal([[vocab[5]]], [[favourite]], [[25.0]], version=2)
-        assert personal.item_ids[0].index(favourite) < (anon.item_ids[0].index(favourite)
-                                                        if favourite in anon.item_ids[0] else 99)
+        for version in (1, 2):
+            anon = c.complete_basket([[vocab[5]]], version=version)
+            empty = c.complete_basket_personal([[vocab[5]]], [[]], [[]], version=version)
+            assert empty.item_ids == anon.item_ids  # empty history: the anonymous answer
+        favourite = vocab[-1]
+        personal = c.complete_basket_personal([[vocab[5]]], [[favourite]], [[25.0]], version=1)
+    # the served answer is the in-memory model's personalised ranking: score + β·log(1 + count)
+    import numpy as np
+    import scipy.sparse as sp
+
+    from assoc_lib.baselines import baskets_to_csr
+    from assoc_lib.export import ServableModel
+
+    model = ServableModel.load(trained["candidates"]["rules"]["path"])
+    assert model.history_weight == pytest.approx(card["history_weight"])
+    H = sp.csr_matrix(([25.0], ([0], [len(vocab) - 1])), shape=(1, len(vocab)))
+    expected = model.score(baskets_to_csr([[5]], len(vocab)), H)[0].astype(np.float64)
+    expected[5] = -np.inf
+    np.testing.assert_allclose(personal.scores[0], -np.sort(-expected)[:20], rtol=1e-5, atol=1e-6)
+    with client(server) as c:
         with pytest.raises(grpc.RpcError) as err:
             c.predict("complete_basket_personal", {"items": [[vocab[5]]], "history": [[favourite]]}, version=2)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
