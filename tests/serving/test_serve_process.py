@@ -1,0 +1,35 @@
+"""`assoc serve` as a process: startup log naming versions, answers, graceful exit on SIGTERM."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from assoc_lib import push
+from assoc_lib.client import AssocClient
+
+
+def test_serve_process_starts_answers_and_stops_on_sigterm(exported, tmp_path):
+    root = tmp_path / "serving"
+    push.push(exported["ease"], root, "assoc")
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-m", "assoc_lib.cli", "serve", "--model-config-file",
+                             str(root / "models.config"), "--port", "0", "--ready-file", str(ready)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert ready.exists(), proc.stdout.read() if proc.poll() is not None else "not ready"
+        target = ready.read_text().strip()
+        with AssocClient(target) as client:
+            assert client.complete_basket([[]]).version == 1
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "serving assoc on 127.0.0.1" in out and "versions [1]" in out
+    assert "signal 15: stopping" in out
