@@ -74,7 +74,7 @@ def ranks_of_hidden(scores: np.ndarray, inputs: sp.csr_matrix, hidden: np.ndarra
     target = scores[np.arange(len(hidden)), hidden]
     ranks = (scores >= target[:, None]).sum(axis=1)  # pessimistic: ties count above (incl. itself)
     k = min(10, scores.shape[1])
-    top10 = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top10 = np.argpartition(-scores, k - 1, axis=1)[:, :k].copy()  # a copy: a view would pin the whole array
     return ranks.astype(np.int64), top10
 
 

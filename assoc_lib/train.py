@@ -211,6 +211,13 @@ SUMMARY_FILE = "train_summary.json"
 MIX_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def split_baskets(baskets) -> dict[str, list[list[int]]]:
     from assoc_lib.preprocess import SPLITS
 
@@ -265,6 +272,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     X = baselines.baskets_to_csr(splits["train"], n_items)
     holdouts, history = evaluate.make_holdouts(baskets, n_items, cfg.models.eval_seed, cfg.models.history_max_items)
     personal = history is not None
+    log.info("split loaded, histories built: peak RSS %.0f MB", peak_rss_mb())
     val = holdouts["validation"]  # personalised when the data has users
     popularity = baselines._popularity(X)
     evidence = evidence_table(X, cfg.models.evidence_top_n)
@@ -272,6 +280,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
 
     def save(model, entry: dict) -> None:
         model.evidence = evidence
+        entry["peak_rss_mb"] = peak_rss_mb()
         if personal:
             model.history_weight, grid = _tune_history_weight(model, val, n_items)
             entry["history_weight"] = model.history_weight
@@ -299,7 +308,9 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     params = deep_params(cfg)
     params.personal = personal
     train_rows = np.flatnonzero((baskets["split"] == "train").to_numpy())
+    log.info("classical candidates done: peak RSS %.0f MB", peak_rss_mb())
     result = train_deep(X, val, params, out_dir / "deep", history=history[train_rows] if personal else None)
+    log.info("deep training done: peak RSS %.0f MB", peak_rss_mb())
     deep = ServableModel("deep", "deep", vocab, popularity, deep=result.spec, params=params.to_dict())
     save(deep, {"name": "deep", "kind": "deep", "train_seconds": result.train_seconds,
                 "best_epoch": result.best_epoch, "examples_per_second": result.examples_per_second})
