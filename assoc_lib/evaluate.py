@@ -139,8 +139,8 @@ def make_holdouts(baskets, n_items: int, seed: int,
     from assoc_lib.train import split_baskets
 
     has_users = bool(baskets["user_id"].notna().any()) if len(baskets) else False
-    H = cap_history(build_histories(baskets, n_items, with_recency=False)[0], history_max_items) \
-        if has_users else None
+    H = cap_history(build_histories(baskets, n_items, with_recency=False, max_items=history_max_items)[0],
+                    history_max_items) if has_users else None
     splits = split_baskets(baskets)
     out = {}
     for offset, name in enumerate(("validation", "test")):

@@ -20,11 +20,13 @@ import scipy.sparse as sp
 SPLIT_RANK = {"train": 0, "validation": 1, "test": 2}
 
 
-def build_histories(baskets: pd.DataFrame, n_items: int,
-                    with_recency: bool = True) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+def build_histories(baskets: pd.DataFrame, n_items: int, with_recency: bool = True,
+                    max_items: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
     """(counts, days_since_last + 1) as CSR [len(baskets), n_items], rows in the frame's order.
 
-    ``with_recency=False`` skips the recency matrix (half the memory) when only counts are used.
+    ``with_recency=False`` skips the recency matrix (half the memory) when only counts are used;
+    ``max_items`` > 0 keeps each basket's most-bought items only (as :func:`cap_history`), early,
+    so the full histories are never held at once.
 
     Vectorised per user: a dense [baskets, distinct items] matrix of the user, cumulative counts
     and running last-purchase days, read at each basket's cut-off.
@@ -49,9 +51,9 @@ def build_histories(baskets: pd.DataFrame, n_items: int,
         bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
         for rows in np.split(sorted_rows, bounds):
             _user_history(rows, items, days, stamp, split, out_rows, out_cols, out_counts,
-                          out_recency if with_recency else None)
-    idx = (np.concatenate(out_rows) if out_rows else np.zeros(0, np.int64),
-           np.concatenate(out_cols) if out_cols else np.zeros(0, np.int64))
+                          out_recency if with_recency else None, max_items)
+    idx = (np.concatenate(out_rows) if out_rows else np.zeros(0, np.int32),
+           np.concatenate(out_cols) if out_cols else np.zeros(0, np.int32))
     counts = sp.csr_matrix((np.concatenate(out_counts) if out_counts else np.zeros(0, np.float32), idx),
                            shape=(n, n_items))
     if not with_recency:
@@ -61,7 +63,8 @@ def build_histories(baskets: pd.DataFrame, n_items: int,
     return counts, recency
 
 
-def _user_history(rows, items, days, stamp, split, out_rows, out_cols, out_counts, out_recency) -> None:
+def _user_history(rows, items, days, stamp, split, out_rows, out_cols, out_counts, out_recency,
+                  max_items: int = 0) -> None:
     """History of one user's baskets (``rows`` sorted by time)."""
     lengths = np.fromiter((len(items[r]) for r in rows), np.int64, len(rows))
     flat = np.concatenate([np.asarray(items[r], np.int64) for r in rows]) if lengths.sum() else np.zeros(0, np.int64)
@@ -93,9 +96,13 @@ def _user_history(rows, items, days, stamp, split, out_rows, out_cols, out_count
     if len(test):
         history[test] = train_total + B[val].sum(axis=0)
         last[test] = np.maximum(train_last, bought_day[val].max(axis=0)) if len(val) else train_last
+    if max_items > 0 and history.shape[1] > max_items:
+        for k in np.flatnonzero((history > 0).sum(axis=1) > max_items):
+            order = np.lexsort((np.arange(history.shape[1]), -history[k]))  # most bought, then lower item id
+            history[k, order[max_items:]] = 0.0
     r, c = np.nonzero(history)
-    out_rows.append(rows[r].astype(np.int64))
-    out_cols.append(distinct[c])
+    out_rows.append(rows[r].astype(np.int32))
+    out_cols.append(distinct[c].astype(np.int32))
     out_counts.append(history[r, c].astype(np.float32))
     if out_recency is not None:
         out_recency.append((np.maximum(day[r] - last[r, c], 0.0) + 1.0).astype(np.float32))

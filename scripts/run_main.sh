@@ -68,6 +68,8 @@ for i in $(seq 0 $((RUN_DAYS - 1))); do
   python3 - "$DAY" <<'PY'
 import json, sys, pathlib
 run = pathlib.Path(f"artifacts/runs/ds={sys.argv[1]}")
+if not (run / "gate" / "blessing.json").exists():
+    sys.exit(f"   the DAG run for {sys.argv[1]} reached no gate decision: see artifacts/dag-test-{sys.argv[1]}.log")
 b = json.loads((run / "gate" / "blessing.json").read_text())
 v = b["verdict"]
 ratio = v.get("deep_over_classical")

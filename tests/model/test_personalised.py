@@ -46,6 +46,19 @@ def test_repeat_counts_accumulate():
     assert counts[2, 0] == 2 and counts[2, 1] == 1
 
 
+def test_capping_while_building_equals_capping_after():
+    from assoc_lib.history import cap_history
+
+    rng = np.random.default_rng(3)
+    rows = [(f"u{rng.integers(3)}", f"2024-01-{1 + i // 4:02d}", ["train", "validation", "test"][min(i // 20, 2)],
+             sorted(set(rng.integers(0, 30, size=6).tolist()))) for i in range(60)]
+    b = _frame(rows)
+    full, _ = build_histories(b, 30)
+    early, _ = build_histories(b, 30, with_recency=False, max_items=5)
+    assert (cap_history(full, 5) != early).nnz == 0
+    assert np.diff(early.indptr).max() == 5
+
+
 def test_cap_history_keeps_most_bought():
     import scipy.sparse as sp
 
