@@ -80,8 +80,8 @@ def train_day(cfg: AssocConfig, ds: str, prep_dir: str) -> dict:
         **{f"epoch {e['epoch']}": f"loss {e['loss']:.4f}  val NDCG@10 {e['val_ndcg@10']:.4f}  "
                                   f"{e['examples_per_second']:.0f} ex/s" for e in epochs},
         "candidates": ", ".join(f"{c['name']} ({c['train_seconds']:.1f}s)" for c in summary["candidates"])})
-    return {"train_dir": str(out), "candidates": [{k: c[k] for k in ("name", "kind", "path", "train_seconds")}
-                                                   for c in summary["candidates"]]}
+    keys = ("name", "kind", "path", "train_seconds", "personal_only")
+    return {"train_dir": str(out), "candidates": [{k: c[k] for k in keys if k in c} for c in summary["candidates"]]}
 
 
 # --------------------------------------------------------------------------- evaluate + gate

@@ -98,4 +98,4 @@ sizes = t.groupby("order_id")["item_id"].agg(list)
 print(" ".join(sizes[sizes.map(len) >= 2].iloc[0][:3]))
 PY
 )
-assoc query --server "127.0.0.1:$PORT" --items $BASKET --k 10
+assoc query --server "127.0.0.1:$PORT" --items $BASKET --k 10 --explain
