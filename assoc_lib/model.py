@@ -189,6 +189,17 @@ def numpy_logits(spec: dict, X: sp.csr_matrix, H: sp.csr_matrix | None = None) -
     return logits
 
 
+def item_embeddings(spec: dict) -> np.ndarray:
+    """One vector per item: its input (basket) embedding and its output weights, each L2-normalised.
+
+    On Complete Journey the pair predicts categories better than either half (insights.category_prediction).
+    """
+    def unit(a):
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    return np.hstack([unit(spec["embeddings"]), unit(spec["out_kernel"].T)]).astype(np.float32)
+
+
 def standardise(scores: np.ndarray) -> np.ndarray:
     """Per-basket z-score over the vocabulary: puts different scorers on one scale before mixing."""
     mu = scores.mean(axis=1, keepdims=True)

@@ -267,6 +267,7 @@ def insights_day(cfg: AssocConfig, ds: str, prep_dir: str, candidates: list[dict
 
     from assoc_lib import insights, report
     from assoc_lib.export import ServableModel
+    from assoc_lib.model import item_embeddings
     from assoc_lib.preprocess import load_split
     from assoc_lib.train import split_baskets
     from assoc_lib.validate import RESULT_FILE
@@ -279,7 +280,7 @@ def insights_day(cfg: AssocConfig, ds: str, prep_dir: str, candidates: list[dict
     ic = cfg.insights
     fbt = insights.frequently_bought_together(train, vocab, deep, cfg.paths.catalog_path, out,
                                               ic.pair_min_support, ic.multi_min_support, ic.min_confidence)
-    categories = insights.category_prediction(train, vocab, deep.deep["embeddings"], cfg.paths.catalog_path, out,
+    categories = insights.category_prediction(train, vocab, item_embeddings(deep.deep), cfg.paths.catalog_path, out,
                                               k=ic.category_k) if deep is not None else None
     daily = []
     for day, part in contract.list_partitions(cfg.paths.orders_dir):
