@@ -267,11 +267,6 @@ class EASE(Scorer):
         self.covered = m
         return self
 
-    def score_dense(self, X):
-        out = np.tile(TIE_BREAK * self.pop, (X.shape[0], 1))
-        out[:, : self.m] += np.asarray(X[:, : self.m] @ self.B)
-        return out
-
     def neighbour_table(self):
         if getattr(self, "_table", None) is None:
             v = len(self.pop)

@@ -127,10 +127,3 @@ def cap_history(counts: sp.csr_matrix, max_items: int) -> sp.csr_matrix:
         keep[lo:hi][order[max_items:]] = False
     rows = np.repeat(np.arange(counts.shape[0]), lengths)[keep]
     return sp.csr_matrix((counts.data[keep], (rows, counts.indices[keep])), shape=counts.shape)
-
-
-def prior(counts: sp.csr_matrix) -> sp.csr_matrix:
-    """log(1 + purchase count): the personal frequency prior added to a basket score."""
-    out = counts.copy().astype(np.float32)
-    out.data = np.log1p(out.data)
-    return out

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-PAD = -1
 
 
 @dataclass
@@ -40,17 +39,6 @@ class DeepParams:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         return d
-
-
-def csr_to_padded(X: sp.csr_matrix, min_len: int = 1) -> np.ndarray:
-    """Item ids per row, padded with -1: int32 [n_rows, max(len)]."""
-    lengths = np.diff(X.indptr)
-    width = max(int(lengths.max()) if len(lengths) else 0, min_len)
-    out = np.full((X.shape[0], width), PAD, dtype=np.int32)
-    for r in range(X.shape[0]):
-        items = X.indices[X.indptr[r]: X.indptr[r + 1]]
-        out[r, : len(items)] = items
-    return out
 
 
 def build_network(n_items: int, params: DeepParams):

@@ -263,6 +263,7 @@ def version_day(cfg: AssocConfig, ds: str, pushed: dict, data_version: str | Non
 # --------------------------------------------------------------------------- insights
 def insights_day(cfg: AssocConfig, ds: str, prep_dir: str, candidates: list[dict]) -> dict:
     """Frequently-bought-together tables, category prediction and the HTML report for the day."""
+    import pandas as pd
     import pyarrow.parquet as pq
 
     from assoc_lib import insights, report
@@ -293,7 +294,8 @@ def insights_day(cfg: AssocConfig, ds: str, prep_dir: str, candidates: list[dict
                       "max_rows": params.get("max_rows")})
     comparison_path = run_dir(cfg, ds) / "evaluation" / "comparison.json"
     comparison = json.loads(comparison_path.read_text()) if comparison_path.exists() else None
-    rep = report.build_report(out / "report.html", ds, baskets, vocab, pd_frame(daily), insights._catalog(
+    daily_frame = pd.DataFrame(daily, columns=["ds", "rows", "min_rows", "max_rows"])
+    rep = report.build_report(out / "report.html", ds, baskets, vocab, daily_frame, insights._catalog(
         cfg.paths.catalog_path), comparison, report.past_runs(Path(cfg.paths.artifacts_dir) / "runs"), categories)
     _summary(f"insights ds={ds}", {
         "pair rules": fbt["pairs"]["rows"], "multi-item rules": fbt["multi_item"]["rows"],
@@ -303,9 +305,3 @@ def insights_day(cfg: AssocConfig, ds: str, prep_dir: str, candidates: list[dict
         "report": f"file://{Path(rep['path']).resolve()}"})
     return {"report": rep["path"], "fbt": {k: v["csv"] for k, v in fbt.items()},
             "category_accuracy": {lvl: r["accuracy"] for lvl, r in (categories or {}).get("levels", {}).items()}}
-
-
-def pd_frame(rows: list[dict]):
-    import pandas as pd
-
-    return pd.DataFrame(rows, columns=["ds", "rows", "min_rows", "max_rows"])

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from assoc_lib import evaluate
-from assoc_lib.model import DeepParams, build_network, csr_to_padded, forward_spec, numpy_logits
+from assoc_lib.model import DeepParams, build_network, forward_spec, numpy_logits
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +200,6 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
         (out_dir / "history.json").write_text(json.dumps(result.history, indent=2))
     return result
 
-
-def padded_ids(X: sp.csr_matrix) -> np.ndarray:
-    return csr_to_padded(X)
 
 
 # --------------------------------------------------------------------------- all candidates
