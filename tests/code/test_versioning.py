@@ -50,3 +50,22 @@ def test_restore_unknown_hash_fails_clearly_and_keeps_pointer(tmp_path):
     else:
         raise AssertionError("restoring an unknown hash must fail")
     assert (repo / "data.dvc").read_text() == pointer
+
+
+def test_committed_data_pointer_is_the_synthetic_default(tmp_path, monkeypatch):
+    """README: `run_main.sh --data synth` reproduces data.dvc's md5 (same seed, same bytes, dev key)."""
+    import yaml
+
+    from tests.conftest import REPO_ROOT
+
+    monkeypatch.delenv("ASSOC_PSEUDONYM_KEY", raising=False)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    versioning.ensure_repo(repo, str(tmp_path / "remote"))
+    from assoc_lib.data import contract
+
+    synthesize(repo / "data", "2024-01-01", 28, seed=42, pseudonym_key=contract.pseudonym_key())
+    ours = versioning.snapshot(repo, push=False)["md5"]
+    committed = yaml.safe_load((REPO_ROOT / "data.dvc").read_text())["outs"][0]["md5"]
+    assert ours == committed

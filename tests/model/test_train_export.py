@@ -141,3 +141,19 @@ def test_explanations_match_reference_and_evidence(trained, exported):
     with_i = [b for b in train if e["evidence_item"] in b]
     assert e["count"] == sum(j in b for b in with_i)
     assert e["confidence"] == pytest.approx(e["count"] / len(with_i), rel=1e-6)
+
+
+def test_sampled_softmax_option_trains(trained):
+    from assoc_lib.evaluate import hold_out
+    from assoc_lib.model import DeepParams
+    from assoc_lib.train import split_baskets, train_deep
+
+    baskets, vocab = load_split(trained["prep_dir"])
+    splits = split_baskets(baskets)
+    X = baskets_to_csr(splits["train"], len(vocab))
+    val = hold_out(splits["validation"], len(vocab), 0)
+    result = train_deep(X, val, DeepParams(embedding_dim=16, epochs=4, batch_size=128, learning_rate=0.01,
+                                           sampled_softmax=20, patience=10))
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert result.best_val_ndcg10 > 0
