@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import scipy.sparse as sp
 
 from assoc_lib.baselines import NeighbourTable
 from assoc_lib.explain import EvidenceTable
+from assoc_lib.fsutil import atomic_directory
 from assoc_lib.model import mix, numpy_logits
 
 log = logging.getLogger(__name__)
@@ -305,16 +304,13 @@ def export_saved_model(model: ServableModel, out_dir: str | os.PathLike, model_c
     import tensorflow as tf
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     started = time.perf_counter()
-    try:
+    with atomic_directory(out_dir) as export:
         module = _build_module(model, k)
         signatures = {"serving_default": module.complete_basket, "complete_basket": module.complete_basket,
                       "complete_basket_personal": module.complete_basket_personal,
                       "related_items": module.related_items}
-        tf.saved_model.save(module, str(tmp / "model"), signatures=signatures)
-        export = tmp / "model"
+        tf.saved_model.save(module, str(export), signatures=signatures)
         extra = export / "assets.extra"
         extra.mkdir(parents=True, exist_ok=True)
         popular = [model.vocab[i] for i in np.argsort(-model.popularity)[:3]]
@@ -335,11 +331,6 @@ def export_saved_model(model: ServableModel, out_dir: str | os.PathLike, model_c
                                "related_items": {"inputs": {"item": "string [batch]"},
                                                  "outputs": {"item_ids": "string [batch, K]", "scores": "float [batch, K]"}}}}
         (export / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        export.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (%s, %d items) to %s in %.1fs", model.name, model.kind, model.n_items, out_dir,
              time.perf_counter() - started)
     return out_dir

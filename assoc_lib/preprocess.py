@@ -11,8 +11,6 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import pyarrow.parquet as pq
 
 from assoc_lib.config import AssocConfig, load_config
 from assoc_lib.data import contract
+from assoc_lib.fsutil import atomic_directory
 from assoc_lib.validate import is_validated
 
 log = logging.getLogger(__name__)
@@ -178,10 +177,7 @@ def preprocess(cfg: AssocConfig | None = None, ds: dt.date | str | None = None, 
 
 def write_split(baskets: pd.DataFrame, vocab: list[str], stats: dict, final: Path) -> Path:
     """Write baskets.parquet, vocab.txt and stats.json into ``final`` atomically."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with atomic_directory(final) as tmp:
         table = pa.table({
             "order_id": pa.array(baskets["order_id"].astype(str).tolist(), pa.string()),
             "user_id": pa.array(baskets["user_id"].astype(object).where(baskets["user_id"].notna(), None).tolist(),
@@ -193,12 +189,7 @@ def write_split(baskets: pd.DataFrame, vocab: list[str], stats: dict, final: Pat
         pq.write_table(table, tmp / BASKETS_FILE, compression="zstd")
         (tmp / VOCAB_FILE).write_text("".join(f"{v}\n" for v in vocab))
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return Path(final)
 
 
 def load_split(prep_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:

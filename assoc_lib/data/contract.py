@@ -11,8 +11,6 @@ import hashlib
 import hmac
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from assoc_lib.config import DEV_PSEUDONYM_KEY
+from assoc_lib.fsutil import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -99,20 +98,8 @@ def _as_date(value: dt.date | str) -> dt.date:
 def write_partition(table: pa.Table, orders_dir: str | os.PathLike, ds: dt.date | str) -> Path:
     """Write one day atomically: a reader sees the old partition or the new one, never half."""
     target = partition_dir(orders_dir, ds)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         pq.write_table(table.cast(ORDERS_SCHEMA), tmp / PARTITION_FILE, compression="zstd")
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
