@@ -102,14 +102,12 @@ def import_completejourney(out_dir: str | Path, wheel: str | Path | None = None,
     grouped = orders.group_by(["order_id", "item_id"], use_threads=False).aggregate([
         ("user_id", "first"), ("ts", "min"), ("quantity", "sum"), ("price", "sum"), ("store_id", "first")])
     merged = orders.num_rows - grouped.num_rows
-    orders = grouped.rename_columns([
-        {"user_id_first": "user_id", "ts_min": "ts", "quantity_sum": "quantity", "price_sum": "price",
-         "store_id_first": "store_id"}.get(n, n) for n in grouped.column_names]).select(contract.ORDER_COLUMNS)
+    orders = grouped.rename_columns({f"{c}_{fn}": c for c, fn in (
+        ("user_id", "first"), ("ts", "min"), ("quantity", "sum"), ("price", "sum"), ("store_id", "first"))})
     # A basket is one order: all its lines share the basket's first timestamp and day.
     first_ts = orders.group_by("order_id", use_threads=False).aggregate([("ts", "min")])
-    orders = orders.drop_columns(["ts"]).join(first_ts, "order_id").rename_columns(
-        [("ts" if n == "ts_min" else n) for n in orders.drop_columns(["ts"]).column_names + ["ts_min"]]
-    ).select(contract.ORDER_COLUMNS)
+    orders = orders.drop_columns(["ts"]).join(first_ts.rename_columns({"ts_min": "ts"}), "order_id") \
+        .select(contract.ORDER_COLUMNS)
     written = contract.write_days(orders, out / "raw" / "orders")
 
     products = _read_wheel_parquet(wheel, "products.parquet").to_pandas()
