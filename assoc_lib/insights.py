@@ -115,11 +115,14 @@ def frequently_bought_together(baskets: list[list[int]], vocab: list[str], deep_
     X = baskets_to_csr(baskets, len(vocab))
     pairs = pair_rules(X, vocab, min_support)
     multi = multi_item_rules(baskets, vocab, multi_min_support, min_confidence)
+    def titles(itemset: str) -> str:
+        """'a & b' of item ids -> their catalogue titles (the id where the catalogue has none)."""
+        known = catalog["title"] if "title" in catalog else {}
+        return " & ".join(str(known.get(x, x)) for x in itemset.split(" & "))
+
     for df in (pairs, multi):
-        df.insert(1, "antecedent_titles", df["antecedents"].map(
-            lambda s: " & ".join(str(catalog["title"].get(x, x)) if "title" in catalog else x for x in s.split(" & "))))
-        df.insert(3, "consequent_titles", df["consequents"].map(
-            lambda s: " & ".join(str(catalog["title"].get(x, x)) if "title" in catalog else x for x in s.split(" & "))))
+        df.insert(1, "antecedent_titles", df["antecedents"].map(titles))
+        df.insert(3, "consequent_titles", df["consequents"].map(titles))
     related = related_items_table(deep_model, vocab) if deep_model is not None else pd.DataFrame()
     if len(related):
         related.insert(1, "title", _titles(related["item_id"], catalog))
