@@ -55,7 +55,7 @@ def preprocess_day(cfg: AssocConfig, ds: str) -> dict:
     from assoc_lib import preprocess
 
     stats = preprocess.preprocess(cfg, ds)
-    data_version = snapshot_data(cfg)
+    data_version = snapshot_data(cfg, ds)
     _summary(f"preprocess ds={ds}", {
         "data version": data_version or "DVC off",
         "partitions": f"{len(stats['partitions_used'])} used, skipped {stats['partitions_skipped'] or 'none'}",
@@ -163,8 +163,9 @@ def ingest_day(cfg: AssocConfig, ds: str) -> dict:
 
 
 # --------------------------------------------------------------------------- data version
-def snapshot_data(cfg: AssocConfig) -> str | None:
-    """dvc add + push the data folder; the md5 names the data every model of the day is trained on."""
+def snapshot_data(cfg: AssocConfig, ds: str) -> str | None:
+    """Store the data folder in DVC (cache + remote); its md5 names the data every model of the day is
+    trained on. The pointer goes to the run's folder (``dvc/data.dvc``), not into the checkout."""
     from assoc_lib import versioning
 
     if not cfg.paths.dvc_repo:
@@ -172,7 +173,7 @@ def snapshot_data(cfg: AssocConfig) -> str | None:
     repo = Path(cfg.paths.dvc_repo).resolve()
     target = Path(cfg.paths.data_dir).resolve().relative_to(repo)
     versioning.ensure_repo(repo)
-    return versioning.snapshot(repo, str(target))["md5"]
+    return versioning.record(repo, str(target), run_dir(cfg, ds) / "dvc" / "data.dvc")["md5"]
 
 
 # --------------------------------------------------------------------------- infra validation
@@ -246,13 +247,18 @@ def version_day(cfg: AssocConfig, ds: str, pushed: dict, data_version: str | Non
     from assoc_lib import versioning
 
     record = {"ds": ds, "data_version": data_version, "model_version": pushed.get("version"),
-              "model_path": pushed.get("path"), "git_commit": None, "model_md5": None}
+              "model_path": pushed.get("path"), "git_commit": None, "model_md5": None,
+              "data_pointer": None, "model_pointer": None}
     if cfg.paths.dvc_repo and pushed.get("path"):
         repo = Path(cfg.paths.dvc_repo).resolve()
         record["git_commit"] = versioning.git_commit_hash(repo)
         model_path = Path(pushed["path"]).resolve()
         if repo in model_path.parents:
-            record["model_md5"] = versioning.snapshot(repo, str(model_path.relative_to(repo)))["md5"]
+            record["model_md5"] = versioning.record(repo, str(model_path.relative_to(repo)),
+                                                    run_dir(cfg, ds) / "dvc" / "model.dvc")["md5"]
+            record["model_pointer"] = str(run_dir(cfg, ds) / "dvc" / "model.dvc")
+        data_pointer = run_dir(cfg, ds) / "dvc" / "data.dvc"
+        record["data_pointer"] = str(data_pointer) if data_pointer.exists() else None
     out = run_dir(cfg, ds) / "versions.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")

@@ -1,8 +1,16 @@
-"""Data and model versions with DVC: snapshot (add + push) and restore by hash.
+"""Data and model versions with DVC: record (cache + push), snapshot (dvc add + push) and restore by hash.
 
-The hash a snapshot returns (DVC's directory md5) is what model cards record,
+The hash DVC gives a folder (its directory md5) is what model cards record,
 so ``restore(md5)`` brings back byte for byte the data a served version was
 trained on, from the configured remote (a local folder by default).
+
+Two ways in, for two users:
+- ``record`` is what the daily pipeline calls: it stores the folder in DVC's cache
+  and remote and writes the pointer file *where the run's outputs live*
+  (``artifacts/runs/ds=.../dvc/``), never into the checkout, so a run leaves no
+  tracked file modified.
+- ``snapshot`` (``assoc snapshot``) and ``restore`` (``assoc restore --md5``) are what a
+  person calls to pin a release: they write ``<target>.dvc`` in the checkout, to commit.
 """
 from __future__ import annotations
 
@@ -80,6 +88,41 @@ def snapshot(root: str | os.PathLike, target: str = "data", push: bool = True) -
     return pointer
 
 
+def record(root: str | os.PathLike, target: str, pointer_path: str | os.PathLike, push: bool = True) -> dict:
+    """Store ``<root>/<target>`` in DVC's cache (and remote) and write its pointer to ``pointer_path``.
+
+    The same md5 as ``dvc add`` (DVC's own hashing and transfer), without touching ``<target>.dvc``
+    or any ``.gitignore`` in the checkout. The pointer file has DVC's format with ``path: <target's
+    name>``: placed at ``<root>/<target>.dvc`` it pins exactly this content (``assoc restore`` does that).
+    """
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.transfer import transfer
+
+    root = Path(root).resolve()
+    path = root / target
+    if not path.exists():
+        raise VersioningError(f"{path} does not exist: nothing to record")
+    with _repo(root) as repo:
+        odb = repo.cache.local
+        staging, meta, obj = build(odb, str(path), repo.fs, "md5", ignore=repo.dvcignore)
+        transfer(staging, odb, {obj.hash_info}, shallow=False, hardlink=False)
+        # push the tree's entries as well as the tree: the remote must hold every file, not only the listing
+        objects = {obj.hash_info} | ({oid for _, _, oid in obj} if meta.isdir else set())
+        pushed = len(repo.cloud.push(objects).transferred) if push else 0
+    md5 = obj.hash_info.value
+    if meta.isdir:
+        out = {"md5": md5, "size": meta.size, "nfiles": meta.nfiles, "hash": "md5", "path": path.name}
+    else:
+        out = {"md5": md5, "size": meta.size, "hash": "md5", "path": path.name}
+    pointer_path = Path(pointer_path)
+    pointer_path.parent.mkdir(parents=True, exist_ok=True)
+    pointer_path.write_text(yaml.safe_dump({"outs": [out]}, sort_keys=False))
+    log.info("dvc record of %s: md5 %s (%s files, %s bytes), %s object(s) pushed; pointer %s",
+             target, md5, out.get("nfiles", 1), out["size"], pushed, pointer_path)
+    return {**read_pointer(pointer_path), "dvc_file": str(pointer_path), "pin_as": f"{target}.dvc",
+            "pushed_files": pushed}
+
+
 def restore(root: str | os.PathLike, md5: str, target: str = "data") -> dict:
     """Point ``<target>.dvc`` at ``md5`` and pull it from the remote (or the cache) into ``target``."""
     root = Path(root)
@@ -91,7 +134,7 @@ def restore(root: str | os.PathLike, md5: str, target: str = "data") -> dict:
     dvc_file.write_text(yaml.safe_dump(pointer, sort_keys=False))
     try:
         with _repo(root) as repo:
-            repo.pull(targets=[dvc_file.name], force=True)
+            repo.pull(targets=[str(dvc_file.relative_to(root))], force=True)
     except Exception as exc:
         if previous is not None:
             dvc_file.write_text(previous)

@@ -69,3 +69,30 @@ def test_committed_data_pointer_is_the_synthetic_default(tmp_path, monkeypatch):
     ours = versioning.snapshot(repo, push=False)["md5"]
     committed = yaml.safe_load((REPO_ROOT / "data.dvc").read_text())["outs"][0]["md5"]
     assert ours == committed
+
+
+def test_record_leaves_the_checkout_clean_and_restores_from_the_remote(tmp_path):
+    """What the pipeline calls: pointer in the run folder, no tracked file touched, bytes back by md5."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    versioning.ensure_repo(repo, str(tmp_path / "remote"))
+    (repo / ".gitignore").write_text("/data\n/runs\n")
+    synthesize(repo / "data", "2024-01-01", 2, seed=1, pseudonym_key=TEST_KEY)
+    expected = _digest(repo / "data")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+                   check=True)
+    pointer = repo / "runs" / "ds=2024-01-02" / "dvc" / "data.dvc"
+    rec = versioning.record(repo, "data", pointer)
+    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True)
+    assert status.stdout == "" and not (repo / "data.dvc").exists()
+    assert versioning.read_pointer(pointer)["md5"] == rec["md5"] and rec["nfiles"] == len(expected)
+    # same md5 as `dvc add` would give
+    assert versioning.snapshot(repo, push=False)["md5"] == rec["md5"]
+    (repo / "data.dvc").unlink()
+    # every file reached the remote: restore with an empty cache and no data folder
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "data")
+    versioning.restore(repo, rec["md5"])
+    assert _digest(repo / "data") == expected

@@ -10,6 +10,7 @@ from pathlib import Path
 import pendulum
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from assoc_lib import push
 from assoc_lib.data import contract
@@ -83,6 +84,11 @@ def test_whole_day_pushes_a_version_that_answers_grpc(dagbag, dag_world):
     assert push.versions(root, "assoc") == [1]
     record = json.loads((dag_world / "artifacts" / "runs" / f"ds={ds}" / "versions.json").read_text())
     assert record["data_version"].endswith(".dir") and record["model_md5"]
+    # DVC pointers live with the run's outputs, never in the checkout (no tracked file modified)
+    assert not (dag_world / "data.dvc").exists() and not list((dag_world / "serving").rglob("*.dvc"))
+    run_pointers = dag_world / "artifacts" / "runs" / f"ds={ds}" / "dvc"
+    assert yaml.safe_load((run_pointers / "data.dvc").read_text())["outs"][0]["md5"] == record["data_version"]
+    assert yaml.safe_load((run_pointers / "model.dvc").read_text())["outs"][0]["md5"] == record["model_md5"]
     card = json.loads((root / "assoc" / "1" / "model_card.json").read_text())
     assert card["data_version"] == record["data_version"]
     srv, registry, port = serving.serve(str(root / "models.config"), port=0, block=False)
