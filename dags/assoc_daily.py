@@ -6,6 +6,7 @@ adapters in plugins/); XCom carries paths and small dicts. Settings come from
 the project config (assoc.toml / ASSOC_* env) and can be overridden per run with
 params. Environment knobs: ASSOC_SCHEDULE (default @daily), ASSOC_CATCHUP,
 ASSOC_START_DATE, ASSOC_TRAIN_POOL and ASSOC_TRAIN_QUEUE (GPU placement of train).
+ASSOC_SCHEDULE=none: triggered runs only (scripts/airflow_local.py replay uses it).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ SERVED_MODEL = Asset(name="assoc_served_model", uri="file:///assoc/serving/assoc
 
 RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
            "max_retry_delay": timedelta(minutes=10)}
+SCHEDULE = os.environ.get("ASSOC_SCHEDULE", "@daily")
 TRAIN_PLACEMENT = {k: v for k, v in {"pool": os.environ.get("ASSOC_TRAIN_POOL"),
                                      "queue": os.environ.get("ASSOC_TRAIN_QUEUE")}.items() if v}
 
@@ -33,7 +35,7 @@ def _cfg():
 
 @dag(
     dag_id="assoc_daily",
-    schedule=os.environ.get("ASSOC_SCHEDULE", "@daily"),
+    schedule=None if SCHEDULE.strip().lower() in ("", "none") else SCHEDULE,
     # Early default so replayed historical days (Complete Journey is 2017) are inside the DAG's range;
     # with catchup off the scheduler still starts from today.
     start_date=pendulum.parse(os.environ.get("ASSOC_START_DATE", "2015-01-01")),
