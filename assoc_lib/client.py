@@ -6,6 +6,8 @@ from pathlib import Path
 
 import grpc
 
+from assoc_lib.tfrt import tensorflow
+
 
 @dataclass
 class Answer:
@@ -17,6 +19,7 @@ class Answer:
 
 class AssocClient:
     def __init__(self, target: str = "127.0.0.1:8500", model_name: str = "assoc", timeout: float = 10.0):
+        tensorflow()  # TF first, quietly: the serving protos import it
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self.target = target
@@ -43,7 +46,7 @@ class AssocClient:
             spec.version_label = label
 
     def predict(self, signature: str, inputs: dict, version: int | None = None, label: str | None = None) -> Answer:
-        import tensorflow as tf
+        tf = tensorflow()
         from tensorflow_serving.apis import predict_pb2
 
         request = predict_pb2.PredictRequest()
@@ -82,6 +85,7 @@ class AssocClient:
         return self.predict("related_items", {"item": list(items)}, **kw)
 
     def model_status(self) -> list[dict]:
+        tensorflow()  # TF first, quietly: the serving protos import it
         from tensorflow_serving.apis import get_model_status_pb2
 
         request = get_model_status_pb2.GetModelStatusRequest()
@@ -91,6 +95,7 @@ class AssocClient:
                  "error": s.status.error_message} for s in response.model_version_status]
 
     def metadata(self, version: int | None = None) -> dict:
+        tensorflow()  # TF first, quietly: the serving protos import it
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         request = get_model_metadata_pb2.GetModelMetadataRequest()

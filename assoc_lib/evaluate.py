@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from assoc_lib.baselines import baskets_to_csr
+from assoc_lib.tfrt import tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def evaluate_topk(topk_fn: Callable[..., list[list[str]]], holdout: HoldOut, voc
 def saved_model_topk(export_dir: str | Path, personal: bool = False) -> Callable[..., list[list[str]]]:
     """Call an exported model in-process: ``complete_basket``, or ``complete_basket_personal`` with history
     (an export without that signature answers the personalised protocol anonymously)."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     loaded = tf.saved_model.load(str(export_dir))
     has_personal = "complete_basket_personal" in loaded.signatures

@@ -22,6 +22,7 @@ from assoc_lib.baselines import NeighbourTable
 from assoc_lib.explain import EvidenceTable
 from assoc_lib.fsutil import atomic_directory
 from assoc_lib.model import mix, numpy_logits
+from assoc_lib.tfrt import tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class ServableModel:
 
 # -------------------------------------------------------------------- TensorFlow graph
 def _build_module(model: ServableModel, k: int):
-    import tensorflow as tf
+    tf = tensorflow()
 
     V = model.n_items
     k = min(k, V)
@@ -278,7 +279,7 @@ def _build_module(model: ServableModel, k: int):
 
 def warmup_requests(model_name: str, examples: list[list[str]]) -> list:
     """PredictionLog records (TF Serving's warm-up format) for both signatures."""
-    import tensorflow as tf
+    tf = tensorflow()
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     logs = []
@@ -301,7 +302,7 @@ def warmup_requests(model_name: str, examples: list[list[str]]) -> list:
 def export_saved_model(model: ServableModel, out_dir: str | os.PathLike, model_card: dict,
                        model_name: str = "assoc", k: int = DEFAULT_K) -> Path:
     """Write the SavedModel (+ warm-up file + model card) to ``out_dir`` atomically."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     out_dir = Path(out_dir)
     started = time.perf_counter()

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from assoc_lib.tfrt import tensorflow
 
 
 @dataclass
@@ -88,7 +89,7 @@ def build_network(n_items: int, params: DeepParams):
             self.repeat_bias = self.add_weight(shape=(n_items,), initializer="zeros", name="repeat_bias")
 
         def call(self, logits, ids, weights):
-            import tensorflow as tf
+            tf = tensorflow()
 
             batch = tf.shape(ids)[0]
             valid = ids >= 0

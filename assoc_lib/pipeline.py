@@ -91,6 +91,14 @@ def evaluate_day(cfg: AssocConfig, ds: str, prep_dir: str, candidates: list[dict
     prod = push.production(cfg.paths.serving_root, cfg.serving.model_name)
     out = run_dir(cfg, ds) / "evaluation"
     payload = evaluate.evaluate_candidates(prep_dir, candidates, cfg, out, production=prod)
+    best = max(payload["models"], key=lambda r: r.get("val_ndcg@10") or 0.0, default=None)
+    _summary(f"evaluate ds={ds}", {
+        "read": f"{prep_dir} ({len(candidates)} candidates)",
+        "production": f"version {prod['version']}" if prod else "none",
+        "test baskets": payload["n_eval_baskets"],
+        "best on validation": f"{best['name']} ({best.get('protocol')}) val NDCG@10 {best['val_ndcg@10']:.4f}, "
+                              f"test {best['ndcg@10']:.4f}" if best else "none",
+        "wrote": out / "comparison.md"})
     return {"comparison": str(out / "comparison.json"), "table": str(out / "comparison.md"),
             "production_version": prod and prod["version"], "n_eval_baskets": payload["n_eval_baskets"]}
 

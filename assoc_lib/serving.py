@@ -24,6 +24,8 @@ from pathlib import Path
 
 import grpc
 
+from assoc_lib.tfrt import tensorflow
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -55,6 +57,7 @@ def _read_signature_defs(path: Path) -> dict:
 
 def parse_model_config(text: str):
     from google.protobuf import text_format
+    tensorflow()  # TF first, quietly: the serving protos import it
     from tensorflow_serving.config import model_server_config_pb2
 
     return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
@@ -114,7 +117,7 @@ class ServedModel:
             log.info("unloaded %s version %d", self.name, v)
 
     def _load(self, version: int) -> None:
-        import tensorflow as tf
+        tf = tensorflow()
 
         path = Path(self.config.base_path) / str(version)
         lv = LoadedVersion(version=version, path=path)
@@ -133,7 +136,7 @@ class ServedModel:
             log.error("failed to load %s version %d: %s", self.name, version, lv.error)
 
     def _warm_up(self, lv: LoadedVersion) -> int:
-        import tensorflow as tf
+        tf = tensorflow()
         from tensorflow_serving.apis import prediction_log_pb2
 
         warmup = lv.path / "assets.extra" / "tf_serving_warmup_requests"
@@ -175,7 +178,7 @@ class ServedModel:
 
 def run_signature(lv: LoadedVersion, request):
     """Run one PredictRequest against a loaded version; returns {output name: ndarray}."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     sig_name = request.model_spec.signature_name or "serving_default"
     if sig_name not in lv.loaded.signatures:
@@ -284,7 +287,7 @@ def _abort(context, exc: ServingError):
 
 
 def make_servicers(registry: ModelRegistry):
-    import tensorflow as tf
+    tf = tensorflow()
     from google.protobuf import any_pb2
     from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
                                          model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
@@ -370,6 +373,7 @@ def make_servicers(registry: ModelRegistry):
 
 
 def build_server_config(model_config_file: str | None, model_name: str | None, model_base_path: str | None):
+    tensorflow()  # TF first, quietly: the serving protos import it
     from tensorflow_serving.config import model_server_config_pb2
 
     if model_config_file:
@@ -386,6 +390,7 @@ def serve(model_config_file: str | None = None, model_name: str | None = None, m
           port: int = 8500, host: str = "127.0.0.1", max_workers: int = 8, poll_seconds: float = 2.0,
           ready_file: str | None = None, block: bool = True):
     """Start the server; with ``block`` wait until SIGTERM/SIGINT, then stop gracefully."""
+    tensorflow()  # TF first, quietly: the serving protos import it
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
     registry = ModelRegistry(build_server_config(model_config_file, model_name, model_base_path), poll_seconds)

@@ -20,13 +20,14 @@ import scipy.sparse as sp
 
 from assoc_lib import evaluate
 from assoc_lib.model import DeepParams, build_network, forward_spec, numpy_logits
+from assoc_lib.tfrt import tensorflow
 
 log = logging.getLogger(__name__)
 
 
 def pick_strategy():
     """MirroredStrategy (+ mixed precision) when GPUs are visible, the default strategy on CPU."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -53,7 +54,7 @@ class DeepResult:
 
 def _dataset(train: sp.csr_matrix, params: DeepParams, global_batch: int, history: sp.csr_matrix | None = None):
     """(corrupted basket ids, full basket ids[, history ids, history weights]) padded with -1 / 0."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     def ragged(values, splits, dtype):
         return tf.RaggedTensor.from_row_splits(tf.constant(values.astype(dtype)), tf.constant(splits.astype(np.int64)))
@@ -97,7 +98,7 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
     if params.personal and history is None:
         raise ValueError("a personal network needs the train baskets' history")
     import keras
-    import tensorflow as tf
+    tf = tensorflow()
 
     keras.utils.set_random_seed(params.seed)
     n_items = train.shape[1]

@@ -135,14 +135,21 @@ def volume_bounds(orders_dir: Path, ds: dt.date, cfg: AssocConfig) -> dict[str, 
             "history_median": median, "history_days": len(counts)}
 
 
+def _quiet_great_expectations() -> None:
+    """GE logs at INFO while it imports (a "Skipping registering function ..." line per public-API
+    function, "Multiple declarations of metric ...") and while it validates: none of it is about our data.
+    Its warnings and errors stay. Must run before the first ``import great_expectations``."""
+    ge = logging.getLogger("great_expectations")
+    if ge.level == logging.NOTSET or ge.level < logging.WARNING:
+        ge.setLevel(logging.WARNING)
+
+
 def _run_suite(frame: pd.DataFrame, suite_spec: dict, params: dict, docs_dir: Path | None):
+    _quiet_great_expectations()
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("great_expectations"):
-            logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.WARNING))
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     actions = []

@@ -56,7 +56,9 @@ def project_settings(home: Path) -> dict[str, dict[str, str]]:
                  "parallelism": slots, "max_active_tasks_per_dag": slots},
         "database": {"sql_alchemy_conn": f"sqlite:///{home / 'airflow.db'}"},
         "api": {"workers": "1"},
-        "logging": {"colored_console_log": "False"},
+        # the in-process execution API of `airflow dags test` logs three INFO lines per task state change
+        "logging": {"colored_console_log": "False",
+                    "namespace_levels": "airflow.api_fastapi.execution_api=WARNING"},
     }
 
 

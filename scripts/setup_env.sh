@@ -12,8 +12,13 @@ fi
 stamp=".venv/.assoc-installed"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "setup: installing dependencies into .venv (first time: several minutes)" >&2
-  .venv/bin/python -m pip install -q --upgrade "pip>=24"
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+  log=.venv/install.log
+  echo "setup: installing dependencies into .venv (first time: several minutes; log: $log)" >&2
+  if ! { .venv/bin/python -m pip install -q --upgrade "pip>=24" && \
+         .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"; } > "$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" | tail -30 >&2
+    echo "setup: pip install failed; the whole log is in $log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
