@@ -22,12 +22,15 @@ RECORD = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z? \[\s*\w+\s*\] ")
 LOGGER = re.compile(r" \[([A-Za-z_][\w.]*)\](?: |$)")
 
 
-def source_of_json(line: str) -> str | None:
+def source_of_json(line: str) -> tuple[str, int] | None:
+    """(logger, lines the record shows in the UI: its event's own line breaks count) of a JSON record."""
     try:
         rec = json.loads(line)
     except ValueError:
         return None
-    return str(rec.get("logger") or rec.get("chan") or "unknown") if isinstance(rec, dict) else None
+    if not isinstance(rec, dict):
+        return None
+    return str(rec.get("logger") or rec.get("chan") or "unknown"), str(rec.get("event", "")).count("\n") + 1
 
 
 def count(path: Path) -> dict:
@@ -36,9 +39,9 @@ def count(path: Path) -> dict:
     for line in path.read_text(errors="replace").splitlines():
         if not line.strip():
             continue
-        src = source_of_json(line) if line.startswith("{") else None
-        if src is not None:
-            by_source[src] += 1
+        rec = source_of_json(line) if line.startswith("{") else None
+        if rec is not None:
+            by_source[rec[0]] += rec[1]
             continue
         starts = bool(RECORD.match(line))
         if not starts and not pending:
@@ -69,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     rows = [count(p) for p in args.logs]
+    if len(rows) > 1:
+        total: collections.Counter = collections.Counter()
+        for r in rows:
+            total.update(r["top_other_sources"])
+        lines, ours = sum(r["lines"] for r in rows), sum(r["project"] for r in rows)
+        rows.append({"file": f"TOTAL of {len(rows)} logs", "lines": lines, "project": ours, "other": lines - ours,
+                     "project_share": round(ours / lines, 3) if lines else None,
+                     "top_other_sources": dict(total.most_common(8))})
     print(f"{'log':60} {'lines':>6} {'ours':>6} {'other':>6} {'ours %':>7}")
     for r in rows:
         print(f"{r['file'][-60:]:60} {r['lines']:6d} {r['project']:6d} {r['other']:6d} "

@@ -113,7 +113,8 @@ def gate_line(artifacts: Path, day: str) -> str:
             f"test ndcg@10={b.get('winner_test', 0):.4f} production={b.get('production')}; "
             f"deep/classical={ratio if ratio is None else round(ratio, 3)}")
     versions = run / "versions.json"
-    if versions.exists():
+    # a versions.json older than today's gate decision is an earlier run's (this run pushed nothing)
+    if versions.exists() and versions.stat().st_mtime >= blessing.stat().st_mtime:
         r = json.loads(versions.read_text())
         line += f"\n   pushed version {r['model_version']} (data {r['data_version']})"
     return line
@@ -253,16 +254,17 @@ def airflow_cli(services: Services, *args: str) -> str:
 
 
 def replace_existing_run(day: str) -> None:
-    """A replayed day is run anew: drop a run already recorded for that logical date (e.g. by `dags test`)."""
+    """A replayed day is run anew: drop a run already recorded for that logical date (e.g. by `dags test`);
+    its task instances go with it (foreign keys cascade)."""
     import pendulum
-    from sqlalchemy import select
+    from sqlalchemy import delete, select
 
     create_session, _, DagRun = _db()
+    where = (DagRun.dag_id == DAG_ID, DagRun.logical_date == pendulum.parse(day))
     with create_session() as s:
-        for run in s.scalars(select(DagRun).where(DagRun.dag_id == DAG_ID,
-                                                  DagRun.logical_date == pendulum.parse(day))).all():
-            print(f"   replacing the earlier run {run.run_id} ({run.state}) for {day}", flush=True)
-            s.delete(run)
+        for run_id, state in s.execute(select(DagRun.run_id, DagRun.state).where(*where)).all():
+            print(f"   replacing the earlier run {run_id} ({state}) for {day}", flush=True)
+        s.execute(delete(DagRun).where(*where))
 
 
 def wait_for_run(services: Services, run_id: str, timeout: float) -> tuple[str, dict[str, str]]:
