@@ -1,4 +1,5 @@
-"""``assoc``: one command line for people, scripts and the DAG (design.md §8)."""
+"""``assoc``: one command line for people, scripts and the DAG (docs/design.md §8)."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,11 @@ log = logging.getLogger("assoc")
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     for noisy in ("great_expectations", "dvc", "scmrepo", "absl", "tensorflow", "h5py", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -37,8 +41,15 @@ def cmd_synth(args):
     from assoc_lib.data import contract, synth
 
     cfg = _config(args)
-    _print(synth.synthesize(args.out, args.start, args.days, seed=args.seed,
-                            pseudonym_key=contract.pseudonym_key(cfg.privacy.pseudonym_key)))
+    _print(
+        synth.synthesize(
+            args.out,
+            args.start,
+            args.days,
+            seed=args.seed,
+            pseudonym_key=contract.pseudonym_key(cfg.privacy.pseudonym_key),
+        )
+    )
 
 
 def cmd_import(args):
@@ -47,44 +58,54 @@ def cmd_import(args):
     cfg = _config(args)
     key = contract.pseudonym_key(cfg.privacy.pseudonym_key)
     if args.source == "completejourney":
-        summary = adapters.import_completejourney(args.out, wheel=args.wheel, start=args.start, days=args.days,
-                                                  pseudonym_key=key, cache_dir=args.cache_dir)
+        summary = adapters.import_completejourney(
+            args.out, wheel=args.wheel, start=args.start, days=args.days, pseudonym_key=key, cache_dir=args.cache_dir
+        )
     else:
         if not args.path:
             raise SystemExit(f"error: assoc data import {args.source} needs --path FILE")
-        summary = adapters.import_basket_csv(args.path, args.out, start=args.start or "2000-01-01",
-                                             days=args.days or 1, pseudonym_key=key)
+        summary = adapters.import_basket_csv(
+            args.path, args.out, start=args.start or "2000-01-01", days=args.days or 1, pseudonym_key=key
+        )
     _print(summary)
 
 
 def cmd_validate(args):
-    from assoc_lib import validate
+    from assoc_lib.data import validate
 
     cfg = _config(args)
     if args.all:
         from assoc_lib.data import contract
 
-        reports = [validate.validate_partition(path, cfg, catalog_path=args.catalog,
-                                               move_on_failure=not args.no_quarantine)
-                   for _, path in contract.list_partitions(cfg.paths.orders_dir)]
+        reports = [
+            validate.validate_partition(path, cfg, catalog_path=args.catalog, move_on_failure=not args.no_quarantine)
+            for _, path in contract.list_partitions(cfg.paths.orders_dir)
+        ]
         failed = [r.ds for r in reports if not r.success]
-        _print({"partitions": len(reports), "passed": len(reports) - len(failed), "failed": failed,
-                "max_seconds": max((r.seconds for r in reports), default=0.0)})
+        _print(
+            {
+                "partitions": len(reports),
+                "passed": len(reports) - len(failed),
+                "failed": failed,
+                "max_seconds": max((r.seconds for r in reports), default=0.0),
+            }
+        )
         return 1 if failed else 0
     if args.partition is None:
         if not args.catalog:
             raise SystemExit("error: assoc validate needs --partition DIR, --all, or --catalog FILE")
         report = validate.validate_catalog(args.catalog)
     else:
-        report = validate.validate_partition(args.partition, cfg, catalog_path=args.catalog,
-                                             move_on_failure=not args.no_quarantine)
+        report = validate.validate_partition(
+            args.partition, cfg, catalog_path=args.catalog, move_on_failure=not args.no_quarantine
+        )
     print(report.summary(), file=sys.stderr)
     _print(report.to_dict())
     return 0 if report.success else 1
 
 
 def cmd_preprocess(args):
-    from assoc_lib import preprocess
+    from assoc_lib.data import preprocess
 
     cfg = _config(args)
     for key in ("window_days", "min_count", "val_days", "test_days"):
@@ -96,20 +117,20 @@ def cmd_preprocess(args):
 
 
 def cmd_snapshot(args):
-    from assoc_lib import versioning
+    from assoc_lib.data import versioning
 
     versioning.ensure_repo(args.repo, args.remote)
     _print(versioning.snapshot(args.repo, args.target, push=not args.no_push))
 
 
 def cmd_restore(args):
-    from assoc_lib import versioning
+    from assoc_lib.data import versioning
 
     _print(versioning.restore(args.repo, args.md5, args.target))
 
 
 def cmd_rules(args):
-    from assoc_lib import rules
+    from assoc_lib.models import rules
 
     _print(rules.run(args.orders, args.min_support, args.min_confidence, args.out, args.max_len))
 
@@ -118,7 +139,8 @@ def _stage(args, fn, *extra):
     from assoc_lib import pipeline
 
     cfg = _config(args)
-    _print(getattr(pipeline, fn)(cfg, args.ds, *extra))
+    result = getattr(pipeline, fn)(cfg, args.ds, *extra)
+    _print(result.to_dict() if hasattr(result, "to_dict") else result)
 
 
 def cmd_train(args):
@@ -144,14 +166,14 @@ def cmd_push(args):
 
 
 def cmd_rollback(args):
-    from assoc_lib import push
+    from assoc_lib.serving import push
 
     cfg = _config(args)
     _print(push.rollback(args.serving_root or cfg.paths.serving_root, args.model or cfg.serving.model_name, args.to))
 
 
 def cmd_serve(args):
-    from assoc_lib import serving
+    from assoc_lib.serving import server
 
     cfg = _config(args)
     model_name = args.model_name
@@ -161,14 +183,22 @@ def cmd_serve(args):
         if not default_config.exists():
             raise SystemExit(f"error: no --model-config-file and no {default_config}; push a model first")
         args.model_config_file = str(default_config)
-    serving.serve(args.model_config_file, model_name, base, port=args.port, host=args.host,
-                  max_workers=args.max_workers, poll_seconds=args.poll_seconds, ready_file=args.ready_file)
+    server.serve(
+        args.model_config_file,
+        model_name,
+        base,
+        port=cfg.serving.port if args.port is None else args.port,
+        host=args.host,
+        max_workers=args.max_workers,
+        poll_seconds=args.poll_seconds,
+        ready_file=args.ready_file,
+    )
 
 
 def cmd_query(args):
     import grpc
 
-    from assoc_lib.client import AssocClient, describe
+    from assoc_lib.serving.client import AssocClient, describe
 
     cfg = _config(args)
     catalog = args.catalog or cfg.paths.catalog_path
@@ -180,26 +210,36 @@ def cmd_query(args):
                 counts = args.history_counts or [1.0] * len(args.history)
                 if len(counts) != len(args.history):
                     raise SystemExit("error: --history-counts needs one count per --history item")
-                answer = client.complete_basket_personal([args.items], [args.history], [counts],
-                                                         version=args.version, label=args.label)
+                answer = client.complete_basket_personal(
+                    [args.items], [args.history], [counts], version=args.version, label=args.label
+                )
             else:
                 answer = client.complete_basket([args.items], version=args.version, label=args.label)
         except grpc.RpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 2
-    rows = describe(answer.item_ids[0][: args.k], answer.scores[0][: args.k], catalog,
-                    answer.evidence[0][: args.k] if answer.evidence else None)
+    rows = describe(
+        answer.item_ids[0][: args.k],
+        answer.scores[0][: args.k],
+        catalog,
+        answer.evidence[0][: args.k] if answer.evidence else None,
+    )
     signature = "complete_basket_personal" if args.history and args.signature != "related_items" else args.signature
-    print(f"model {client.model_name} version {answer.version} ({signature}) for {args.items}"
-          + (f" with history {args.history}" if args.history else "") + ":")
+    print(
+        f"model {client.model_name} version {answer.version} ({signature}) for {args.items}"
+        + (f" with history {args.history}" if args.history else "")
+        + ":"
+    )
     for rank, r in enumerate(rows, 1):
         extra = f"  {r.get('title') or ''}  [{r.get('category') or ''}]" if r.get("title") else ""
         print(f"{rank:3d}. {r['item_id']:>12s}  {r['score']:.4f}{extra}")
         if args.explain:
             if r.get("evidence_item"):
                 because = r["evidence_item"] + (f" ({r['evidence_title']})" if r.get("evidence_title") else "")
-                print(f"       because the basket holds {because}: bought together in {r['evidence_count']:.0f} "
-                      f"baskets, confidence {r['confidence']:.2f}, lift {r['lift']:.1f}")
+                print(
+                    f"       because the basket holds {because}: bought together in {r['evidence_count']:.0f} "
+                    f"baskets, confidence {r['confidence']:.2f}, lift {r['lift']:.1f}"
+                )
             else:
                 print("       no pairwise evidence with the basket: model score only")
     return 0
@@ -220,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="synthetic data and adapters into the data contract")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser("synth", parents=[common], help="seeded synthetic orders with planted structure")
-    p.add_argument("--out", required=True, help="data root: writes raw/orders/ds=*/, raw/catalog.parquet, ground_truth.json")
+    p.add_argument(
+        "--out", required=True, help="data root: writes raw/orders/ds=*/, raw/catalog.parquet, ground_truth.json"
+    )
     p.add_argument("--start", default="2024-01-01")
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--seed", type=int, default=42)
@@ -280,8 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp_.set_defaults(func=fn)
 
     stage("train", cmd_train, "train the deep model and the classical baselines", "prep_dir")
-    stage("evaluate", cmd_evaluate, "evaluate every candidate (and production) on the same hold-out",
-          "prep_dir", "train_dir")
+    stage(
+        "evaluate",
+        cmd_evaluate,
+        "evaluate every candidate (and production) on the same hold-out",
+        "prep_dir",
+        "train_dir",
+    )
     stage("gate", cmd_gate, "pick the winner on validation, bless it if it does not regress", "comparison")
     stage("export", cmd_export, "export the blessed winner as a SavedModel", "blessing", "data_version")
     stage("push", cmd_push, "push an export to the serving root as the next version", "export_dir", "data_version")
@@ -289,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config-file", help="ModelServerConfig text proto (default: <serving_root>/models.config)")
     p.add_argument("--model-name")
     p.add_argument("--model-base-path")
-    p.add_argument("--port", type=int, default=8500)
+    p.add_argument("--port", type=int, help="gRPC port (default: serving.port in the config, 8500)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--max-workers", type=int, default=8)
     p.add_argument("--poll-seconds", type=float, default=2.0)
@@ -318,10 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from assoc_lib.data.contract import ContractError
-    from assoc_lib.preprocess import PreprocessError
-    from assoc_lib.push import PushError
-    from assoc_lib.validate import ValidationFailed
-    from assoc_lib.versioning import VersioningError
+    from assoc_lib.data.preprocess import PreprocessError
+    from assoc_lib.data.validate import ValidationFailed
+    from assoc_lib.data.versioning import VersioningError
+    from assoc_lib.serving.push import PushError
 
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False))

@@ -5,6 +5,7 @@ dataclass defaults, then an optional TOML file (``ASSOC_CONFIG`` or
 ``assoc.toml`` in the working directory), then ``ASSOC_<SECTION>__<KEY>``
 environment variables, then explicit overrides (CLI flags, DAG params).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -110,7 +111,9 @@ class ServingConfig:
     model_name: str = "assoc"
     k: int = 100  # items returned per request by the exported signatures
     keep_versions: int = 5
-    port: int = 8500
+    port: int = 8500  # gRPC port of `assoc serve` (TF Serving's default)
+    infra_requests: int = 20  # requests the infra validation sends to a fresh serving process
+    infra_max_p99_ms: float = 2000.0  # ...and the p99 latency above which it refuses the export
 
 
 @dataclass
@@ -183,7 +186,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     env = {}
     for name, value in os.environ.items():
         if name.startswith("ASSOC_") and "__" in name:
-            section, key = name[len("ASSOC_"):].lower().split("__", 1)
+            section, key = name[len("ASSOC_") :].lower().split("__", 1)
             env[f"{section}.{key}"] = value
     apply_overrides(cfg, env)
     if overrides:

@@ -1,10 +1,11 @@
-"""One evaluation protocol for every model (design.md §5).
+"""One evaluation protocol for every model (docs/design.md §5).
 
 For each basket with at least two items, one item is hidden (seeded choice);
 the model ranks the whole vocabulary from the remaining items, which are
 excluded from the ranking. With one hidden item Recall@K equals HitRate@K.
 Ranks are pessimistic on ties (an item tied with the hidden one ranks above it).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from assoc_lib.baselines import baskets_to_csr
+from assoc_lib.models.baselines import baskets_to_csr
 from assoc_lib.tfrt import tensorflow
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ class HoldOut:
         return HoldOut(self.inputs, self.hidden, self.basket_rows, None)
 
 
-def hold_out(baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0,
-             history: sp.csr_matrix | None = None) -> HoldOut:
+def hold_out(
+    baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0, history: sp.csr_matrix | None = None
+) -> HoldOut:
     """Hide one seeded item from every basket with >= 2 items.
 
     ``history`` (rows aligned with ``baskets``) switches on the personalised protocol; history
@@ -61,10 +63,14 @@ def hold_out(baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0,
         h = int(rng.integers(len(basket)))
         rows.append(r)
         hidden.append(basket[h])
-        visible.append(basket[:h] + basket[h + 1:])
+        visible.append(basket[:h] + basket[h + 1 :])
     rows = np.asarray(rows, dtype=np.int64)
-    return HoldOut(baskets_to_csr(visible, n_items), np.asarray(hidden, dtype=np.int64), rows,
-                   history[rows] if history is not None else None)
+    return HoldOut(
+        baskets_to_csr(visible, n_items),
+        np.asarray(hidden, dtype=np.int64),
+        rows,
+        history[rows] if history is not None else None,
+    )
 
 
 def ranks_of_hidden(scores: np.ndarray, inputs: sp.csr_matrix, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,14 +99,15 @@ def metrics_from_ranks(ranks: np.ndarray, top_items: np.ndarray | None, n_items:
     return out
 
 
-def evaluate_scores(score_fn: Callable[..., np.ndarray], holdout: HoldOut, n_items: int,
-                    batch_size: int = 512) -> dict[str, float]:
+def evaluate_scores(
+    score_fn: Callable[..., np.ndarray], holdout: HoldOut, n_items: int, batch_size: int = 512
+) -> dict[str, float]:
     """Run ``score_fn(X)`` (anonymous) or ``score_fn(X, H)`` (personalised) in batches; every metric."""
     all_ranks, all_top = [], []
     for start in range(0, holdout.n, batch_size):
-        X = holdout.inputs[start: start + batch_size]
-        scores = score_fn(X) if holdout.history is None else score_fn(X, holdout.history[start: start + batch_size])
-        ranks, top = ranks_of_hidden(scores, X, holdout.hidden[start: start + batch_size])
+        X = holdout.inputs[start : start + batch_size]
+        scores = score_fn(X) if holdout.history is None else score_fn(X, holdout.history[start : start + batch_size])
+        ranks, top = ranks_of_hidden(scores, X, holdout.hidden[start : start + batch_size])
         all_ranks.append(ranks)
         all_top.append(top)
     if not all_ranks:
@@ -108,8 +115,9 @@ def evaluate_scores(score_fn: Callable[..., np.ndarray], holdout: HoldOut, n_ite
     return metrics_from_ranks(np.concatenate(all_ranks), np.concatenate(all_top), n_items)
 
 
-def tune_on_validation(holdout: HoldOut, n_items: int, parts_fn: Callable, combine: Callable,
-                       grid: Sequence, batch_size: int = 512) -> dict:
+def tune_on_validation(
+    holdout: HoldOut, n_items: int, parts_fn: Callable, combine: Callable, grid: Sequence, batch_size: int = 512
+) -> dict:
     """Validation NDCG@10 of ``combine(parts, prior, g)`` for every ``g`` in ``grid``, scoring each batch once.
 
     ``parts_fn(X, H)`` returns the expensive score parts; ``prior`` is log(1 + history counts) as a
@@ -118,30 +126,40 @@ def tune_on_validation(holdout: HoldOut, n_items: int, parts_fn: Callable, combi
     ranks = {g: [] for g in grid}
     tops = {g: [] for g in grid}
     for start in range(0, holdout.n, batch_size):
-        X = holdout.inputs[start: start + batch_size]
-        H = holdout.history[start: start + batch_size] if holdout.history is not None else None
+        X = holdout.inputs[start : start + batch_size]
+        H = holdout.history[start : start + batch_size] if holdout.history is not None else None
         parts = parts_fn(X, H)
         prior = np.log1p(H.toarray()) if H is not None else 0.0
         for g in grid:
-            r, t = ranks_of_hidden(combine(parts, prior, g), X, holdout.hidden[start: start + batch_size])
+            r, t = ranks_of_hidden(combine(parts, prior, g), X, holdout.hidden[start : start + batch_size])
             ranks[g].append(r)
             tops[g].append(t)
-    return {g: metrics_from_ranks(np.concatenate(ranks[g]), np.concatenate(tops[g]), n_items)["ndcg@10"]
-            if ranks[g] else 0.0 for g in grid}
+    return {
+        g: metrics_from_ranks(np.concatenate(ranks[g]), np.concatenate(tops[g]), n_items)["ndcg@10"]
+        if ranks[g]
+        else 0.0
+        for g in grid
+    }
 
 
-def make_holdouts(baskets, n_items: int, seed: int,
-                  history_max_items: int = 200) -> tuple[dict[str, HoldOut], sp.csr_matrix | None]:
+def make_holdouts(
+    baskets, n_items: int, seed: int, history_max_items: int = 200
+) -> tuple[dict[str, HoldOut], sp.csr_matrix | None]:
     """Validation and test hold-outs (with history when the data has user ids) and the full history matrix.
 
     Each history keeps the shopper's ``history_max_items`` most-bought items.
     """
-    from assoc_lib.history import build_histories, cap_history
-    from assoc_lib.train import split_baskets
+    from assoc_lib.data.history import build_histories, cap_history
+    from assoc_lib.data.preprocess import split_baskets
 
     has_users = bool(baskets["user_id"].notna().any()) if len(baskets) else False
-    H = cap_history(build_histories(baskets, n_items, with_recency=False, max_items=history_max_items)[0],
-                    history_max_items) if has_users else None
+    H = (
+        cap_history(
+            build_histories(baskets, n_items, with_recency=False, max_items=history_max_items)[0], history_max_items
+        )
+        if has_users
+        else None
+    )
     splits = split_baskets(baskets)
     out = {}
     for offset, name in enumerate(("validation", "test")):
@@ -158,8 +176,10 @@ def comparison_table(rows: list[dict], metrics: Sequence[str] = METRICS) -> str:
     for r in rows:
         vals = " | ".join(f"{r.get(m, float('nan')):.4f}" for m in metrics)
         train_s = r.get("train_seconds")
-        lines.append(f"| {r['name']} | {r.get('kind', '')} | {r.get('protocol', 'anonymous')} | {vals} | "
-                     f"{r.get('n_eval_baskets', '')} | {'' if train_s is None else f'{train_s:.1f}'} |")
+        lines.append(
+            f"| {r['name']} | {r.get('kind', '')} | {r.get('protocol', 'anonymous')} | {vals} | "
+            f"{r.get('n_eval_baskets', '')} | {'' if train_s is None else f'{train_s:.1f}'} |"
+        )
     return "\n".join(lines)
 
 
@@ -173,8 +193,9 @@ def write_comparison(rows: list[dict], out_dir: str | Path, extra: dict | None =
 
 
 # --------------------------------------------------------------------------- candidates and production
-def evaluate_topk(topk_fn: Callable[..., list[list[str]]], holdout: HoldOut, vocab: list[str],
-                  batch_size: int = 256) -> dict[str, float]:
+def evaluate_topk(
+    topk_fn: Callable[..., list[list[str]]], holdout: HoldOut, vocab: list[str], batch_size: int = 256
+) -> dict[str, float]:
     """Metrics for a model that only returns its top-K ids (a served SavedModel).
 
     A hidden item outside the returned K counts as rank K+1: Recall/NDCG@10/20 are
@@ -182,14 +203,19 @@ def evaluate_topk(topk_fn: Callable[..., list[list[str]]], holdout: HoldOut, voc
     """
     ranks, tops, k_seen = [], [], 0
     for start in range(0, holdout.n, batch_size):
-        X = holdout.inputs[start: start + batch_size]
-        baskets = [[vocab[i] for i in X.indices[X.indptr[r]: X.indptr[r + 1]]] for r in range(X.shape[0])]
+        X = holdout.inputs[start : start + batch_size]
+        baskets = [[vocab[i] for i in X.indices[X.indptr[r] : X.indptr[r + 1]]] for r in range(X.shape[0])]
         if holdout.history is None:
             returned = topk_fn(baskets)
         else:
-            H = holdout.history[start: start + batch_size]
-            histories = [([vocab[i] for i in H.indices[H.indptr[r]: H.indptr[r + 1]]],
-                          H.data[H.indptr[r]: H.indptr[r + 1]].tolist()) for r in range(H.shape[0])]
+            H = holdout.history[start : start + batch_size]
+            histories = [
+                (
+                    [vocab[i] for i in H.indices[H.indptr[r] : H.indptr[r + 1]]],
+                    H.data[H.indptr[r] : H.indptr[r + 1]].tolist(),
+                )
+                for r in range(H.shape[0])
+            ]
             returned = topk_fn(baskets, histories)
         for r, ids in enumerate(returned):
             k_seen = max(k_seen, len(ids))
@@ -229,15 +255,16 @@ def saved_model_topk(export_dir: str | Path, personal: bool = False) -> Callable
     return topk
 
 
-def evaluate_candidates(prep_dir: str | Path, candidates: list[dict], cfg, out_dir: str | Path,
-                        production: dict | None = None) -> dict:
+def evaluate_candidates(
+    prep_dir: str | Path, candidates: list[dict], cfg, out_dir: str | Path, production: dict | None = None
+) -> dict:
     """Every candidate (and production, when given) on the same validation and test hold-outs.
 
     ``production``: ``{"path": export dir, "version": n}`` of the model now served.
     Writes comparison.md / comparison.json; returns the payload.
     """
-    from assoc_lib.export import ServableModel
-    from assoc_lib.preprocess import load_split
+    from assoc_lib.data.preprocess import load_split
+    from assoc_lib.models.servable import ServableModel
 
     baskets, vocab = load_split(prep_dir)
     n_items = len(vocab)
@@ -257,22 +284,52 @@ def evaluate_candidates(prep_dir: str | Path, candidates: list[dict], cfg, out_d
                 continue
             val = evaluate_scores(model.score, view("validation", protocol), n_items)
             test = evaluate_scores(model.score, view("test", protocol), n_items)
-            rows.append({"name": cand["name"], "kind": cand["kind"], "protocol": protocol, **test,
-                         "val_ndcg@10": val["ndcg@10"], "val_n_eval_baskets": val["n_eval_baskets"],
-                         "train_seconds": cand.get("train_seconds"), "path": cand["path"],
-                         "history_weight": model.history_weight if protocol == "personalised" else 0.0})
+            rows.append(
+                {
+                    "name": cand["name"],
+                    "kind": cand["kind"],
+                    "protocol": protocol,
+                    **test,
+                    "val_ndcg@10": val["ndcg@10"],
+                    "val_n_eval_baskets": val["n_eval_baskets"],
+                    "train_seconds": cand.get("train_seconds"),
+                    "path": cand["path"],
+                    "history_weight": model.history_weight if protocol == "personalised" else 0.0,
+                }
+            )
     if production:
         for protocol in protocols:
             topk = saved_model_topk(production["path"], personal=protocol == "personalised")
             val = evaluate_topk(topk, view("validation", protocol), vocab)
             test = evaluate_topk(topk, view("test", protocol), vocab)
-            rows.append({"name": f"production v{production.get('version')}", "kind": "production",
-                         "protocol": protocol, **test, "val_ndcg@10": val["ndcg@10"],
-                         "val_n_eval_baskets": val["n_eval_baskets"], "train_seconds": None,
-                         "path": str(production["path"]), "version": production.get("version")})
-    payload = write_comparison(rows, out_dir, {
-        "prep_dir": str(prep_dir), "n_eval_baskets": holdouts["test"].n, "protocols": protocols,
-        "n_val_baskets": holdouts["validation"].n, "n_items": n_items})
-    log.info("model comparison on %d test baskets (winner picked on %d validation baskets):\n%s",
-             holdouts["test"].n, holdouts["validation"].n, comparison_table(rows, ("val_ndcg@10",) + METRICS))
+            rows.append(
+                {
+                    "name": f"production v{production.get('version')}",
+                    "kind": "production",
+                    "protocol": protocol,
+                    **test,
+                    "val_ndcg@10": val["ndcg@10"],
+                    "val_n_eval_baskets": val["n_eval_baskets"],
+                    "train_seconds": None,
+                    "path": str(production["path"]),
+                    "version": production.get("version"),
+                }
+            )
+    payload = write_comparison(
+        rows,
+        out_dir,
+        {
+            "prep_dir": str(prep_dir),
+            "n_eval_baskets": holdouts["test"].n,
+            "protocols": protocols,
+            "n_val_baskets": holdouts["validation"].n,
+            "n_items": n_items,
+        },
+    )
+    log.info(
+        "model comparison on %d test baskets (winner picked on %d validation baskets):\n%s",
+        holdouts["test"].n,
+        holdouts["validation"].n,
+        comparison_table(rows, ("val_ndcg@10",) + METRICS),
+    )
     return payload

@@ -1,4 +1,5 @@
 """Atomic folder writes: readers see the old folder or the new one, never half of either."""
+
 from __future__ import annotations
 
 import contextlib

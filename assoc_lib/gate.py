@@ -3,6 +3,7 @@
 Also records, every day, the verdict on the central claim: the best deep
 model's test metric over the best classical model's.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,13 @@ def _verdict(rows: list[dict], metric: str) -> dict:
     best_of = lambda kind: max((r for r in rows if r["kind"] == kind), key=lambda r: r[metric], default=None)
     deep, classical = best_of("deep"), best_of("classical")
     verdict = {
-        "best_deep": deep and deep["name"], "best_deep_test": deep and deep[metric],
-        "best_classical": classical and classical["name"], "best_classical_test": classical and classical[metric],
-        "deep_over_classical": (deep[metric] / classical[metric]) if deep and classical and classical[metric] > 0 else None,
+        "best_deep": deep and deep["name"],
+        "best_deep_test": deep and deep[metric],
+        "best_classical": classical and classical["name"],
+        "best_classical_test": classical and classical[metric],
+        "deep_over_classical": (deep[metric] / classical[metric])
+        if deep and classical and classical[metric] > 0
+        else None,
     }
     if verdict["deep_over_classical"] is not None:
         verdict["deep_beats_classical"] = verdict["deep_over_classical"] >= 1.0
@@ -44,12 +49,21 @@ def decide(comparison: dict, cfg) -> dict:
     reasons: list[str] = [f"decided on the {protocol} protocol"]
     verdict = verdicts[protocol]
     if not pool:
-        return {"blessed": False, "winner": None, "metric": metric, "protocol": protocol,
-                "reasons": reasons + ["no eligible candidate" + (" (require_deep)" if g.require_deep else "")],
-                "verdict": verdict, "verdicts": verdicts, "production": production and production["name"]}
+        return {
+            "blessed": False,
+            "winner": None,
+            "metric": metric,
+            "protocol": protocol,
+            "reasons": reasons + ["no eligible candidate" + (" (require_deep)" if g.require_deep else "")],
+            "verdict": verdict,
+            "verdicts": verdicts,
+            "production": production and production["name"],
+        }
     winner = max(pool, key=lambda r: r[val_metric])  # chosen on validation only; ties: first listed
-    reasons.append(f"winner {winner['name']} ({winner['kind']}) by validation {metric} "
-                   f"{winner[val_metric]:.4f} among {[r['name'] for r in pool]}")
+    reasons.append(
+        f"winner {winner['name']} ({winner['kind']}) by validation {metric} "
+        f"{winner[val_metric]:.4f} among {[r['name'] for r in pool]}"
+    )
     blessed = True
     n_eval = winner.get("n_eval_baskets", 0)
     if n_eval < g.min_eval_baskets:
@@ -62,18 +76,33 @@ def decide(comparison: dict, cfg) -> dict:
     else:
         floor = production[metric] * (1.0 - g.tolerance)
         if winner[metric] >= floor:
-            reasons.append(f"test {metric} {winner[metric]:.4f} >= production {production[metric]:.4f} "
-                           f"x (1 - {g.tolerance}) = {floor:.4f}")
+            reasons.append(
+                f"test {metric} {winner[metric]:.4f} >= production {production[metric]:.4f} "
+                f"x (1 - {g.tolerance}) = {floor:.4f}"
+            )
         else:
             blessed = False
-            reasons.append(f"test {metric} {winner[metric]:.4f} < production {production[metric]:.4f} "
-                           f"x (1 - {g.tolerance}) = {floor:.4f}: would regress")
-    return {"blessed": blessed, "winner": winner["name"], "winner_kind": winner["kind"],
-            "winner_path": winner.get("path"), "metric": metric, "winner_test": winner[metric],
-            "winner_val": winner[val_metric], "production": production and production["name"],
-            "production_test": production and production[metric], "require_deep": g.require_deep,
-            "tolerance": g.tolerance, "reasons": reasons, "verdict": verdict, "protocol": protocol,
-            "verdicts": verdicts}
+            reasons.append(
+                f"test {metric} {winner[metric]:.4f} < production {production[metric]:.4f} "
+                f"x (1 - {g.tolerance}) = {floor:.4f}: would regress"
+            )
+    return {
+        "blessed": blessed,
+        "winner": winner["name"],
+        "winner_kind": winner["kind"],
+        "winner_path": winner.get("path"),
+        "metric": metric,
+        "winner_test": winner[metric],
+        "winner_val": winner[val_metric],
+        "production": production and production["name"],
+        "production_test": production and production[metric],
+        "require_deep": g.require_deep,
+        "tolerance": g.tolerance,
+        "reasons": reasons,
+        "verdict": verdict,
+        "protocol": protocol,
+        "verdicts": verdicts,
+    }
 
 
 def run_gate(comparison: dict, cfg, out_dir: str | Path) -> dict:
@@ -83,11 +112,20 @@ def run_gate(comparison: dict, cfg, out_dir: str | Path) -> dict:
     (out / BLESSING_FILE).write_text(json.dumps(decision, indent=2, default=float) + "\n")
     v = decision["verdict"]
     ratio = v.get("deep_over_classical")
-    others = "; ".join(f"{p}: {'n/a' if x.get('deep_over_classical') is None else round(x['deep_over_classical'], 3)}"
-                       for p, x in decision.get("verdicts", {}).items())
-    log.info("gate: %s %s\n  %s\n  verdict: deep/classical on test %s (%s %.4f vs %s %.4f); by protocol: %s",
-             "BLESSED" if decision["blessed"] else "NOT BLESSED", decision["winner"],
-             "\n  ".join(decision["reasons"]), "n/a" if ratio is None else f"{ratio:.3f}",
-             v.get("best_deep"), v.get("best_deep_test") or 0.0, v.get("best_classical"),
-             v.get("best_classical_test") or 0.0, others)
+    others = "; ".join(
+        f"{p}: {'n/a' if x.get('deep_over_classical') is None else round(x['deep_over_classical'], 3)}"
+        for p, x in decision.get("verdicts", {}).items()
+    )
+    log.info(
+        "gate: %s %s\n  %s\n  verdict: deep/classical on test %s (%s %.4f vs %s %.4f); by protocol: %s",
+        "BLESSED" if decision["blessed"] else "NOT BLESSED",
+        decision["winner"],
+        "\n  ".join(decision["reasons"]),
+        "n/a" if ratio is None else f"{ratio:.3f}",
+        v.get("best_deep"),
+        v.get("best_deep_test") or 0.0,
+        v.get("best_classical"),
+        v.get("best_classical_test") or 0.0,
+        others,
+    )
     return decision

@@ -1,23 +1,37 @@
-"""One function per DAG task (design.md §4). Each takes the config and the logical date,
+"""One function per DAG task (docs/design.md §4). Each takes the config and the logical date,
 reads and writes files under ``<artifacts>/runs/ds=YYYY-MM-DD/``, logs a short summary
 and returns a small dict (paths, numbers) for XCom. The CLI calls the same functions.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 
 from assoc_lib.config import AssocConfig
 from assoc_lib.data import contract
+from assoc_lib.records import (
+    Candidate,
+    EvaluationResult,
+    ExportResult,
+    GateDecision,
+    InfraResult,
+    IngestResult,
+    InsightsResult,
+    PreprocessResult,
+    PushResult,
+    TrainResult,
+    ValidationResult,
+    VersionRecord,
+)
 
 log = logging.getLogger(__name__)
 
 
 def run_dir(cfg: AssocConfig, ds: str) -> Path:
-    return Path(cfg.paths.artifacts_dir) / "runs" / f"ds={contract._as_date(ds).isoformat()}"
+    return Path(cfg.paths.artifacts_dir) / "runs" / f"ds={contract.as_date(ds).isoformat()}"
 
 
 def _summary(title: str, lines: dict) -> None:
@@ -27,47 +41,69 @@ def _summary(title: str, lines: dict) -> None:
 
 
 # --------------------------------------------------------------------------- validate
-def validate_day(cfg: AssocConfig, ds: str) -> dict:
+def validate_day(cfg: AssocConfig, ds: str) -> ValidationResult:
     """Validate the day's partition (and the catalogue). Raises ValidationFailed on critical failures."""
-    from assoc_lib import validate
+    from assoc_lib.data import validate
 
     part = contract.partition_dir(cfg.paths.orders_dir, ds)
     if not part.exists():
         quarantined = cfg.paths.quarantine_dir / part.name
         raise validate.ValidationFailed(
-            f"no partition for ds={ds} at {part}" + (f" (it was quarantined: {quarantined})" if quarantined.exists() else ""))
+            f"no partition for ds={ds} at {part}"
+            + (f" (it was quarantined: {quarantined})" if quarantined.exists() else "")
+        )
     report = validate.validate_partition(part, cfg)
     catalog = validate.validate_catalog(cfg.paths.catalog_path) if cfg.paths.catalog_path.exists() else None
-    _summary(f"validate ds={ds}: {'PASSED' if report.success else 'FAILED'}", {
-        "rows": report.rows, "failed": [f.line() for f in report.failed] or "none",
-        "warnings": [f.line() for f in report.warnings] or "none",
-        "volume bounds": f"[{report.parameters.get('min_rows')}, {report.parameters.get('max_rows')}]",
-        "catalog": "missing" if catalog is None else ("ok" if catalog.success else catalog.summary()),
-        "report": report.report_dir})
+    _summary(
+        f"validate ds={ds}: {'PASSED' if report.success else 'FAILED'}",
+        {
+            "rows": report.rows,
+            "failed": [f.line() for f in report.failed] or "none",
+            "warnings": [f.line() for f in report.warnings] or "none",
+            "volume bounds": f"[{report.parameters.get('min_rows')}, {report.parameters.get('max_rows')}]",
+            "catalog": "missing" if catalog is None else ("ok" if catalog.success else catalog.summary()),
+            "report": report.report_dir,
+        },
+    )
     if not report.success:
         raise validate.ValidationFailed(report.summary())
-    return {"partition": str(part), "rows": report.rows, "report": report.report_dir,
-            "warnings": len(report.warnings), "fingerprint": report.fingerprint}
+    return ValidationResult(
+        partition=str(part),
+        rows=report.rows,
+        report=str(report.report_dir),
+        warnings=len(report.warnings),
+        fingerprint=report.fingerprint,
+    )
 
 
 # --------------------------------------------------------------------------- preprocess
-def preprocess_day(cfg: AssocConfig, ds: str) -> dict:
-    from assoc_lib import preprocess
+def preprocess_day(cfg: AssocConfig, ds: str) -> PreprocessResult:
+    from assoc_lib.data import preprocess
 
     stats = preprocess.preprocess(cfg, ds)
     data_version = snapshot_data(cfg, ds)
-    _summary(f"preprocess ds={ds}", {
-        "data version": data_version or "DVC off",
-        "partitions": f"{len(stats['partitions_used'])} used, skipped {stats['partitions_skipped'] or 'none'}",
-        "rows": f"{stats['rows_in']} in -> {stats['rows_out']} out",
-        "dropped": {k: v for k, v in stats["rows_dropped"].items() if v} or "none",
-        "orders": stats["orders_out"], "vocabulary": stats["vocabulary_size"], "out": stats["out_dir"]})
-    return {"prep_dir": stats["out_dir"], "vocabulary_size": stats["vocabulary_size"],
-            "orders": stats["orders_out"], "data_version": data_version}
+    _summary(
+        f"preprocess ds={ds}",
+        {
+            "data version": data_version or "DVC off",
+            "partitions": f"{len(stats['partitions_used'])} used, skipped {stats['partitions_skipped'] or 'none'}",
+            "rows": f"{stats['rows_in']} in -> {stats['rows_out']} out",
+            "dropped": {k: v for k, v in stats["rows_dropped"].items() if v} or "none",
+            "orders": stats["orders_out"],
+            "vocabulary": stats["vocabulary_size"],
+            "out": stats["out_dir"],
+        },
+    )
+    return PreprocessResult(
+        prep_dir=str(stats["out_dir"]),
+        vocabulary_size=stats["vocabulary_size"],
+        orders=stats["orders_out"],
+        data_version=data_version,
+    )
 
 
 # --------------------------------------------------------------------------- train
-def train_day(cfg: AssocConfig, ds: str, prep_dir: str) -> dict:
+def train_day(cfg: AssocConfig, ds: str, prep_dir: str) -> TrainResult:
     from assoc_lib.train import train_candidates
 
     out = run_dir(cfg, ds) / "train"
@@ -75,46 +111,73 @@ def train_day(cfg: AssocConfig, ds: str, prep_dir: str) -> dict:
         shutil.rmtree(out)
     summary = train_candidates(prep_dir, cfg, out)
     epochs = summary["deep_history"]
-    _summary(f"train ds={ds} ({summary['placement']})", {
-        "train baskets": summary["n_train_baskets"], "items": summary["n_items"],
-        **{f"epoch {e['epoch']}": f"loss {e['loss']:.4f}  val NDCG@10 {e['val_ndcg@10']:.4f}  "
-                                  f"{e['examples_per_second']:.0f} ex/s" for e in epochs},
-        "candidates": ", ".join(f"{c['name']} ({c['train_seconds']:.1f}s)" for c in summary["candidates"])})
-    keys = ("name", "kind", "path", "train_seconds", "personal_only")
-    return {"train_dir": str(out), "candidates": [{k: c[k] for k in keys if k in c} for c in summary["candidates"]]}
+    _summary(
+        f"train ds={ds} ({summary['placement']})",
+        {
+            "train baskets": summary["n_train_baskets"],
+            "items": summary["n_items"],
+            **{
+                f"epoch {e['epoch']}": f"loss {e['loss']:.4f}  val NDCG@10 {e['val_ndcg@10']:.4f}  "
+                f"{e['examples_per_second']:.0f} ex/s"
+                for e in epochs
+            },
+            "candidates": ", ".join(f"{c['name']} ({c['train_seconds']:.1f}s)" for c in summary["candidates"]),
+        },
+    )
+    return TrainResult(str(out), [Candidate.from_dict(c) for c in summary["candidates"]])
 
 
 # --------------------------------------------------------------------------- evaluate + gate
-def evaluate_day(cfg: AssocConfig, ds: str, prep_dir: str, candidates: list[dict]) -> dict:
-    from assoc_lib import evaluate, push
+def evaluate_day(cfg: AssocConfig, ds: str, prep_dir: str, candidates: list[Candidate]) -> EvaluationResult:
+    from assoc_lib import evaluate
+    from assoc_lib.serving import push
 
     prod = push.production(cfg.paths.serving_root, cfg.serving.model_name)
     out = run_dir(cfg, ds) / "evaluation"
-    payload = evaluate.evaluate_candidates(prep_dir, candidates, cfg, out, production=prod)
+    candidates = [Candidate.coerce(c) for c in candidates]
+    payload = evaluate.evaluate_candidates(prep_dir, [c.to_dict() for c in candidates], cfg, out, production=prod)
     best = max(payload["models"], key=lambda r: r.get("val_ndcg@10") or 0.0, default=None)
-    _summary(f"evaluate ds={ds}", {
-        "read": f"{prep_dir} ({len(candidates)} candidates)",
-        "production": f"version {prod['version']}" if prod else "none",
-        "test baskets": payload["n_eval_baskets"],
-        "best on validation": f"{best['name']} ({best.get('protocol')}) val NDCG@10 {best['val_ndcg@10']:.4f}, "
-                              f"test {best['ndcg@10']:.4f}" if best else "none",
-        "wrote": out / "comparison.md"})
-    return {"comparison": str(out / "comparison.json"), "table": str(out / "comparison.md"),
-            "production_version": prod and prod["version"], "n_eval_baskets": payload["n_eval_baskets"]}
+    _summary(
+        f"evaluate ds={ds}",
+        {
+            "read": f"{prep_dir} ({len(candidates)} candidates)",
+            "production": f"version {prod['version']}" if prod else "none",
+            "test baskets": payload["n_eval_baskets"],
+            "best on validation": f"{best['name']} ({best.get('protocol')}) val NDCG@10 {best['val_ndcg@10']:.4f}, "
+            f"test {best['ndcg@10']:.4f}"
+            if best
+            else "none",
+            "wrote": out / "comparison.md",
+        },
+    )
+    return EvaluationResult(
+        comparison=str(out / "comparison.json"),
+        table=str(out / "comparison.md"),
+        production_version=prod["version"] if prod else None,
+        n_eval_baskets=payload["n_eval_baskets"],
+    )
 
 
-def gate_day(cfg: AssocConfig, ds: str, comparison_path: str) -> dict:
+def gate_day(cfg: AssocConfig, ds: str, comparison_path: str) -> GateDecision:
     from assoc_lib import gate
 
     decision = gate.run_gate(json.loads(Path(comparison_path).read_text()), cfg, run_dir(cfg, ds) / "gate")
-    return {"blessed": decision["blessed"], "winner": decision["winner"], "winner_path": decision.get("winner_path"),
-            "reasons": decision["reasons"], "deep_over_classical": decision["verdict"].get("deep_over_classical"),
-            "blessing": str(run_dir(cfg, ds) / "gate" / gate.BLESSING_FILE)}
+    return GateDecision(
+        blessed=decision["blessed"],
+        winner=decision["winner"],
+        winner_path=decision.get("winner_path"),
+        reasons=decision["reasons"],
+        deep_over_classical=decision["verdict"].get("deep_over_classical"),
+        blessing=str(run_dir(cfg, ds) / "gate" / gate.BLESSING_FILE),
+    )
 
 
 # --------------------------------------------------------------------------- export + push
-def export_day(cfg: AssocConfig, ds: str, winner_path: str, blessing_path: str, data_version: str | None = None) -> dict:
-    from assoc_lib.export import ServableModel, export_saved_model
+def export_day(
+    cfg: AssocConfig, ds: str, winner_path: str, blessing_path: str, data_version: str | None = None
+) -> ExportResult:
+    from assoc_lib.models.servable import ServableModel
+    from assoc_lib.serving.export import export_saved_model
 
     blessing = json.loads(Path(blessing_path).read_text())
     if not blessing.get("blessed"):
@@ -122,27 +185,37 @@ def export_day(cfg: AssocConfig, ds: str, winner_path: str, blessing_path: str, 
     model = ServableModel.load(winner_path)
     comparison = json.loads((run_dir(cfg, ds) / "evaluation" / "comparison.json").read_text())
     metrics = next((r for r in comparison["models"] if r["name"] == model.name), {})
-    card = {"ds": ds, "data_version": data_version, "metrics_test": {k: metrics.get(k) for k in
-                                                                      ("ndcg@10", "recall@10", "mrr", "coverage@10")},
-            "val_ndcg@10": metrics.get("val_ndcg@10"), "gate": {k: blessing.get(k) for k in
-                                                               ("blessed", "reasons", "verdict", "winner")}}
+    card = {
+        "ds": ds,
+        "data_version": data_version,
+        "metrics_test": {k: metrics.get(k) for k in ("ndcg@10", "recall@10", "mrr", "coverage@10")},
+        "val_ndcg@10": metrics.get("val_ndcg@10"),
+        "gate": {k: blessing.get(k) for k in ("blessed", "reasons", "verdict", "winner")},
+    }
     out = export_saved_model(model, run_dir(cfg, ds) / "export", card, cfg.serving.model_name, cfg.serving.k)
     _summary(f"export ds={ds}", {"model": f"{model.name} ({model.kind})", "items": model.n_items, "path": out})
-    return {"export_dir": str(out), "model": model.name}
+    return ExportResult(export_dir=str(out), model=model.name)
 
 
-def push_day(cfg: AssocConfig, ds: str, export_dir: str, data_version: str | None = None) -> dict:
-    from assoc_lib import push
+def push_day(cfg: AssocConfig, ds: str, export_dir: str, data_version: str | None = None) -> PushResult:
+    from assoc_lib.serving import push
 
-    result = push.push(export_dir, cfg.paths.serving_root, cfg.serving.model_name, cfg.serving.keep_versions,
-                       idempotency_key=f"ds={ds};data={data_version}")
-    _summary(f"push ds={ds}", {"version": result["version"], "pushed": result["pushed"], "path": result["path"],
-                               "labels": result["labels"]})
-    return result
+    result = push.push(
+        export_dir,
+        cfg.paths.serving_root,
+        cfg.serving.model_name,
+        cfg.serving.keep_versions,
+        idempotency_key=f"ds={ds};data={data_version}",
+    )
+    _summary(
+        f"push ds={ds}",
+        {"version": result["version"], "pushed": result["pushed"], "path": result["path"], "labels": result["labels"]},
+    )
+    return PushResult(version=result["version"], path=result["path"], pushed=result["pushed"], labels=result["labels"])
 
 
 # --------------------------------------------------------------------------- ingest
-def ingest_day(cfg: AssocConfig, ds: str) -> dict:
+def ingest_day(cfg: AssocConfig, ds: str) -> IngestResult:
     """Land the day: from the landing folder when one is configured, else check it is already in raw/."""
     import pandas as pd
 
@@ -150,8 +223,10 @@ def ingest_day(cfg: AssocConfig, ds: str) -> dict:
     source = Path(cfg.paths.landing_dir) / target.name if cfg.paths.landing_dir else None
     if source is not None and source.exists():
         frames = [contract.read_partition_raw(f) for f in sorted(source.glob("*.parquet"))]
-        frames += [pd.read_csv(f, dtype={"order_id": "string", "user_id": "string", "item_id": "string",
-                                         "store_id": "string"}) for f in sorted(source.glob("*.csv"))]
+        frames += [
+            pd.read_csv(f, dtype={"order_id": "string", "user_id": "string", "item_id": "string", "store_id": "string"})
+            for f in sorted(source.glob("*.csv"))
+        ]
         if not frames:
             raise contract.ContractError(f"landing folder {source} holds no .parquet or .csv file")
         df = pd.concat(frames, ignore_index=True)
@@ -167,14 +242,14 @@ def ingest_day(cfg: AssocConfig, ds: str) -> dict:
 
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in target.glob("*.parquet"))
     _summary(f"ingest ds={ds}", {"partition": target, "how": how, "rows": rows})
-    return {"partition": str(target), "rows": rows}
+    return IngestResult(partition=str(target), rows=rows, how=how)
 
 
 # --------------------------------------------------------------------------- data version
 def snapshot_data(cfg: AssocConfig, ds: str) -> str | None:
     """Store the data folder in DVC (cache + remote); its md5 names the data every model of the day is
     trained on. The pointer goes to the run's folder (``dvc/data.dvc``), not into the checkout."""
-    from assoc_lib import versioning
+    from assoc_lib.data import versioning
 
     if not cfg.paths.dvc_repo:
         return None
@@ -185,137 +260,117 @@ def snapshot_data(cfg: AssocConfig, ds: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- infra validation
-def infra_validate_day(cfg: AssocConfig, ds: str, export_dir: str, max_p99_ms: float = 2000.0,
-                       requests: int = 20) -> dict:
-    """Serve the export from a separate ``assoc serve`` process and check real gRPC answers."""
-    import socket
-    import subprocess
-    import sys
-    import tempfile
+def infra_validate_day(cfg: AssocConfig, ds: str, export_dir: str) -> InfraResult:
+    """Serve the export from a separate ``assoc serve`` process and check real gRPC answers (serving.infra)."""
+    from assoc_lib.serving import infra
 
-    import numpy as np
-
-    from assoc_lib.client import AssocClient
-
-    card = json.loads((Path(export_dir) / "model_card.json").read_text())
-    with tempfile.TemporaryDirectory(prefix="assoc-infra-") as tmp:
-        base = Path(tmp) / cfg.serving.model_name
-        shutil.copytree(export_dir, base / "1")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        ready = Path(tmp) / "ready"
-        proc = subprocess.Popen([sys.executable, "-m", "assoc_lib.cli", "serve", "--model-name",
-                                 cfg.serving.model_name, "--model-base-path", str(base), "--port", str(port),
-                                 "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            deadline = time.time() + 120
-            while not ready.exists():
-                if proc.poll() is not None or time.time() > deadline:
-                    err = proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout"
-                    raise RuntimeError(f"infra validation: the serving process did not come up: {err}")
-                time.sleep(0.2)
-            latencies = []
-            with AssocClient(f"127.0.0.1:{port}", cfg.serving.model_name) as client:
-                status = client.model_status()
-                if not any(s["state"] == "AVAILABLE" for s in status):
-                    raise RuntimeError(f"infra validation: no AVAILABLE version: {status}")
-                meta = client.metadata()
-                missing = {"serving_default", "complete_basket", "related_items"} - set(meta["signatures"])
-                if missing:
-                    raise RuntimeError(f"infra validation: signatures missing: {sorted(missing)}")
-                for i in range(requests):
-                    t0 = time.perf_counter()
-                    ans = client.complete_basket([["__probe__"], []])
-                    latencies.append((time.perf_counter() - t0) * 1000)
-                    if len(ans.item_ids) != 2 or len(ans.item_ids[0]) != card["k"] or \
-                            len(ans.scores[0]) != card["k"] or not isinstance(ans.scores[0][0], float):
-                        raise RuntimeError(f"infra validation: bad answer shape {len(ans.item_ids)}x"
-                                           f"{len(ans.item_ids[0])}")
-                related = client.related_items([ans.item_ids[0][0]])
-                if len(related.item_ids[0]) != card["k"]:
-                    raise RuntimeError("infra validation: related_items returned the wrong K")
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    p50, p99 = float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99))
-    if p99 > max_p99_ms:
-        raise RuntimeError(f"infra validation: p99 latency {p99:.1f} ms > {max_p99_ms} ms")
-    _summary(f"infra_validate ds={ds}: OK", {"signatures": sorted(meta["signatures"]), "k": card["k"],
-                                            "latency ms": f"p50 {p50:.1f}, p99 {p99:.1f} over {requests} requests"})
-    return {"p50_ms": p50, "p99_ms": p99, "signatures": sorted(meta["signatures"])}
+    result = infra.validate_export(
+        export_dir, cfg.serving.model_name, max_p99_ms=cfg.serving.infra_max_p99_ms, requests=cfg.serving.infra_requests
+    )
+    _summary(
+        f"infra_validate ds={ds}: OK",
+        {
+            "read": export_dir,
+            "signatures": result.signatures,
+            "latency ms": f"p50 {result.p50_ms:.1f}, p99 {result.p99_ms:.1f}",
+            "requests": cfg.serving.infra_requests,
+        },
+    )
+    return result
 
 
 # --------------------------------------------------------------------------- version
-def version_day(cfg: AssocConfig, ds: str, pushed: dict, data_version: str | None) -> dict:
+def version_day(cfg: AssocConfig, ds: str, pushed: PushResult, data_version: str | None) -> VersionRecord:
     """Record the pushed model with DVC next to the data version it was trained on."""
-    from assoc_lib import versioning
+    from assoc_lib.data import versioning
 
-    record = {"ds": ds, "data_version": data_version, "model_version": pushed.get("version"),
-              "model_path": pushed.get("path"), "git_commit": None, "model_md5": None,
-              "data_pointer": None, "model_pointer": None}
-    if cfg.paths.dvc_repo and pushed.get("path"):
+    pushed = PushResult.coerce(pushed)
+    record = VersionRecord(ds=ds, data_version=data_version, model_version=pushed.version, model_path=pushed.path)
+    if cfg.paths.dvc_repo and pushed.path:
         repo = Path(cfg.paths.dvc_repo).resolve()
-        record["git_commit"] = versioning.git_commit_hash(repo)
-        model_path = Path(pushed["path"]).resolve()
+        record.git_commit = versioning.git_commit_hash(repo)
+        model_path = Path(pushed.path).resolve()
         if repo in model_path.parents:
-            record["model_md5"] = versioning.record(repo, str(model_path.relative_to(repo)),
-                                                    run_dir(cfg, ds) / "dvc" / "model.dvc")["md5"]
-            record["model_pointer"] = str(run_dir(cfg, ds) / "dvc" / "model.dvc")
+            pointer = run_dir(cfg, ds) / "dvc" / "model.dvc"
+            record.model_md5 = versioning.record(repo, str(model_path.relative_to(repo)), pointer)["md5"]
+            record.model_pointer = str(pointer)
         data_pointer = run_dir(cfg, ds) / "dvc" / "data.dvc"
-        record["data_pointer"] = str(data_pointer) if data_pointer.exists() else None
+        record.data_pointer = str(data_pointer) if data_pointer.exists() else None
     out = run_dir(cfg, ds) / "versions.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    _summary(f"version ds={ds}", record)
+    out.write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+    _summary(f"version ds={ds}", record.to_dict())
     return record
 
 
 # --------------------------------------------------------------------------- insights
-def insights_day(cfg: AssocConfig, ds: str, prep_dir: str, candidates: list[dict]) -> dict:
+def insights_day(cfg: AssocConfig, ds: str, prep_dir: str, candidates: list[Candidate]) -> InsightsResult:
     """Frequently-bought-together tables, category prediction and the HTML report for the day."""
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from assoc_lib import insights, report
-    from assoc_lib.export import ServableModel
-    from assoc_lib.model import item_embeddings
-    from assoc_lib.preprocess import load_split
-    from assoc_lib.train import split_baskets
-    from assoc_lib.validate import RESULT_FILE
+    from assoc_lib.data.preprocess import load_split, split_baskets
+    from assoc_lib.data.validate import RESULT_FILE
+    from assoc_lib.insights import report, tables
+    from assoc_lib.models.network import item_embeddings
+    from assoc_lib.models.servable import ServableModel
 
     baskets, vocab = load_split(prep_dir)
     train = split_baskets(baskets)["train"]
     out = run_dir(cfg, ds) / "insights"
-    deep_entry = next((c for c in candidates if c["name"] == "deep"), None)
-    deep = ServableModel.load(deep_entry["path"]) if deep_entry else None
+    candidates = [Candidate.coerce(c) for c in candidates]
+    deep_entry = next((c for c in candidates if c.name == "deep"), None)
+    deep = ServableModel.load(deep_entry.path) if deep_entry else None
     ic = cfg.insights
-    fbt = insights.frequently_bought_together(train, vocab, deep, cfg.paths.catalog_path, out,
-                                              ic.pair_min_support, ic.multi_min_support, ic.min_confidence)
-    categories = insights.category_prediction(train, vocab, item_embeddings(deep.deep), cfg.paths.catalog_path, out,
-                                              k=ic.category_k) if deep is not None else None
+    fbt = tables.frequently_bought_together(
+        train, vocab, deep, cfg.paths.catalog_path, out, ic.pair_min_support, ic.multi_min_support, ic.min_confidence
+    )
+    categories = (
+        tables.category_prediction(
+            train, vocab, item_embeddings(deep.deep), cfg.paths.catalog_path, out, k=ic.category_k
+        )
+        if deep is not None
+        else None
+    )
     daily = []
     for day, part in contract.list_partitions(cfg.paths.orders_dir):
-        if str(day) > ds or (contract._as_date(ds) - day).days >= cfg.preprocess.window_days:
+        if str(day) > ds or (contract.as_date(ds) - day).days >= cfg.preprocess.window_days:
             continue
         record = cfg.paths.reports_dir / "validation" / f"ds={day}" / RESULT_FILE
         params = json.loads(record.read_text()).get("parameters", {}) if record.exists() else {}
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in part.glob("*.parquet"))
-        daily.append({"ds": str(day), "rows": rows, "min_rows": params.get("min_rows"),
-                      "max_rows": params.get("max_rows")})
+        daily.append(
+            {"ds": str(day), "rows": rows, "min_rows": params.get("min_rows"), "max_rows": params.get("max_rows")}
+        )
     comparison_path = run_dir(cfg, ds) / "evaluation" / "comparison.json"
     comparison = json.loads(comparison_path.read_text()) if comparison_path.exists() else None
     daily_frame = pd.DataFrame(daily, columns=["ds", "rows", "min_rows", "max_rows"])
-    rep = report.build_report(out / "report.html", ds, baskets, vocab, daily_frame, insights._catalog(
-        cfg.paths.catalog_path), comparison, report.past_runs(Path(cfg.paths.artifacts_dir) / "runs"), categories)
-    _summary(f"insights ds={ds}", {
-        "pair rules": fbt["pairs"]["rows"], "multi-item rules": fbt["multi_item"]["rows"],
-        "related-item rows": fbt["deep_related"]["rows"],
-        **{f"category accuracy ({lvl})": ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())
-           for lvl, r in (categories or {}).get("levels", {}).items()},
-        "report": f"file://{Path(rep['path']).resolve()}"})
-    return {"report": rep["path"], "fbt": {k: v["csv"] for k, v in fbt.items()},
-            "category_accuracy": {lvl: r["accuracy"] for lvl, r in (categories or {}).get("levels", {}).items()}}
+    rep = report.build_report(
+        out / "report.html",
+        ds,
+        baskets,
+        vocab,
+        daily_frame,
+        tables.load_catalog(cfg.paths.catalog_path),
+        comparison,
+        report.past_runs(Path(cfg.paths.artifacts_dir) / "runs"),
+        categories,
+    )
+    _summary(
+        f"insights ds={ds}",
+        {
+            "pair rules": fbt["pairs"]["rows"],
+            "multi-item rules": fbt["multi_item"]["rows"],
+            "related-item rows": fbt["deep_related"]["rows"],
+            **{
+                f"category accuracy ({lvl})": ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())
+                for lvl, r in (categories or {}).get("levels", {}).items()
+            },
+            "report": f"file://{Path(rep['path']).resolve()}",
+        },
+    )
+    return InsightsResult(
+        report=str(rep["path"]),
+        fbt={k: str(v["csv"]) for k, v in fbt.items()},
+        category_accuracy={lvl: r["accuracy"] for lvl, r in (categories or {}).get("levels", {}).items()},
+    )

@@ -9,6 +9,7 @@ everything else back, so a real warning or error is never lost. The CUDA lines a
 NVIDIA device node exists: on a GPU machine they mean something and stay. ``tensorflow_serving``'s protos
 import TensorFlow too, so modules call ``tensorflow()`` before importing them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,11 +23,15 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_ALWAYS = (r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
-           r"^[IW]\d{4} .*\] oneDNN custom operations are on")
-_NO_GPU = (r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine",
-           r"cuda_platform\.cc:\d+\] failed call to cuInit: .*(UNKNOWN ERROR \(303\)|NO_DEVICE)",
-           r"cuda_executor\.cc:\d+\] failed call to cuInit")
+_ALWAYS = (
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+    r"^[IW]\d{4} .*\] oneDNN custom operations are on",
+)
+_NO_GPU = (
+    r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine",
+    r"cuda_platform\.cc:\d+\] failed call to cuInit: .*(UNKNOWN ERROR \(303\)|NO_DEVICE)",
+    r"cuda_executor\.cc:\d+\] failed call to cuInit",
+)
 _lock = threading.Lock()
 _module = None
 

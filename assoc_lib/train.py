@@ -6,6 +6,7 @@ basket with a multinomial (softmax) likelihood; ``sampled_softmax > 0`` swaps
 the full softmax for sampled softmax (one positive drawn per basket per step)
 for large vocabularies.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from assoc_lib import evaluate
-from assoc_lib.model import DeepParams, build_network, forward_spec, numpy_logits
+from assoc_lib.models.network import DeepParams, build_network, forward_spec, numpy_logits
 from assoc_lib.tfrt import tensorflow
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,13 @@ def _dataset(train: sp.csr_matrix, params: DeepParams, global_batch: int, histor
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
-               out_dir: str | os.PathLike | None = None, history: sp.csr_matrix | None = None) -> DeepResult:
+def train_deep(
+    train: sp.csr_matrix,
+    val: evaluate.HoldOut,
+    params: DeepParams,
+    out_dir: str | os.PathLike | None = None,
+    history: sp.csr_matrix | None = None,
+) -> DeepResult:
     """Train on binary train baskets; keep the epoch with the best validation NDCG@10.
 
     ``params.personal``: ``history`` holds each train basket's earlier purchase counts (CSR aligned
@@ -98,6 +104,7 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
     if params.personal and history is None:
         raise ValueError("a personal network needs the train baskets' history")
     import keras
+
     tf = tensorflow()
 
     keras.utils.set_random_seed(params.seed)
@@ -122,8 +129,12 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
             label = tf.gather(targets, tf.argmax(r, axis=1), batch_dims=1)[:, None]
             loss = tf.nn.sampled_softmax_loss(
                 weights=tf.transpose(tf.cast(out_layer.kernel, tf.float32)),
-                biases=tf.cast(out_layer.bias, tf.float32), labels=tf.cast(label, tf.int64),
-                inputs=tf.cast(hidden, tf.float32), num_sampled=params.sampled_softmax, num_classes=n_items)
+                biases=tf.cast(out_layer.bias, tf.float32),
+                labels=tf.cast(label, tf.int64),
+                inputs=tf.cast(hidden, tf.float32),
+                num_sampled=params.sampled_softmax,
+                num_classes=n_items,
+            )
             return loss * tf.reduce_sum(mask, axis=1)
         logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
         picked = tf.gather(logp, tf.maximum(targets, 0), batch_dims=1)
@@ -154,12 +165,20 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
 
     def val_ndcg() -> float:
         spec = forward_spec(network)
-        return evaluate.evaluate_scores(lambda X, H=None: numpy_logits(spec, X, H), val, n_items)["ndcg@10"] \
-            if val.n else 0.0
+        return (
+            evaluate.evaluate_scores(lambda X, H=None: numpy_logits(spec, X, H), val, n_items)["ndcg@10"]
+            if val.n
+            else 0.0
+        )
 
     result = DeepResult(spec={}, placement=placement)
-    log.info("training deep model: %d baskets, %d items, %s, params %s", train.shape[0], n_items, placement,
-             json.dumps(params.to_dict()))
+    log.info(
+        "training deep model: %d baskets, %d items, %s, params %s",
+        train.shape[0],
+        n_items,
+        placement,
+        json.dumps(params.to_dict()),
+    )
     started = time.perf_counter()
     best, best_spec, best_epoch, waited, examples, best_ndcg_selected = -1.0, None, 0, 0, 0, 0.0
     for epoch in range(1, params.epochs + 1):
@@ -171,8 +190,13 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
         examples += train.shape[0]
         ndcg = val_ndcg()
         eps = train.shape[0] / max(seconds, 1e-9)
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_ndcg@10": ndcg, "examples_per_second": eps,
-               "seconds": seconds}
+        row = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "val_ndcg@10": ndcg,
+            "examples_per_second": eps,
+            "seconds": seconds,
+        }
         result.history.append(row)
         improved = ndcg > best
         best = max(best, ndcg)
@@ -182,9 +206,15 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
             best_spec, best_epoch, best_ndcg_selected = forward_spec(network), epoch, ndcg
             if ckpt_manager:
                 ckpt_manager.save(checkpoint_number=epoch)
-        log.info("epoch %d/%d loss %.4f val NDCG@10 %.4f%s %.0f examples/s",
-                 epoch, params.epochs, row["loss"], ndcg,
-                 " (selected)" if selected else f" (selected epoch {best_epoch}, best {best:.4f})", eps)
+        log.info(
+            "epoch %d/%d loss %.4f val NDCG@10 %.4f%s %.0f examples/s",
+            epoch,
+            params.epochs,
+            row["loss"],
+            ndcg,
+            " (selected)" if selected else f" (selected epoch {best_epoch}, best {best:.4f})",
+            eps,
+        )
         if writer:
             with writer.as_default():
                 tf.summary.scalar("loss", row["loss"], step=epoch)
@@ -202,7 +232,6 @@ def train_deep(train: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams,
     return result
 
 
-
 # --------------------------------------------------------------------------- all candidates
 CANDIDATES_DIR = "candidates"
 SUMMARY_FILE = "train_summary.json"
@@ -216,20 +245,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def split_baskets(baskets) -> dict[str, list[list[int]]]:
-    from assoc_lib.preprocess import SPLITS
-
-    return {s: [list(map(int, x)) for x in baskets.loc[baskets["split"] == s, "items"]] for s in SPLITS}
-
-
 def deep_params(cfg) -> DeepParams:
     m = cfg.models
     hidden = tuple(int(x) for x in str(m.deep_hidden).split(",") if x.strip())
-    return DeepParams(embedding_dim=m.deep_embedding_dim, hidden=hidden, layer_norm=m.deep_layer_norm,
-                      input_dropout=m.deep_input_dropout, dropout=m.deep_dropout, epochs=m.deep_epochs,
-                      batch_size=m.deep_batch_size, learning_rate=m.deep_learning_rate, patience=m.deep_patience,
-                      selection_tolerance=m.deep_selection_tolerance,
-                      sampled_softmax=m.deep_sampled_softmax, seed=m.seed)
+    return DeepParams(
+        embedding_dim=m.deep_embedding_dim,
+        hidden=hidden,
+        layer_norm=m.deep_layer_norm,
+        input_dropout=m.deep_input_dropout,
+        dropout=m.deep_dropout,
+        epochs=m.deep_epochs,
+        batch_size=m.deep_batch_size,
+        learning_rate=m.deep_learning_rate,
+        patience=m.deep_patience,
+        selection_tolerance=m.deep_selection_tolerance,
+        sampled_softmax=m.deep_sampled_softmax,
+        seed=m.seed,
+    )
 
 
 HISTORY_GRID = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -240,8 +272,9 @@ def _tune_history_weight(model, holdout: evaluate.HoldOut, n_items: int) -> tupl
     saved = model.history_weight
     model.history_weight = 0.0
     try:
-        scores = evaluate.tune_on_validation(holdout, n_items, lambda X, H: model.score(X, H),
-                                             lambda base, prior, b: base + b * prior, HISTORY_GRID)
+        scores = evaluate.tune_on_validation(
+            holdout, n_items, lambda X, H: model.score(X, H), lambda base, prior, b: base + b * prior, HISTORY_GRID
+        )
     finally:
         model.history_weight = saved
     best = max(scores, key=lambda b: (scores[b], -b))
@@ -255,11 +288,11 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     weight β tuned on validation, ``personal_frequency`` joins as a baseline, and the deep network
     takes the shopper's history as a second input. Returns a small summary for XCom and logs.
     """
-    from assoc_lib import baselines
-    from assoc_lib.explain import evidence_table
-    from assoc_lib.export import ServableModel
-    from assoc_lib.model import standardise
-    from assoc_lib.preprocess import load_split
+    from assoc_lib.data.preprocess import load_split, split_baskets
+    from assoc_lib.models import baselines
+    from assoc_lib.models.explain import evidence_table
+    from assoc_lib.models.network import standardise
+    from assoc_lib.models.servable import ServableModel
 
     out_dir = Path(out_dir)
     cand_dir = out_dir / CANDIDATES_DIR
@@ -272,7 +305,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     personal = history is not None
     log.info("split loaded, histories built: peak RSS %.0f MB", peak_rss_mb())
     val = holdouts["validation"]  # personalised when the data has users
-    popularity = baselines._popularity(X)
+    popularity = baselines.popularity_counts(X)
     evidence = evidence_table(X, cfg.models.evidence_top_n)
     entries, ease_table = [], None
 
@@ -282,27 +315,45 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         if personal:
             model.history_weight, grid = _tune_history_weight(model, val, n_items)
             entry["history_weight"] = model.history_weight
-            log.info("%s: history weight %.3g chosen on validation (personalised NDCG@10 by weight: %s)",
-                     model.name, model.history_weight, {k: round(v, 4) for k, v in grid.items()})
+            log.info(
+                "%s: history weight %.3g chosen on validation (personalised NDCG@10 by weight: %s)",
+                model.name,
+                model.history_weight,
+                {k: round(v, 4) for k, v in grid.items()},
+            )
         entry["path"] = str(model.save(cand_dir / f"{model.name}.npz"))
         entries.append(entry)
 
     for scorer in baselines.default_scorers(cfg):
         seconds = baselines.fit_timed(scorer, X)
-        model = ServableModel(scorer.name, "classical", vocab, popularity, table=scorer.neighbour_table(),
-                              params=scorer.params())
+        model = ServableModel(
+            scorer.name, "classical", vocab, popularity, table=scorer.neighbour_table(), params=scorer.params()
+        )
         save(model, {"name": scorer.name, "kind": "classical", "train_seconds": seconds})
         if scorer.name == "ease":
             ease_table = model.table
         del scorer
     if personal:
-        frequency = ServableModel("personal_frequency", "classical", vocab, popularity,
-                                  table=baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * popularity),
-                                  history_weight=1.0, params={"score": "log(1 + purchase count), ties by popularity"})
+        frequency = ServableModel(
+            "personal_frequency",
+            "classical",
+            vocab,
+            popularity,
+            table=baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * popularity),
+            history_weight=1.0,
+            params={"score": "log(1 + purchase count), ties by popularity"},
+        )
         frequency.evidence = evidence
-        entries.append({"name": "personal_frequency", "kind": "classical", "train_seconds": 0.0,
-                        "personal_only": True, "history_weight": 1.0,
-                        "path": str(frequency.save(cand_dir / "personal_frequency.npz"))})
+        entries.append(
+            {
+                "name": "personal_frequency",
+                "kind": "classical",
+                "train_seconds": 0.0,
+                "personal_only": True,
+                "history_weight": 1.0,
+                "path": str(frequency.save(cand_dir / "personal_frequency.npz")),
+            }
+        )
     params = deep_params(cfg)
     params.personal = personal
     train_rows = np.flatnonzero((baskets["split"] == "train").to_numpy())
@@ -310,23 +361,59 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     result = train_deep(X, val, params, out_dir / "deep", history=history[train_rows] if personal else None)
     log.info("deep training done: peak RSS %.0f MB", peak_rss_mb())
     deep = ServableModel("deep", "deep", vocab, popularity, deep=result.spec, params=params.to_dict())
-    save(deep, {"name": "deep", "kind": "deep", "train_seconds": result.train_seconds,
-                "best_epoch": result.best_epoch, "examples_per_second": result.examples_per_second})
+    save(
+        deep,
+        {
+            "name": "deep",
+            "kind": "deep",
+            "train_seconds": result.train_seconds,
+            "best_epoch": result.best_epoch,
+            "examples_per_second": result.examples_per_second,
+        },
+    )
     if cfg.models.deep_mix_with_ease and ease_table is not None and val.n:
         started = time.perf_counter()
         scores = evaluate.tune_on_validation(
-            val, n_items, lambda Xb, Hb: (standardise(result.score(Xb, Hb)), standardise(ease_table.score(Xb))),
-            lambda parts, prior, w: (1 - w) * parts[0] + w * parts[1], MIX_GRID)
+            val,
+            n_items,
+            lambda Xb, Hb: (standardise(result.score(Xb, Hb)), standardise(ease_table.score(Xb))),
+            lambda parts, prior, w: (1 - w) * parts[0] + w * parts[1],
+            MIX_GRID,
+        )
         weight = max(scores, key=lambda w: (scores[w], -w))
-        hybrid = ServableModel("deep+ease", "deep", vocab, popularity, table=ease_table, deep=result.spec,
-                               mix_weight=weight, params={**params.to_dict(), "mix_weight": weight,
-                                                          "mix_val_ndcg@10": scores})
-        log.info("deep+ease mix: weight of EASE %.1f chosen on validation (NDCG@10 by weight: %s)", weight,
-                 {k: round(v, 4) for k, v in scores.items()})
-        save(hybrid, {"name": "deep+ease", "kind": "deep", "mix_weight": weight,
-                      "train_seconds": result.train_seconds + time.perf_counter() - started})
-    summary = {"prep_dir": str(prep_dir), "out_dir": str(out_dir), "n_items": n_items,
-               "n_train_baskets": X.shape[0], "placement": result.placement, "candidates": entries,
-               "protocol": "personalised" if personal else "anonymous", "deep_history": result.history}
+        hybrid = ServableModel(
+            "deep+ease",
+            "deep",
+            vocab,
+            popularity,
+            table=ease_table,
+            deep=result.spec,
+            mix_weight=weight,
+            params={**params.to_dict(), "mix_weight": weight, "mix_val_ndcg@10": scores},
+        )
+        log.info(
+            "deep+ease mix: weight of EASE %.1f chosen on validation (NDCG@10 by weight: %s)",
+            weight,
+            {k: round(v, 4) for k, v in scores.items()},
+        )
+        save(
+            hybrid,
+            {
+                "name": "deep+ease",
+                "kind": "deep",
+                "mix_weight": weight,
+                "train_seconds": result.train_seconds + time.perf_counter() - started,
+            },
+        )
+    summary = {
+        "prep_dir": str(prep_dir),
+        "out_dir": str(out_dir),
+        "n_items": n_items,
+        "n_train_baskets": X.shape[0],
+        "placement": result.placement,
+        "candidates": entries,
+        "protocol": "personalised" if personal else "anonymous",
+        "deep_history": result.history,
+    }
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary

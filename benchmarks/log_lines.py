@@ -8,6 +8,7 @@ task logs the scheduler's workers write under ``$AIRFLOW_HOME/logs`` (one object
 A line that belongs to no record (C++ output on stderr, a bare warning) counts as "other". Prints a table
 and writes JSON: per file, project / other lines, the share that is ours, and the top foreign sources.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,9 +62,14 @@ def count(path: Path) -> dict:
     ours = sum(n for s, n in by_source.items() if s.startswith(OURS))
     total = sum(by_source.values())
     foreign = collections.Counter({s: n for s, n in by_source.items() if not s.startswith(OURS)})
-    return {"file": str(path), "lines": total, "project": ours, "other": total - ours,
-            "project_share": round(ours / total, 3) if total else None,
-            "top_other_sources": dict(foreign.most_common(8))}
+    return {
+        "file": str(path),
+        "lines": total,
+        "project": ours,
+        "other": total - ours,
+        "project_share": round(ours / total, 3) if total else None,
+        "top_other_sources": dict(foreign.most_common(8)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,13 +83,22 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             total.update(r["top_other_sources"])
         lines, ours = sum(r["lines"] for r in rows), sum(r["project"] for r in rows)
-        rows.append({"file": f"TOTAL of {len(rows)} logs", "lines": lines, "project": ours, "other": lines - ours,
-                     "project_share": round(ours / lines, 3) if lines else None,
-                     "top_other_sources": dict(total.most_common(8))})
+        rows.append(
+            {
+                "file": f"TOTAL of {len(rows)} logs",
+                "lines": lines,
+                "project": ours,
+                "other": lines - ours,
+                "project_share": round(ours / lines, 3) if lines else None,
+                "top_other_sources": dict(total.most_common(8)),
+            }
+        )
     print(f"{'log':60} {'lines':>6} {'ours':>6} {'other':>6} {'ours %':>7}")
     for r in rows:
-        print(f"{r['file'][-60:]:60} {r['lines']:6d} {r['project']:6d} {r['other']:6d} "
-              f"{100 * (r['project_share'] or 0):6.1f}%")
+        print(
+            f"{r['file'][-60:]:60} {r['lines']:6d} {r['project']:6d} {r['other']:6d} "
+            f"{100 * (r['project_share'] or 0):6.1f}%"
+        )
         print("   other sources: " + ", ".join(f"{s} {n}" for s, n in r["top_other_sources"].items()))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")

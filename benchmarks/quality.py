@@ -1,4 +1,4 @@
-"""Quality benchmark: every model on the same split of any contract-shaped orders (design.md §8).
+"""Quality benchmark: every model on the same split of any contract-shaped orders (docs/design.md §8).
 
     python benchmarks/quality.py --orders data/raw/orders --out quality.json \
         [--min-count 5] [--val-days 28 --test-days 28] [--set models.deep_embedding_dim=200 ...]
@@ -8,6 +8,7 @@
 split otherwise (basket CSVs). Prints one row per model and writes JSON with training
 seconds and the process's peak memory after each model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from assoc_lib import evaluate, preprocess
+from assoc_lib import evaluate
 from assoc_lib.config import load_config
-from assoc_lib.data import adapters, contract
+from assoc_lib.data import adapters, contract, preprocess
 from assoc_lib.train import train_candidates
 
 log = logging.getLogger("benchmark")
@@ -64,8 +65,13 @@ def main(argv=None) -> int:
     ap.add_argument("--val-days", type=int, default=0)
     ap.add_argument("--test-days", type=int, default=0)
     ap.add_argument("--end", help="last day (YYYY-MM-DD) of orders to use, e.g. 2017-12-31")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="config override, e.g. models.deep_epochs=15")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="config override, e.g. models.deep_epochs=15",
+    )
     ap.add_argument("--work-dir", type=Path, help="keep the split and models here (default: a temp folder)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -79,8 +85,15 @@ def main(argv=None) -> int:
         rows = rows[rows["ts"] < pd.Timestamp(args.end, tz="UTC") + pd.Timedelta(days=1)]
     split_method = "time" if has_time else "random"
     baskets, vocab, stats = preprocess.build_baskets(
-        rows, cfg.preprocess.min_count, cfg.preprocess.val_fraction, cfg.preprocess.test_fraction, split_method,
-        cfg.preprocess.seed, args.val_days, args.test_days)
+        rows,
+        cfg.preprocess.min_count,
+        cfg.preprocess.val_fraction,
+        cfg.preprocess.test_fraction,
+        split_method,
+        cfg.preprocess.seed,
+        args.val_days,
+        args.test_days,
+    )
     del rows
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="assoc-bench-"))
     prep_dir = preprocess.write_split(baskets, vocab, stats, work / "prep")
@@ -95,22 +108,39 @@ def main(argv=None) -> int:
                 row[key] = cand[key]
         row.pop("path", None)
     result = {
-        "dataset": {"orders": str(args.orders), "catalog": str(args.catalog) if args.catalog else None,
-                    "rows_in": stats["rows_in"], "rows_out": stats["rows_out"], "vocabulary_size": len(vocab),
-                    "min_count": cfg.preprocess.min_count},
-        "split": {"method": split_method, "val_days": args.val_days, "test_days": args.test_days, "end": args.end,
-                  "orders": stats["orders_out"], "bounds": stats["split_bounds"]},
-        "n_eval_baskets": payload["n_eval_baskets"], "n_val_baskets": payload["n_val_baskets"],
-        "placement": summary["placement"], "deep_history": summary["deep_history"],
-        "config": {"models": cfg.to_dict()["models"]}, "preprocess_seconds": prep_seconds,
-        "peak_rss_mb": memory["after_training_mb"], "total_seconds": time.perf_counter() - started,
+        "dataset": {
+            "orders": str(args.orders),
+            "catalog": str(args.catalog) if args.catalog else None,
+            "rows_in": stats["rows_in"],
+            "rows_out": stats["rows_out"],
+            "vocabulary_size": len(vocab),
+            "min_count": cfg.preprocess.min_count,
+        },
+        "split": {
+            "method": split_method,
+            "val_days": args.val_days,
+            "test_days": args.test_days,
+            "end": args.end,
+            "orders": stats["orders_out"],
+            "bounds": stats["split_bounds"],
+        },
+        "n_eval_baskets": payload["n_eval_baskets"],
+        "n_val_baskets": payload["n_val_baskets"],
+        "placement": summary["placement"],
+        "deep_history": summary["deep_history"],
+        "config": {"models": cfg.to_dict()["models"]},
+        "preprocess_seconds": prep_seconds,
+        "peak_rss_mb": memory["after_training_mb"],
+        "total_seconds": time.perf_counter() - started,
         "models": payload["models"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(evaluate.comparison_table(payload["models"], ("val_ndcg@10",) + evaluate.METRICS))
-    print(f"\n{payload['n_eval_baskets']} test baskets, vocabulary {len(vocab)}, split {split_method}; "
-          f"peak RSS {memory['after_training_mb']:.0f} MB; JSON: {args.out}")
+    print(
+        f"\n{payload['n_eval_baskets']} test baskets, vocabulary {len(vocab)}, split {split_method}; "
+        f"peak RSS {memory['after_training_mb']:.0f} MB; JSON: {args.out}"
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ Exports the chosen candidate, serves it with ``assoc serve`` (in-process, a free
 real test baskets (with the shopper's history) over gRPC with ``assoc query --explain``, and
 runs the insights task (FBT tables, category accuracy, report.html) on the same split.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from assoc_lib import pipeline, push, serving
+from assoc_lib import pipeline
 from assoc_lib.cli import main as assoc
 from assoc_lib.config import load_config
+from assoc_lib.data.preprocess import load_split
 from assoc_lib.evaluate import make_holdouts
-from assoc_lib.export import ServableModel, export_saved_model
-from assoc_lib.preprocess import load_split
+from assoc_lib.models.servable import ServableModel
+from assoc_lib.serving import push, server
+from assoc_lib.serving.export import export_saved_model
 
 
 def run(argv=None) -> int:
@@ -35,23 +38,33 @@ def run(argv=None) -> int:
     ap.add_argument("--window-days", type=int, default=365)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = load_config(overrides={"paths.data_dir": args.data_dir, "paths.artifacts_dir": args.artifacts_dir,
-                                 "preprocess.window_days": args.window_days})
+    cfg = load_config(
+        overrides={
+            "paths.data_dir": args.data_dir,
+            "paths.artifacts_dir": args.artifacts_dir,
+            "preprocess.window_days": args.window_days,
+        }
+    )
     summary = json.loads((args.work_dir / "train" / "train_summary.json").read_text())
     run_dir = pipeline.run_dir(cfg, args.ds)
     (run_dir / "evaluation").mkdir(parents=True, exist_ok=True)
     shutil.copy(args.work_dir / "evaluation" / "comparison.json", run_dir / "evaluation" / "comparison.json")
     insights = pipeline.insights_day(cfg, args.ds, str(args.work_dir / "prep"), summary["candidates"])
-    print(json.dumps(insights, indent=2))
+    print(json.dumps(insights.to_dict(), indent=2))
 
     cand = next(c for c in summary["candidates"] if c["name"] == args.model)
     model = ServableModel.load(cand["path"])
-    export = export_saved_model(model, args.work_dir / "showcase" / "export", {"data_version": "benchmark"},
-                                cfg.serving.model_name, cfg.serving.k)
+    export = export_saved_model(
+        model,
+        args.work_dir / "showcase" / "export",
+        {"data_version": "benchmark"},
+        cfg.serving.model_name,
+        cfg.serving.k,
+    )
     root = args.work_dir / "showcase" / "serving"
     shutil.rmtree(root, ignore_errors=True)
     push.push(export, root, cfg.serving.model_name)
-    server, registry, port = serving.serve(str(root / "models.config"), port=0, block=False)
+    srv, registry, port = server.serve(str(root / "models.config"), port=0, block=False)
     try:
         baskets, vocab = load_split(args.work_dir / "prep")
         holdouts, _ = make_holdouts(baskets, len(vocab), cfg.models.eval_seed, cfg.models.history_max_items)
@@ -62,14 +75,28 @@ def run(argv=None) -> int:
             if not 3 <= len(items) <= 5:
                 continue
             history = test.history[r] if test.history is not None else None
-            cmd = ["query", "--server", f"127.0.0.1:{port}", "--items", *items, "--k", "5", "--explain",
-                   "--catalog", str(cfg.paths.catalog_path)]
+            cmd = [
+                "query",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--items",
+                *items,
+                "--k",
+                "5",
+                "--explain",
+                "--catalog",
+                str(cfg.paths.catalog_path),
+            ]
             if history is not None and history.nnz:
                 top = history.indices[history.data.argsort()[::-1][:5]]
-                cmd += ["--history", *[vocab[i] for i in top], "--history-counts",
-                        *[str(float(history[0, i])) for i in top]]
+                cmd += [
+                    "--history",
+                    *[vocab[i] for i in top],
+                    "--history-counts",
+                    *[str(float(history[0, i])) for i in top],
+                ]
             print("\n$ assoc " + " ".join(cmd[:1] + ["--items", *items, "--k", "5", "--explain"]))
-            assoc(cmd[:cmd.index("--history")] if "--history" in cmd else cmd)
+            assoc(cmd[: cmd.index("--history")] if "--history" in cmd else cmd)
             if "--history" in cmd:
                 print("\n$ (same basket, with the shopper's 5 most-bought items as history)")
                 assoc(cmd)
@@ -78,7 +105,7 @@ def run(argv=None) -> int:
                 break
     finally:
         registry.stop()
-        server.stop(0)
+        srv.stop(0)
     return 0
 
 

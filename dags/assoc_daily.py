@@ -2,12 +2,15 @@
 (+ insights: frequently-bought-together tables, category suggestions and the HTML report).
 
 Wiring only: each task calls one assoc_lib function (through the assoc_airflow
-adapters in plugins/); XCom carries paths and small dicts. Settings come from
+adapters in plugins/); XCom carries the stages' typed records (assoc_lib.records:
+paths and small figures), and tasks read their named fields. Airflow must allow
+their deserialisation: [core] allowed_deserialization_classes = airflow.* assoc_lib.* Settings come from
 the project config (assoc.toml / ASSOC_* env) and can be overridden per run with
 params. Environment knobs: ASSOC_SCHEDULE (default @daily), ASSOC_CATCHUP,
 ASSOC_START_DATE, ASSOC_TRAIN_POOL and ASSOC_TRAIN_QUEUE (GPU placement of train).
 ASSOC_SCHEDULE=none: triggered runs only (scripts/airflow_local.py replay uses it).
 """
+
 from __future__ import annotations
 
 import os
@@ -18,15 +21,34 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from assoc_airflow.config import config_from_params, default_params
 from assoc_airflow.operators import GreatExpectationsValidateOperator
+from assoc_lib.records import (  # small dataclasses (no heavy imports): what the tasks pass through XCom
+    EvaluationResult,
+    ExportResult,
+    GateDecision,
+    InfraResult,
+    IngestResult,
+    InsightsResult,
+    PreprocessResult,
+    PushResult,
+    TrainResult,
+    VersionRecord,
+)
 
 VALIDATED_ORDERS = Asset(name="assoc_validated_orders", uri="file:///assoc/orders/validated")
 SERVED_MODEL = Asset(name="assoc_served_model", uri="file:///assoc/serving/assoc")
 
-RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
-           "max_retry_delay": timedelta(minutes=10)}
+RETRIES = {
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
 SCHEDULE = os.environ.get("ASSOC_SCHEDULE", "@daily")
-TRAIN_PLACEMENT = {k: v for k, v in {"pool": os.environ.get("ASSOC_TRAIN_POOL"),
-                                     "queue": os.environ.get("ASSOC_TRAIN_QUEUE")}.items() if v}
+TRAIN_PLACEMENT = {
+    k: v
+    for k, v in {"pool": os.environ.get("ASSOC_TRAIN_POOL"), "queue": os.environ.get("ASSOC_TRAIN_QUEUE")}.items()
+    if v
+}
 
 
 def _cfg():
@@ -48,7 +70,7 @@ def _cfg():
 )
 def assoc_daily():
     @task(**RETRIES)
-    def ingest(ds=None) -> dict:
+    def ingest(ds=None) -> IngestResult:
         from assoc_lib import pipeline
 
         return pipeline.ingest_day(_cfg(), ds)
@@ -56,67 +78,70 @@ def assoc_daily():
     validate = GreatExpectationsValidateOperator(task_id="validate", outlets=[VALIDATED_ORDERS])
 
     @task
-    def preprocess(ds=None) -> dict:
+    def preprocess(ds=None) -> PreprocessResult:
         from assoc_lib import pipeline
 
         return pipeline.preprocess_day(_cfg(), ds)
 
     @task(**TRAIN_PLACEMENT)
-    def train(prep: dict, ds=None) -> dict:
+    def train(prep: PreprocessResult, ds=None) -> TrainResult:
         from assoc_lib import pipeline
 
-        return pipeline.train_day(_cfg(), ds, prep["prep_dir"])
+        return pipeline.train_day(_cfg(), ds, prep.prep_dir)
 
     @task
-    def evaluate(prep: dict, trained: dict, ds=None) -> dict:
+    def evaluate(prep: PreprocessResult, trained: TrainResult, ds=None) -> EvaluationResult:
         from assoc_lib import pipeline
 
-        return pipeline.evaluate_day(_cfg(), ds, prep["prep_dir"], trained["candidates"])
+        return pipeline.evaluate_day(_cfg(), ds, prep.prep_dir, trained.candidates)
 
     @task.branch
-    def gate(evaluation: dict, ds=None) -> list[str]:
+    def gate(evaluation: EvaluationResult, ds=None) -> list[str]:
         from assoc_lib import pipeline
 
-        decision = pipeline.gate_day(_cfg(), ds, evaluation["comparison"])
+        decision = pipeline.gate_day(_cfg(), ds, evaluation.comparison)
         get_current_context()["ti"].xcom_push(key="decision", value=decision)
-        return ["export" if decision["blessed"] else "not_blessed", "insights"]
+        return ["export" if decision.blessed else "not_blessed", "insights"]
+
+    def _decision() -> GateDecision:
+        return get_current_context()["ti"].xcom_pull(task_ids="gate", key="decision")
 
     @task
-    def insights(prep: dict, trained: dict, ds=None) -> dict:
+    def insights(prep: PreprocessResult, trained: TrainResult, ds=None) -> InsightsResult:
         from assoc_lib import pipeline
 
-        return pipeline.insights_day(_cfg(), ds, prep["prep_dir"], trained["candidates"])
+        return pipeline.insights_day(_cfg(), ds, prep.prep_dir, trained.candidates)
 
     @task
-    def not_blessed(ds=None) -> dict:
-        decision = get_current_context()["ti"].xcom_pull(task_ids="gate", key="decision")
-        print(f"ds={ds}: no push. Winner {decision['winner']} not blessed: " + "; ".join(decision["reasons"]))
+    def not_blessed(ds=None) -> GateDecision:
+        decision = _decision()
+        print(f"ds={ds}: no push. Winner {decision.winner} not blessed: " + "; ".join(decision.reasons))
         return decision
 
     @task
-    def export(prep: dict, ds=None) -> dict:
+    def export(prep: PreprocessResult, ds=None) -> ExportResult:
         from assoc_lib import pipeline
 
-        decision = get_current_context()["ti"].xcom_pull(task_ids="gate", key="decision")
-        return pipeline.export_day(_cfg(), ds, decision["winner_path"], decision["blessing"], prep["data_version"])
+        decision = _decision()
+        return pipeline.export_day(_cfg(), ds, decision.winner_path, decision.blessing, prep.data_version)
 
     @task(**RETRIES)
-    def infra_validate(exported: dict, ds=None) -> dict:
+    def infra_validate(exported: ExportResult, ds=None) -> InfraResult:
         from assoc_lib import pipeline
 
-        return pipeline.infra_validate_day(_cfg(), ds, exported["export_dir"])
+        return pipeline.infra_validate_day(_cfg(), ds, exported.export_dir)
 
     @task(outlets=[SERVED_MODEL], **RETRIES)
-    def push(exported: dict, prep: dict, ds=None) -> dict:
+    def push(exported: ExportResult, prep: PreprocessResult, ds=None) -> PushResult:
         from assoc_lib import pipeline
 
-        return pipeline.push_day(_cfg(), ds, exported["export_dir"], prep["data_version"])
+        return pipeline.push_day(_cfg(), ds, exported.export_dir, prep.data_version)
 
     @task(**RETRIES)
-    def version(pushed: dict, prep: dict, ds=None) -> dict:
+    def version(pushed: PushResult, prep: PreprocessResult, ds=None) -> VersionRecord:
         from assoc_lib import pipeline
 
-        return pipeline.version_day(_cfg(), ds, pushed, prep["data_version"])
+        return pipeline.version_day(_cfg(), ds, pushed, prep.data_version)
 
     landed = ingest()
     prep = preprocess()

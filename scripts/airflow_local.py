@@ -15,6 +15,7 @@ task states and the gate decision, and always stops every process it started, ch
 non-zero when a run did not succeed. The DAG's own schedule is switched off for the replay
 (``ASSOC_SCHEDULE=none`` in the services' environment), so the scheduler creates no run for today meanwhile.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,15 +51,21 @@ def project_settings(home: Path) -> dict[str, dict[str, str]]:
     """What the project sets in airflow.cfg; everything else keeps Airflow's defaults."""
     slots = str(max(2, 2 * (os.cpu_count() or 1)))
     return {
-        "core": {"dags_folder": str(ROOT / "dags"), "plugins_folder": str(ROOT / "plugins"),
-                 "load_examples": "False", "executor": "LocalExecutor",
-                 # LocalExecutor starts `parallelism` worker processes: size it to the machine (default 32)
-                 "parallelism": slots, "max_active_tasks_per_dag": slots},
+        "core": {
+            "dags_folder": str(ROOT / "dags"),
+            "plugins_folder": str(ROOT / "plugins"),
+            "load_examples": "False",
+            "executor": "LocalExecutor",
+            # LocalExecutor starts `parallelism` worker processes: size it to the machine (default 32)
+            "parallelism": slots,
+            "max_active_tasks_per_dag": slots,
+            # the tasks pass assoc_lib.records dataclasses through XCom
+            "allowed_deserialization_classes": "airflow.* assoc_lib.*",
+        },
         "database": {"sql_alchemy_conn": f"sqlite:///{home / 'airflow.db'}"},
         "api": {"workers": "1"},
         # the in-process execution API of `airflow dags test` logs three INFO lines per task state change
-        "logging": {"colored_console_log": "False",
-                    "namespace_levels": "airflow.api_fastapi.execution_api=WARNING"},
+        "logging": {"colored_console_log": "False", "namespace_levels": "airflow.api_fastapi.execution_api=WARNING"},
     }
 
 
@@ -82,8 +89,10 @@ def write_config(home: Path) -> Path:
         cfg.set("api_auth", "jwt_secret", secrets.token_urlsafe(32))
     tmp = path.with_suffix(".cfg.tmp")
     with tmp.open("w") as fh:
-        fh.write("# Written by scripts/airflow_local.py init (basket-association); edit freely, our keys are\n"
-                 "# rewritten on the next init.\n")
+        fh.write(
+            "# Written by scripts/airflow_local.py init (basket-association); edit freely, our keys are\n"
+            "# rewritten on the next init.\n"
+        )
         cfg.write(fh)
     tmp.replace(path)
     return path
@@ -109,9 +118,11 @@ def gate_line(artifacts: Path, day: str) -> str:
         return f"   no gate decision for {day} (no {blessing})"
     b = json.loads(blessing.read_text())
     ratio = b["verdict"].get("deep_over_classical")
-    line = (f"   gate: {'BLESSED' if b['blessed'] else 'not blessed'} winner={b['winner']} "
-            f"test ndcg@10={b.get('winner_test', 0):.4f} production={b.get('production')}; "
-            f"deep/classical={ratio if ratio is None else round(ratio, 3)}")
+    line = (
+        f"   gate: {'BLESSED' if b['blessed'] else 'not blessed'} winner={b['winner']} "
+        f"test ndcg@10={b.get('winner_test', 0):.4f} production={b.get('production')}; "
+        f"deep/classical={ratio if ratio is None else round(ratio, 3)}"
+    )
     versions = run / "versions.json"
     # a versions.json older than today's gate decision is an earlier run's (this run pushed nothing)
     if versions.exists() and versions.stat().st_mtime >= blessing.stat().st_mtime:
@@ -133,10 +144,15 @@ class Services:
     def __init__(self, home: Path, port: int, extra_env: dict[str, str]):
         self.home, self.port = home, port
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
-        self.env.update({"AIRFLOW_HOME": str(home), "AIRFLOW__API__PORT": str(port),
-                         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-                         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-                         **extra_env})
+        self.env.update(
+            {
+                "AIRFLOW_HOME": str(home),
+                "AIRFLOW__API__PORT": str(port),
+                "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+                **extra_env,
+            }
+        )
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs = home / "logs" / "services"
 
@@ -145,10 +161,19 @@ class Services:
         for name in SERVICES:
             args = [airflow_bin(), name] + (["--port", str(self.port)] if name == "api-server" else [])
             with (self.logs / f"{name}.log").open("ab") as fh:
-                self.procs[name] = subprocess.Popen(args, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        print(f"   started {', '.join(f'{n} (pid {p.pid})' for n, p in self.procs.items())}; "
-              f"UI and API on http://127.0.0.1:{self.port}; service logs in {self.logs}", flush=True)
+                self.procs[name] = subprocess.Popen(
+                    args,
+                    env=self.env,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+        print(
+            f"   started {', '.join(f'{n} (pid {p.pid})' for n, p in self.procs.items())}; "
+            f"UI and API on http://127.0.0.1:{self.port}; service logs in {self.logs}",
+            flush=True,
+        )
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
@@ -304,15 +329,29 @@ def replay(days: list[str], conf: dict, timeout: float, artifacts: Path, port: i
         for day in days:
             run_id = f"replay__{day}"
             replace_existing_run(day)
-            airflow_cli(services, "dags", "trigger", DAG_ID, "--run-id", run_id, "--logical-date",
-                        f"{day}T00:00:00+00:00", "--conf", json.dumps(conf))
-            print(f"-- {run_id}: triggered, waiting (task logs: {home}/logs/dag_id={DAG_ID}/run_id={run_id}/)",
-                  flush=True)
+            airflow_cli(
+                services,
+                "dags",
+                "trigger",
+                DAG_ID,
+                "--run-id",
+                run_id,
+                "--logical-date",
+                f"{day}T00:00:00+00:00",
+                "--conf",
+                json.dumps(conf),
+            )
+            print(
+                f"-- {run_id}: triggered, waiting (task logs: {home}/logs/dag_id={DAG_ID}/run_id={run_id}/)", flush=True
+            )
             t0 = time.time()
             state, tasks = wait_for_run(services, run_id, timeout - (time.time() - started))
             result["pids"] = sorted(set(result["pids"]) | services.tree_pids())
-            print(f"   {run_id}: {state} in {time.time() - t0:.0f} s; tasks: "
-                  + ", ".join(f"{t}={s}" for t, s in sorted(tasks.items())), flush=True)
+            print(
+                f"   {run_id}: {state} in {time.time() - t0:.0f} s; tasks: "
+                + ", ".join(f"{t}={s}" for t, s in sorted(tasks.items())),
+                flush=True,
+            )
             print(gate_line(artifacts, day), flush=True)
             result["runs"].append({"day": day, "run_id": run_id, "state": state, "tasks": tasks})
             if state != "success":
@@ -322,8 +361,10 @@ def replay(days: list[str], conf: dict, timeout: float, artifacts: Path, port: i
         left = services.stop()
         signal.signal(signal.SIGTERM, previous)
         result["left_running"] = left
-        print(f"   stopped the Airflow services ({len(result['pids'])} processes); still running: {left or 'none'}",
-              flush=True)
+        print(
+            f"   stopped the Airflow services ({len(result['pids'])} processes); still running: {left or 'none'}",
+            flush=True,
+        )
     return result
 
 

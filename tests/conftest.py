@@ -1,4 +1,5 @@
 """Shared fixtures: a small synthetic world built once per session, copied per test."""
+
 from __future__ import annotations
 
 import os
@@ -20,18 +21,19 @@ os.environ.setdefault("ASSOC_PSEUDONYM_KEY", TEST_KEY.decode())
 
 
 def make_config(root: Path):
-    return load_config(overrides={
-        "paths.data_dir": str(root / "data"),
-        "paths.artifacts_dir": str(root / "artifacts"),
-        "paths.serving_root": str(root / "serving"),
-    })
+    return load_config(
+        overrides={
+            "paths.data_dir": str(root / "data"),
+            "paths.artifacts_dir": str(root / "artifacts"),
+            "paths.serving_root": str(root / "serving"),
+        }
+    )
 
 
 @pytest.fixture(scope="session")
 def synth_world(tmp_path_factory) -> Path:
     """12 validated synthetic days (data/ + artifacts/ with pass records), built once."""
-    from assoc_lib import validate
-    from assoc_lib.data import contract
+    from assoc_lib.data import contract, validate
     from assoc_lib.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("world")
@@ -65,29 +67,42 @@ def groceries_csv() -> Path:
 
 def small_model_overrides() -> dict:
     """A deep model small enough for CI that still learns the planted structure."""
-    return {"models.deep_embedding_dim": 64, "models.deep_epochs": 60, "models.deep_learning_rate": 0.01,
-            "models.deep_batch_size": 128, "models.deep_patience": 10, "models.ease_l2": 10.0}
+    return {
+        "models.deep_embedding_dim": 64,
+        "models.deep_epochs": 60,
+        "models.deep_learning_rate": 0.01,
+        "models.deep_batch_size": 128,
+        "models.deep_patience": 10,
+        "models.ease_l2": 10.0,
+    }
 
 
 @pytest.fixture(scope="session")
 def trained(synth_world, tmp_path_factory):
     """Preprocessed split + every candidate trained on the session's synthetic world."""
-    from assoc_lib import preprocess
     from assoc_lib.config import apply_overrides
+    from assoc_lib.data import preprocess
     from assoc_lib.train import train_candidates
 
     root = tmp_path_factory.mktemp("trained")
     cfg = apply_overrides(make_config(synth_world), small_model_overrides())
     prep = preprocess.preprocess(cfg, out_dir=root / "prep")
     summary = train_candidates(root / "prep", cfg, root / "train")
-    return {"cfg": cfg, "prep_dir": root / "prep", "summary": summary, "root": root,
-            "candidates": {c["name"]: c for c in summary["candidates"]}, "prep": prep}
+    return {
+        "cfg": cfg,
+        "prep_dir": root / "prep",
+        "summary": summary,
+        "root": root,
+        "candidates": {c["name"]: c for c in summary["candidates"]},
+        "prep": prep,
+    }
 
 
 @pytest.fixture(scope="session")
 def exported(trained):
     """Every candidate exported as a SavedModel."""
-    from assoc_lib.export import ServableModel, export_saved_model
+    from assoc_lib.models.servable import ServableModel
+    from assoc_lib.serving.export import export_saved_model
 
     out = {}
     for name, cand in trained["candidates"].items():

@@ -76,7 +76,7 @@ def import_completejourney(out_dir: str | Path, wheel: str | Path | None = None,
         ts = pc.assume_timezone(ts, "UTC")
     ts = ts.cast(pa.timestamp("us", tz="UTC"))
     if start is not None or days is not None:
-        first = contract._as_date(start) if start is not None else \
+        first = contract.as_date(start) if start is not None else \
             pc.min(ts).as_py().date()
         last = first + dt.timedelta(days=(days or 10_000))
         lo = pa.scalar(dt.datetime.combine(first, dt.time(), dt.timezone.utc), pa.timestamp("us", tz="UTC"))
@@ -190,7 +190,7 @@ def import_basket_csv(path: str | Path, out_dir: str | Path, start: dt.date | st
     rows_in = len(df)
     synthetic_time = "ts" not in df.columns
     if synthetic_time:
-        start = contract._as_date(start)
+        start = contract.as_date(start)
         order_codes, order_ids = pd.factorize(df["order_id"], sort=False)
         n_orders = len(order_ids)
         day_of_order = (np.arange(n_orders) * max(days, 1)) // max(n_orders, 1)

@@ -1,4 +1,4 @@
-"""The data contract (design.md §3): column names, types and rules in one place.
+"""The data contract (docs/design.md §3): column names, types and rules in one place.
 
 Adapters conform their input to these schemas, validation checks partitions
 against them (the GE suites in ``expectations/`` mirror them), and
@@ -60,7 +60,7 @@ class ContractError(ValueError):
 
 # --------------------------------------------------------------------------- partitions
 def partition_dir(orders_dir: str | os.PathLike, ds: dt.date | str) -> Path:
-    return Path(orders_dir) / f"{PARTITION_PREFIX}{_as_date(ds).isoformat()}"
+    return Path(orders_dir) / f"{PARTITION_PREFIX}{as_date(ds).isoformat()}"
 
 
 def partition_date(path: str | os.PathLike) -> dt.date:
@@ -87,7 +87,7 @@ def list_partitions(orders_dir: str | os.PathLike) -> list[tuple[dt.date, Path]]
     return sorted(out)
 
 
-def _as_date(value: dt.date | str) -> dt.date:
+def as_date(value: dt.date | str) -> dt.date:
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):

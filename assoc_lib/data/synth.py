@@ -128,7 +128,7 @@ def synthesize(out_dir: str | Path, start: dt.date | str, days: int, seed: int =
     spec = spec or SynthSpec(seed=seed)
     if spec.seed != seed:
         spec = SynthSpec(**{**asdict(spec), "seed": seed})
-    start = contract._as_date(start)
+    start = contract.as_date(start)
     out = Path(out_dir)
     world = _world(spec)
     key = pseudonym_key if pseudonym_key is not None else contract.pseudonym_key()

@@ -1,4 +1,5 @@
 """Build the one AssocConfig from the project config plus the DAG run's params."""
+
 from __future__ import annotations
 
 from assoc_lib.config import AssocConfig, load_config

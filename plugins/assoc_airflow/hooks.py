@@ -1,4 +1,5 @@
 """Hooks: DVC (snapshot / restore) and TF Serving (gRPC channel, Predict, GetModelStatus)."""
+
 from __future__ import annotations
 
 from airflow.sdk import BaseHook
@@ -12,13 +13,13 @@ class DvcHook(BaseHook):
         self.repo, self.remote_url = repo, remote_url
 
     def snapshot(self, target: str = "data") -> dict:
-        from assoc_lib import versioning
+        from assoc_lib.data import versioning
 
         versioning.ensure_repo(self.repo, self.remote_url)
         return versioning.snapshot(self.repo, target)
 
     def restore(self, md5: str, target: str = "data") -> dict:
-        from assoc_lib import versioning
+        from assoc_lib.data import versioning
 
         return versioning.restore(self.repo, md5, target)
 
@@ -31,7 +32,7 @@ class TFServingHook(BaseHook):
         self.target, self.model_name, self.timeout = target, model_name, timeout
 
     def get_conn(self):
-        from assoc_lib.client import AssocClient
+        from assoc_lib.serving.client import AssocClient
 
         return AssocClient(self.target, self.model_name, self.timeout)
 

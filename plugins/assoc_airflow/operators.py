@@ -6,6 +6,7 @@ Runs our suites from ``expectations/`` through Great Expectations' own API (via
 which Airflow 3.3 cannot install; replace this thin operator with the provider's
 once a compatible release exists.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -24,10 +25,10 @@ class GreatExpectationsValidateOperator(BaseOperator):
         super().__init__(**kwargs)
         self.ds = ds
 
-    def execute(self, context) -> dict:
-        from assoc_lib import pipeline, validate
-
+    def execute(self, context):
         from assoc_airflow.config import config_from_params
+        from assoc_lib import pipeline
+        from assoc_lib.data import validate
 
         cfg = config_from_params(context.get("params"))
         try:

@@ -1,4 +1,5 @@
 """The config object and the command line surface."""
+
 from __future__ import annotations
 
 import subprocess
@@ -32,5 +33,19 @@ def test_help_lists_stage_commands():
 
     out = subprocess.run([sys.executable, "-m", "assoc_lib.cli", "--help"], capture_output=True, text=True).stdout
     commands = set(re.search(r"\{([a-z,]+)\}", out).group(1).split(","))
-    assert commands == {"data", "validate", "preprocess", "snapshot", "restore", "rules", "train", "evaluate",
-                        "gate", "export", "push", "serve", "query", "rollback"}
+    assert commands == {
+        "data",
+        "validate",
+        "preprocess",
+        "snapshot",
+        "restore",
+        "rules",
+        "train",
+        "evaluate",
+        "gate",
+        "export",
+        "push",
+        "serve",
+        "query",
+        "rollback",
+    }

@@ -1,4 +1,5 @@
 """The production compose file is valid (docker compose config) where a docker CLI with compose exists."""
+
 from __future__ import annotations
 
 import shutil
@@ -14,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_compose_has_the_services_and_tf_serving_flags():
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-            "tf-serving"} <= set(services)
+    assert {
+        "postgres",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "tf-serving",
+    } <= set(services)
     flags = " ".join(services["tf-serving"]["command"])
     for flag in ("--model_config_file=", "--model_config_file_poll_wait_seconds=", "--enable_model_warmup=true"):
         assert flag in flags
@@ -31,6 +38,9 @@ def test_docker_compose_config_validates(monkeypatch):
     if probe.returncode != 0:
         pytest.skip(f"docker CLI has no compose plugin: {probe.stderr.strip()[:200]}")
     monkeypatch.setenv("ASSOC_PSEUDONYM_KEY", "compose-config-check")
-    proc = subprocess.run([docker, "compose", "-f", str(ROOT / "docker" / "compose.yaml"), "config", "--quiet"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [docker, "compose", "-f", str(ROOT / "docker" / "compose.yaml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr

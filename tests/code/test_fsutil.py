@@ -1,4 +1,5 @@
 """Atomic folder replacement."""
+
 from __future__ import annotations
 
 import pytest

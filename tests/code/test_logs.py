@@ -1,4 +1,5 @@
 """Third-party start-up noise is silenced at its source, and real warnings and errors still come through."""
+
 from __future__ import annotations
 
 import os
@@ -11,17 +12,20 @@ from tests.conftest import REPO_ROOT
 
 def _run(code: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300
+    )
 
 
 def test_filter_keeps_real_warnings_and_errors():
     pattern = tfrt.startup_noise()
-    text = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
-            "I0000 00:00:1.2 123 port.cc:153] oneDNN custom operations are on. You may see ...\n"
-            "E0000 00:00:1.3 123 bfc_allocator.cc:10] Allocator ran out of memory\n"
-            "W0000 00:00:1.4 123 op_kernel.cc:1] a real kernel warning\n"
-            "Traceback (most recent call last):\n")
+    text = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1.2 123 port.cc:153] oneDNN custom operations are on. You may see ...\n"
+        "E0000 00:00:1.3 123 bfc_allocator.cc:10] Allocator ran out of memory\n"
+        "W0000 00:00:1.4 123 op_kernel.cc:1] a real kernel warning\n"
+        "Traceback (most recent call last):\n"
+    )
     kept, dropped = tfrt.filter_lines(text, pattern)
     assert dropped == 2
     assert kept.splitlines() == text.splitlines()[2:]
@@ -30,28 +34,32 @@ def test_filter_keeps_real_warnings_and_errors():
 def test_tensorflow_starts_without_startup_lines_and_keeps_other_stderr():
     plain = _run("import tensorflow as tf; tf.config.list_physical_devices()")
     assert "absl::InitializeLog" in plain.stderr  # the noise exists without the helper ...
-    quiet = _run("import os, sys\n"
-                 "from assoc_lib.tfrt import tensorflow, filtered_stderr, startup_noise\n"
-                 "tf = tensorflow()\n"
-                 "with filtered_stderr(startup_noise()):\n"
-                 "    os.write(2, b'E0000 00:00:1.0 1 disk.cc:1] a real error\\n')\n"
-                 "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written"
-                 " to STDERR\\n')\n"
-                 "print(tf.__version__)\n")
+    quiet = _run(
+        "import os, sys\n"
+        "from assoc_lib.tfrt import tensorflow, filtered_stderr, startup_noise\n"
+        "tf = tensorflow()\n"
+        "with filtered_stderr(startup_noise()):\n"
+        "    os.write(2, b'E0000 00:00:1.0 1 disk.cc:1] a real error\\n')\n"
+        "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written"
+        " to STDERR\\n')\n"
+        "print(tf.__version__)\n"
+    )
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == "E0000 00:00:1.0 1 disk.cc:1] a real error\n"  # ... and is gone with it
     assert quiet.stdout.strip().startswith("2.")
 
 
 def test_great_expectations_imports_without_its_info_lines():
-    code = ("import logging, sys\n"
-            "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
-            "{quiet}\n"
-            "import great_expectations\n"
-            "logging.getLogger('great_expectations.core').warning('a real GE warning')\n")
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "{quiet}\n"
+        "import great_expectations\n"
+        "logging.getLogger('great_expectations.core').warning('a real GE warning')\n"
+    )
     noisy = _run(code.format(quiet=""))
     assert "Skipping registering function" in noisy.stderr
-    quiet = _run(code.format(quiet="from assoc_lib import validate; validate._quiet_great_expectations()"))
+    quiet = _run(code.format(quiet="from assoc_lib.data import validate; validate.quiet_great_expectations()"))
     assert "Skipping registering function" not in quiet.stderr and "a real GE warning" in quiet.stderr
 
 

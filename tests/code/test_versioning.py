@@ -1,4 +1,5 @@
 """DVC snapshot and restore on a throw-away git repository with a local remote."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,14 +7,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from assoc_lib import versioning
+from assoc_lib.data import versioning
 from assoc_lib.data.synth import synthesize
 from tests.conftest import TEST_KEY
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_snapshot_then_restore_is_byte_identical(tmp_path):
@@ -84,8 +88,9 @@ def test_record_leaves_the_checkout_clean_and_restores_from_the_remote(tmp_path)
     synthesize(repo / "data", "2024-01-01", 2, seed=1, pseudonym_key=TEST_KEY)
     expected = _digest(repo / "data")
     subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
-    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-                   check=True)
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], check=True
+    )
     pointer = repo / "runs" / "ds=2024-01-02" / "dvc" / "data.dvc"
     rec = versioning.record(repo, "data", pointer)
     status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True)

@@ -1,4 +1,5 @@
 """The Airflow adapters in plugins/: GE operator, DVC hook, TF Serving hook."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,8 +12,12 @@ from assoc_lib.data import contract
 
 
 def _params(world):
-    return {"data_dir": str(world / "data"), "artifacts_dir": str(world / "artifacts"),
-            "serving_root": str(world / "serving"), "dvc_repo": ""}
+    return {
+        "data_dir": str(world / "data"),
+        "artifacts_dir": str(world / "artifacts"),
+        "serving_root": str(world / "serving"),
+        "dvc_repo": "",
+    }
 
 
 def test_ge_operator_passes_and_fails_with_the_summary(airflow_db, world):
@@ -23,12 +28,13 @@ def test_ge_operator_passes_and_fails_with_the_summary(airflow_db, world):
     day = contract.list_partitions(world / "data" / "raw" / "orders")[-1][0].isoformat()
     op = GreatExpectationsValidateOperator(task_id="validate", ds=day)
     result = op.execute({"params": _params(world)})
-    assert result["rows"] > 0 and result["fingerprint"]
+    assert result.rows > 0 and result.fingerprint
     part = contract.partition_dir(world / "data" / "raw" / "orders", day)
     table = pq.read_table(part / contract.PARTITION_FILE)
     idx = table.schema.get_field_index("quantity")
-    pq.write_table(table.set_column(idx, "quantity", pa.array([0] * table.num_rows, pa.int64())),
-                   part / contract.PARTITION_FILE)
+    pq.write_table(
+        table.set_column(idx, "quantity", pa.array([0] * table.num_rows, pa.int64())), part / contract.PARTITION_FILE
+    )
     with pytest.raises(AirflowException, match=r"expect_column_values_to_be_between\(quantity\): observed"):
         op.execute({"params": _params(world)})
 
@@ -53,11 +59,11 @@ def test_dvc_hook_snapshot_and_restore(airflow_db, tmp_path):
 
 def test_tf_serving_hook_predicts_and_reports_status(airflow_db, exported, tmp_path):
     from assoc_airflow.hooks import TFServingHook
-    from assoc_lib import push, serving
+    from assoc_lib.serving import push, server
 
     root = tmp_path / "serving"
     push.push(exported["rules"], root, "assoc")
-    srv, registry, port = serving.serve(str(root / "models.config"), port=0, block=False)
+    srv, registry, port = server.serve(str(root / "models.config"), port=0, block=False)
     try:
         hook = TFServingHook(f"127.0.0.1:{port}", "assoc")
         assert hook.model_status() == [{"version": 1, "state": "AVAILABLE", "error": ""}]

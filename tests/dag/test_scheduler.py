@@ -1,5 +1,6 @@
 """One replay day under the real Airflow scheduler (LocalExecutor, separate services), as run_main.sh --scheduler
 runs it: task states asserted from Airflow's database, and every Airflow process gone afterwards."""
+
 from __future__ import annotations
 
 import json
@@ -46,12 +47,33 @@ def test_replay_day_under_the_scheduler(world, tmp_path):
     assert f"dags_folder = {ROOT / 'dags'}" in cfg and "load_examples = False" in cfg
 
     ds = (dt.date.fromisoformat(SYNTH_START) + dt.timedelta(days=SYNTH_DAYS - 1)).isoformat()
-    conf = {"data_dir": str(world / "data"), "artifacts_dir": str(world / "artifacts"),
-            "serving_root": str(world / "serving"), "dvc_repo": str(world)}
+    conf = {
+        "data_dir": str(world / "data"),
+        "artifacts_dir": str(world / "artifacts"),
+        "serving_root": str(world / "serving"),
+        "dvc_repo": str(world),
+    }
     out = tmp_path / "replay.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "replay", ds, "--conf", json.dumps(conf), "--timeout", "720",
-                           "--artifacts", str(world / "artifacts"), "--json", str(out)],
-                          env=env, capture_output=True, text=True, timeout=840)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "replay",
+            ds,
+            "--conf",
+            json.dumps(conf),
+            "--timeout",
+            "720",
+            "--artifacts",
+            str(world / "artifacts"),
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
     assert out.exists(), proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     logs = proc.stdout + proc.stderr[-3000:]
@@ -60,8 +82,18 @@ def test_replay_day_under_the_scheduler(world, tmp_path):
     assert run["state"] == "success", logs
     tasks = run["tasks"]
     assert {t for t, s in tasks.items() if s == "success"} == {
-        "ingest", "validate", "preprocess", "train", "evaluate", "gate", "export", "infra_validate", "push",
-        "version", "insights"}, tasks
+        "ingest",
+        "validate",
+        "preprocess",
+        "train",
+        "evaluate",
+        "gate",
+        "export",
+        "infra_validate",
+        "push",
+        "version",
+        "insights",
+    }, tasks
     assert tasks["not_blessed"] == "skipped"
     assert "gate: BLESSED" in proc.stdout and "pushed version 1" in proc.stdout
     # task logs were written by the scheduler's workers, with our summary blocks in them

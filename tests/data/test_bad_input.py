@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from assoc_lib import preprocess, validate
+from assoc_lib.data import preprocess
+from assoc_lib.data import validate
 from assoc_lib.cli import main
 from assoc_lib.data import adapters, contract
 

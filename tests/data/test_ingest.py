@@ -4,7 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from assoc_lib import pipeline, validate
+from assoc_lib import pipeline
+from assoc_lib.data import validate
 from assoc_lib.data import contract
 
 
@@ -19,11 +20,11 @@ def test_landing_csv_becomes_a_valid_pseudonymised_partition(cfg, tmp_path):
                  ).to_csv(landing / "orders.csv", index=False)
     cfg.paths.landing_dir = str(tmp_path / "landing")
     out = pipeline.ingest_day(cfg, day)
-    assert out["rows"] == 3
-    df = contract.read_orders(out["partition"])
+    assert out.rows == 3
+    df = contract.read_orders(out.partition)
     assert "alice@example.com" not in set(df["user_id"].dropna())
     assert df["user_id"].dropna().str.startswith("u_").all() and df["user_id"].isna().sum() == 1
-    assert validate.validate_partition(out["partition"], cfg).success
+    assert validate.validate_partition(out.partition, cfg).success
 
 
 def test_no_data_for_the_day_is_a_clear_error(cfg):

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from assoc_lib import preprocess
+from assoc_lib.data import preprocess
 
 
 def test_time_split_vocab_and_stats(cfg):

@@ -1,10 +1,11 @@
 """Classical scorers against hand computations."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from assoc_lib import baselines
+from assoc_lib.models import baselines
 
 BASKETS = [[0, 1], [0, 1], [0, 2], [1, 2], [3]]
 
@@ -12,8 +13,12 @@ BASKETS = [[0, 1], [0, 1], [0, 2], [1, 2], [3]]
 def test_rules_confidence_lift_and_max_aggregation():
     X = baselines.baskets_to_csr(BASKETS, 4)
     rules = baselines.AssociationRules(min_pair_count=1).fit(X)
-    pairs = {(a, c): (conf, lift) for a, c, conf, lift in zip(rules.pairs["antecedent"], rules.pairs["consequent"],
-                                                              rules.pairs["confidence"], rules.pairs["lift"])}
+    pairs = {
+        (a, c): (conf, lift)
+        for a, c, conf, lift in zip(
+            rules.pairs["antecedent"], rules.pairs["consequent"], rules.pairs["confidence"], rules.pairs["lift"]
+        )
+    }
     # item 0 in 3 baskets, (0,1) together in 2: conf(0->1) = 2/3; support(1) = 3/5 -> lift = (2/3)/(3/5)
     assert pairs[(0, 1)][0] == pytest.approx(2 / 3)
     assert pairs[(0, 1)][1] == pytest.approx((2 / 3) / (3 / 5))

@@ -1,4 +1,5 @@
 """Every branch of the evaluation gate."""
+
 from __future__ import annotations
 
 import pytest

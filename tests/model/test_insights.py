@@ -1,4 +1,5 @@
 """Frequently-bought-together tables, category prediction and the HTML report (rendered in Chromium)."""
+
 from __future__ import annotations
 
 import base64
@@ -11,17 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assoc_lib import insights, report
-from assoc_lib.baselines import baskets_to_csr
-from assoc_lib.export import ServableModel
-from assoc_lib.preprocess import load_split
-from assoc_lib.train import split_baskets
+from assoc_lib.data.preprocess import load_split, split_baskets
+from assoc_lib.insights import report, tables
+from assoc_lib.models.baselines import baskets_to_csr
+from assoc_lib.models.servable import ServableModel
 
 
 def test_pair_rules_hide_low_lift_and_tiny_support():
     vocab = ["a", "b", "c", "d"]
     baskets = [[0, 1]] * 8 + [[2]] * 10 + [[0, 2]] * 1 + [[3, 0]] * 1
-    df = insights.pair_rules(baskets_to_csr(baskets, 4), vocab, min_support=0.1)
+    df = tables.pair_rules(baskets_to_csr(baskets, 4), vocab, min_support=0.1)
     assert set(zip(df["antecedents"], df["consequents"])) == {("a", "b"), ("b", "a")}
     assert (df["lift"] > 1).all() and (df["support"] >= 0.1).all()
 
@@ -31,7 +31,7 @@ def test_fbt_tables_and_categories_on_synthetic(trained, tmp_path):
     train = split_baskets(baskets)["train"]
     deep = ServableModel.load(trained["candidates"]["deep"]["path"])
     catalog = trained["cfg"].paths.catalog_path
-    out = insights.frequently_bought_together(train, vocab, deep, catalog, tmp_path, 0.005, 0.005, 0.2)
+    out = tables.frequently_bought_together(train, vocab, deep, catalog, tmp_path, 0.005, 0.005, 0.2)
     pairs = pd.read_csv(out["pairs"]["csv"])
     assert len(pairs) > 0 and (pairs["lift"] > 1).all() and pairs["antecedent_titles"].str.startswith("Product").all()
     related = pd.read_parquet(out["deep_related"]["parquet"])
@@ -41,27 +41,55 @@ def test_fbt_tables_and_categories_on_synthetic(trained, tmp_path):
     blanked = cat["item_id"].isin(vocab[:5])
     cat.loc[blanked, ["department", "category"]] = None
     cat.to_parquet(tmp_path / "catalog.parquet")
-    result = insights.category_prediction(train, vocab, deep.deep["embeddings"], tmp_path / "catalog.parquet", tmp_path)
+    result = tables.category_prediction(train, vocab, deep.deep["embeddings"], tmp_path / "catalog.parquet", tmp_path)
     for level in ("department", "category"):
         acc = result["levels"][level]["accuracy"]
         assert set(acc) == {"deep_embedding_knn", "cooccurrence_knn", "popularity"}
-        assert all(0 <= v <= 1 for v in acc.values())
+        # the synthetic catalogue plants category affinities: the deep embeddings must beat the
+        # majority-category baseline by a clear margin, co-occurrence neighbours must beat it too
+        assert acc["deep_embedding_knn"] > acc["popularity"] + 0.1, (level, acc)
+        assert acc["cooccurrence_knn"] > acc["popularity"], (level, acc)
     suggestions = pd.read_csv(result["suggestions"]["csv"])
     assert set(suggestions["item_id"]) == set(vocab[:5])
 
 
 def _report(trained, tmp_path):
     baskets, vocab = load_split(trained["prep_dir"])
-    daily = pd.DataFrame({"ds": pd.date_range("2024-03-01", periods=5).strftime("%Y-%m-%d"),
-                          "rows": [200, 220, 210, 190, 230], "min_rows": [20, 22, 21, 19, 23],
-                          "max_rows": [1000, 1100, 1050, 950, 1150]})
-    runs = pd.DataFrame({"ds": ["2024-03-03", "2024-03-04", "2024-03-05"], "winner": ["rules", "ease", "deep"],
-                         "blessed": [True, False, True], "winner_test": [0.3, 0.28, 0.31],
-                         "production": [None, "production v1", "production v1"], "deep_over_classical": [0.9, 0.95, 1.02],
-                         "version": [1, None, 2]})
-    comparison = {"models": [{"name": "ease", "kind": "classical", "protocol": "anonymous", "val_ndcg@10": 0.3,
-                              "ndcg@10": 0.31, "recall@10": 0.5, "mrr": 0.3, "coverage@10": 0.4, "n_eval_baskets": 99}]}
-    catalog = insights._catalog(trained["cfg"].paths.catalog_path)
+    daily = pd.DataFrame(
+        {
+            "ds": pd.date_range("2024-03-01", periods=5).strftime("%Y-%m-%d"),
+            "rows": [200, 220, 210, 190, 230],
+            "min_rows": [20, 22, 21, 19, 23],
+            "max_rows": [1000, 1100, 1050, 950, 1150],
+        }
+    )
+    runs = pd.DataFrame(
+        {
+            "ds": ["2024-03-03", "2024-03-04", "2024-03-05"],
+            "winner": ["rules", "ease", "deep"],
+            "blessed": [True, False, True],
+            "winner_test": [0.3, 0.28, 0.31],
+            "production": [None, "production v1", "production v1"],
+            "deep_over_classical": [0.9, 0.95, 1.02],
+            "version": [1, None, 2],
+        }
+    )
+    comparison = {
+        "models": [
+            {
+                "name": "ease",
+                "kind": "classical",
+                "protocol": "anonymous",
+                "val_ndcg@10": 0.3,
+                "ndcg@10": 0.31,
+                "recall@10": 0.5,
+                "mrr": 0.3,
+                "coverage@10": 0.4,
+                "n_eval_baskets": 99,
+            }
+        ]
+    }
+    catalog = tables.load_catalog(trained["cfg"].paths.catalog_path)
     return report.build_report(tmp_path / "report.html", "2024-03-05", baskets, vocab, daily, catalog, comparison, runs)
 
 
@@ -86,11 +114,27 @@ def test_report_renders_in_headless_chromium(trained, tmp_path):
         pytest.skip("no Chromium on this machine (CI installs Debian's chromium in .ci/run)")
     _report(trained, tmp_path)
     shot = tmp_path / "shot.png"
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
-                           "--window-size=1200,2400", f"--screenshot={shot}", (tmp_path / "report.html").as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--hide-scrollbars",
+            "--window-size=1200,2400",
+            f"--screenshot={shot}",
+            (tmp_path / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.exists(), proc.stderr[-2000:]
     img = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
     assert img.shape[0] >= 2000 and img.shape[1] >= 1100

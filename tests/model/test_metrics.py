@@ -1,4 +1,5 @@
 """Hand-checked metrics and the hold-out protocol."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from assoc_lib import evaluate
-from assoc_lib.baselines import baskets_to_csr
+from assoc_lib.models.baselines import baskets_to_csr
 
 
 def test_metrics_from_known_ranks():
@@ -60,8 +61,10 @@ def test_evaluate_scores_perfect_and_worst_model():
 
 
 def test_comparison_table_has_one_row_per_model():
-    rows = [{"name": "ease", "kind": "classical", **{m: 0.1 for m in evaluate.METRICS}, "n_eval_baskets": 3},
-            {"name": "deep", "kind": "deep", **{m: 0.2 for m in evaluate.METRICS}, "n_eval_baskets": 3}]
+    rows = [
+        {"name": "ease", "kind": "classical", **{m: 0.1 for m in evaluate.METRICS}, "n_eval_baskets": 3},
+        {"name": "deep", "kind": "deep", **{m: 0.2 for m in evaluate.METRICS}, "n_eval_baskets": 3},
+    ]
     table = evaluate.comparison_table(rows)
     assert table.count("\n") == 3 and "| deep | deep |" in table
 

@@ -1,57 +1,71 @@
 """The personalised protocol: history without leakage, personal baselines, the two-input export."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from assoc_lib.baselines import baskets_to_csr
-from assoc_lib.export import ServableModel
-from assoc_lib.history import build_histories
-from assoc_lib.preprocess import load_split
+from assoc_lib.data.history import build_histories
+from assoc_lib.data.preprocess import load_split
+from assoc_lib.models.servable import ServableModel
 
 
 def _frame(rows):
-    return pd.DataFrame([{"order_id": f"o{i}", "user_id": u, "ts": pd.Timestamp(t, tz="UTC"), "split": s, "items": it}
-                         for i, (u, t, s, it) in enumerate(rows)])
+    return pd.DataFrame(
+        [
+            {"order_id": f"o{i}", "user_id": u, "ts": pd.Timestamp(t, tz="UTC"), "split": s, "items": it}
+            for i, (u, t, s, it) in enumerate(rows)
+        ]
+    )
 
 
 def test_history_never_sees_the_future():
-    b = _frame([
-        ("u1", "2024-01-01", "train", [0]),
-        ("u1", "2024-01-03", "train", [1, 9]),   # 9: bought later in train -> not in the first basket's history
-        ("u1", "2024-01-03", "train", [2]),      # same instant as the previous one: they do not see each other
-        ("u1", "2024-01-10", "validation", [3]),
-        ("u1", "2024-01-20", "test", [4]),
-        ("u1", "2024-01-25", "test", [5]),       # a later test basket: never in another test basket's history
-        ("u2", "2024-01-02", "train", [6]),
-        (None, "2024-01-21", "test", [0, 1]),    # guest
-    ])
+    b = _frame(
+        [
+            ("u1", "2024-01-01", "train", [0]),
+            ("u1", "2024-01-03", "train", [1, 9]),  # 9: bought later in train -> not in the first basket's history
+            ("u1", "2024-01-03", "train", [2]),  # same instant as the previous one: they do not see each other
+            ("u1", "2024-01-10", "validation", [3]),
+            ("u1", "2024-01-20", "test", [4]),
+            ("u1", "2024-01-25", "test", [5]),  # a later test basket: never in another test basket's history
+            ("u2", "2024-01-02", "train", [6]),
+            (None, "2024-01-21", "test", [0, 1]),  # guest
+        ]
+    )
     counts, recency = build_histories(b, 10)
     seen = lambda r: set(counts[r].indices.tolist())
     assert seen(0) == set()
     assert seen(1) == {0} and seen(2) == {0}
-    assert seen(3) == {0, 1, 9, 2}                       # validation sees train
+    assert seen(3) == {0, 1, 9, 2}  # validation sees train
     assert seen(4) == {0, 1, 9, 2, 3} and seen(5) == {0, 1, 9, 2, 3}  # test sees train + validation only
     assert 4 not in seen(5) and 5 not in seen(4)
     assert seen(6) == set() and seen(7) == set()
-    assert 6 not in seen(4)                              # other users' purchases never leak
-    assert recency[3, 0] == pytest.approx(9 + 1)         # days since last purchase + 1
+    assert 6 not in seen(4)  # other users' purchases never leak
+    assert recency[3, 0] == pytest.approx(9 + 1)  # days since last purchase + 1
 
 
 def test_repeat_counts_accumulate():
-    b = _frame([("u", "2024-01-01", "train", [0]), ("u", "2024-01-02", "train", [0, 1]),
-                ("u", "2024-01-05", "test", [2, 3])])
+    b = _frame(
+        [("u", "2024-01-01", "train", [0]), ("u", "2024-01-02", "train", [0, 1]), ("u", "2024-01-05", "test", [2, 3])]
+    )
     counts, _ = build_histories(b, 4)
     assert counts[2, 0] == 2 and counts[2, 1] == 1
 
 
 def test_capping_while_building_equals_capping_after():
-    from assoc_lib.history import cap_history
+    from assoc_lib.data.history import cap_history
 
     rng = np.random.default_rng(3)
-    rows = [(f"u{rng.integers(3)}", f"2024-01-{1 + i // 4:02d}", ["train", "validation", "test"][min(i // 20, 2)],
-             sorted(set(rng.integers(0, 30, size=6).tolist()))) for i in range(60)]
+    rows = [
+        (
+            f"u{rng.integers(3)}",
+            f"2024-01-{1 + i // 4:02d}",
+            ["train", "validation", "test"][min(i // 20, 2)],
+            sorted(set(rng.integers(0, 30, size=6).tolist())),
+        )
+        for i in range(60)
+    ]
     b = _frame(rows)
     full, _ = build_histories(b, 30)
     early, _ = build_histories(b, 30, with_recency=False, max_items=5)
@@ -62,7 +76,7 @@ def test_capping_while_building_equals_capping_after():
 def test_cap_history_keeps_most_bought():
     import scipy.sparse as sp
 
-    from assoc_lib.history import cap_history
+    from assoc_lib.data.history import cap_history
 
     H = sp.csr_matrix(np.array([[5, 1, 3, 0, 2], [0, 1, 0, 0, 0]], dtype=np.float32))
     capped = cap_history(H, 2).toarray()
@@ -72,8 +86,9 @@ def test_cap_history_keeps_most_bought():
 def test_personal_frequency_and_tuned_prior_beat_anonymous(trained, tmp_path):
     from assoc_lib import evaluate
 
-    payload = evaluate.evaluate_candidates(trained["prep_dir"], trained["summary"]["candidates"], trained["cfg"],
-                                           tmp_path)
+    payload = evaluate.evaluate_candidates(
+        trained["prep_dir"], trained["summary"]["candidates"], trained["cfg"], tmp_path
+    )
     rows = {(r["name"], r["protocol"]): r for r in payload["models"]}
     # synthetic users re-buy favourites: history helps every classical scorer once its weight is tuned
     assert rows[("ease", "personalised")]["ndcg@10"] > rows[("ease", "anonymous")]["ndcg@10"]
@@ -107,6 +122,9 @@ def test_two_input_export_matches_in_memory_scores(trained, exported):
             assert model.personal
         # empty history gives the anonymous answer
         anon = tf.saved_model.load(str(exported[name])).signatures["complete_basket"](items=tf.constant(items))
-        empty = fn(items=tf.constant(items), history=tf.constant([[""]] * len(items)),
-                   history_counts=tf.constant([[0.0]] * len(items)))
+        empty = fn(
+            items=tf.constant(items),
+            history=tf.constant([[""]] * len(items)),
+            history_counts=tf.constant([[0.0]] * len(items)),
+        )
         assert (anon["item_ids"].numpy() == empty["item_ids"].numpy()).all()

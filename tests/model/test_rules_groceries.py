@@ -1,9 +1,10 @@
 """FP-growth rules reproduce the published Groceries figures (arules / mlxtend / efficient-apriori)."""
+
 from __future__ import annotations
 
 import pandas as pd
 
-from assoc_lib import rules
+from assoc_lib.models import rules
 
 
 def test_groceries_reference_counts(groceries_csv, tmp_path):

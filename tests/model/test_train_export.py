@@ -1,4 +1,5 @@
 """Deep training, the planted-structure target, and the SavedModel round trip."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,10 @@ import numpy as np
 import pytest
 
 from assoc_lib import evaluate
-from assoc_lib.baselines import baskets_to_csr
-from assoc_lib.export import WARMUP_FILE, ServableModel
-from assoc_lib.preprocess import load_split
+from assoc_lib.data.preprocess import load_split
+from assoc_lib.models.baselines import baskets_to_csr
+from assoc_lib.models.servable import ServableModel
+from assoc_lib.serving.export import WARMUP_FILE
 
 
 def _load(export_dir):
@@ -28,7 +30,7 @@ def test_training_logs_epochs_and_keeps_best(trained):
     selected = history[deep["best_epoch"] - 1]["val_ndcg@10"]
     tolerance = trained["cfg"].models.deep_selection_tolerance
     assert selected >= best * (1 - tolerance)
-    assert all(h["val_ndcg@10"] < best * (1 - tolerance) for h in history[deep["best_epoch"]:])
+    assert all(h["val_ndcg@10"] < best * (1 - tolerance) for h in history[deep["best_epoch"] :])
     assert (trained["root"] / "train" / "deep" / "checkpoints").exists()
     assert any((trained["root"] / "train" / "deep" / "tensorboard").iterdir())
 
@@ -89,8 +91,12 @@ def test_warmup_records_and_model_card(exported):
 
     path = exported["deep"] / "assets.extra" / WARMUP_FILE
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
-    assert {l.predict_log.request.model_spec.signature_name for l in logs} == \
-        {"complete_basket", "serving_default", "related_items", "complete_basket_personal"}
+    assert {l.predict_log.request.model_spec.signature_name for l in logs} == {
+        "complete_basket",
+        "serving_default",
+        "related_items",
+        "complete_basket_personal",
+    }
     card = json.loads((exported["deep"] / "model_card.json").read_text())
     assert card["data_version"] == "test" and card["vocabulary_size"] > 100 and card["k"] == 20
 
@@ -98,8 +104,9 @@ def test_warmup_records_and_model_card(exported):
 def test_comparison_and_gate_on_real_candidates(trained, tmp_path):
     from assoc_lib import gate
 
-    payload = evaluate.evaluate_candidates(trained["prep_dir"], trained["summary"]["candidates"], trained["cfg"],
-                                           tmp_path)
+    payload = evaluate.evaluate_candidates(
+        trained["prep_dir"], trained["summary"]["candidates"], trained["cfg"], tmp_path
+    )
     names = [r["name"] for r in payload["models"] if r["protocol"] == "anonymous"]
     assert names == ["popularity", "rules", "item_knn", "ease", "deep", "deep+ease"]
     personal = [r["name"] for r in payload["models"] if r["protocol"] == "personalised"]
@@ -118,7 +125,7 @@ def test_comparison_and_gate_on_real_candidates(trained, tmp_path):
 def test_explanations_match_reference_and_evidence(trained, exported):
     import tensorflow as tf
 
-    from assoc_lib.explain import explain
+    from assoc_lib.models.explain import explain
 
     baskets, vocab = load_split(trained["prep_dir"])
     index = {v: i for i, v in enumerate(vocab)}
@@ -144,16 +151,20 @@ def test_explanations_match_reference_and_evidence(trained, exported):
 
 
 def test_sampled_softmax_option_trains(trained):
+    from assoc_lib.data.preprocess import split_baskets
     from assoc_lib.evaluate import hold_out
-    from assoc_lib.model import DeepParams
-    from assoc_lib.train import split_baskets, train_deep
+    from assoc_lib.models.network import DeepParams
+    from assoc_lib.train import train_deep
 
     baskets, vocab = load_split(trained["prep_dir"])
     splits = split_baskets(baskets)
     X = baskets_to_csr(splits["train"], len(vocab))
     val = hold_out(splits["validation"], len(vocab), 0)
-    result = train_deep(X, val, DeepParams(embedding_dim=16, epochs=4, batch_size=128, learning_rate=0.01,
-                                           sampled_softmax=20, patience=10))
+    result = train_deep(
+        X,
+        val,
+        DeepParams(embedding_dim=16, epochs=4, batch_size=128, learning_rate=0.01, sampled_softmax=20, patience=10),
+    )
     losses = [h["loss"] for h in result.history]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert result.best_val_ndcg10 > 0

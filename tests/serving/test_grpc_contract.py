@@ -8,31 +8,43 @@ import grpc
 import numpy as np
 import pytest
 
-from assoc_lib import push, serving
-from assoc_lib.client import AssocClient
+from assoc_lib.serving import push
+from assoc_lib.serving import server
+from assoc_lib.serving.client import AssocClient
 
 
 @pytest.fixture(scope="module")
-def server(exported, tmp_path_factory):
+def serving_root(exported, tmp_path_factory):
+    """A model base path with version 1 = rules (stable) and 2 = deep (canary), built once."""
     root = tmp_path_factory.mktemp("serving")
     push.push(exported["rules"], root, "assoc")
     push.push(exported["deep"], root, "assoc", label="canary")
     push.rollback(root, "assoc", 1)  # stable=1 (rules), canary=2 (deep)
-    srv, registry, port = serving.serve(str(root / "models.config"), port=0, poll_seconds=0.5, block=False)
+    return root
+
+
+@pytest.fixture
+def served(serving_root, exported, tmp_path):
+    """A fresh server on a private copy of the base path: tests that push or reload change only their own."""
+    root = tmp_path / "serving"
+    shutil.copytree(serving_root, root)
+    (root / "models.config").write_text((serving_root / "models.config").read_text().replace(str(serving_root),
+                                                                                              str(root)))
+    srv, registry, port = server.serve(str(root / "models.config"), port=0, poll_seconds=0.5, block=False)
     yield {"root": root, "port": port, "registry": registry, "exported": exported}
     registry.stop()
     srv.stop(grace=1).wait()
 
 
-def client(server):
-    return AssocClient(f"127.0.0.1:{server['port']}", "assoc")
+def client(served):
+    return AssocClient(f"127.0.0.1:{served['port']}", "assoc")
 
 
-def test_explanations_over_grpc(server, trained):
-    from assoc_lib.preprocess import load_split
+def test_explanations_over_grpc(served, trained):
+    from assoc_lib.data.preprocess import load_split
 
     _, vocab = load_split(trained["prep_dir"])
-    with client(server) as c:
+    with client(served) as c:
         ans = c.complete_basket([[vocab[0], vocab[1], vocab[2]]], label="stable")
     evidence = ans.evidence[0]
     assert len(evidence) == len(ans.item_ids[0])
@@ -42,21 +54,25 @@ def test_explanations_over_grpc(server, trained):
     assert all(e["confidence"] == 0 for e in evidence if not e["evidence_item"])
 
 
-def test_complete_basket_and_related_items(server, trained):
-    from assoc_lib.preprocess import load_split
+def test_complete_basket_and_related_items(served, trained):
+    from assoc_lib.data.preprocess import load_split
 
     _, vocab = load_split(trained["prep_dir"])
-    with client(server) as c:
+    with client(served) as c:
         ans = c.complete_basket([[vocab[0], vocab[1]], ["unknown-id"]])
         assert len(ans.item_ids) == 2 and len(ans.item_ids[0]) == 20
+        # an unknown id is ignored: that row answers as an empty basket does (the most popular items)
+        empty = c.complete_basket([[]])
+        assert ans.item_ids[1] == empty.item_ids[0] and ans.scores[1] == pytest.approx(empty.scores[0])
+        assert ans.item_ids[1] != ans.item_ids[0]
         assert vocab[0] not in ans.item_ids[0] and vocab[1] not in ans.item_ids[0]
         assert ans.scores[0] == sorted(ans.scores[0], reverse=True)
         rel = c.related_items([vocab[0]])
         assert vocab[0] not in rel.item_ids[0]
 
 
-def test_version_and_label_routing(server):
-    with client(server) as c:
+def test_version_and_label_routing(served):
+    with client(served) as c:
         assert c.complete_basket([[]]).version == 2  # latest available
         assert c.complete_basket([[]], label="stable").version == 1
         assert c.complete_basket([[]], label="canary").version == 2
@@ -76,20 +92,20 @@ def test_version_and_label_routing(server):
     (lambda c: c.predict("related_items", {"item": [["a", "b"]]}), grpc.StatusCode.INVALID_ARGUMENT,
      "not compatible"),
 ])
-def test_errors_as_tf_serving_gives_them(server, call, code, text):
-    with client(server) as c:
-        c.target = f"127.0.0.1:{server['port']}"
+def test_errors_as_tf_serving_gives_them(served, call, code, text):
+    with client(served) as c:
+        c.target = f"127.0.0.1:{served['port']}"
         with pytest.raises(grpc.RpcError) as err:
             call(c)
         assert err.value.code() == code and text in err.value.details()
         assert c.complete_basket([[]]).version == 2  # still serving
 
 
-def test_wrong_dtype_is_invalid_argument(server):
+def test_wrong_dtype_is_invalid_argument(served):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    with client(server) as c:
+    with client(served) as c:
         req = predict_pb2.PredictRequest()
         req.model_spec.name = "assoc"
         req.model_spec.signature_name = "complete_basket"
@@ -100,10 +116,10 @@ def test_wrong_dtype_is_invalid_argument(server):
             err.value.details()
 
 
-def test_metadata_status_and_unimplemented(server):
+def test_metadata_status_and_unimplemented(served):
     from tensorflow_serving.apis import classification_pb2
 
-    with client(server) as c:
+    with client(served) as c:
         meta = c.metadata(version=1)
         assert meta["version"] == 1
         assert set(meta["signatures"]) >= {"serving_default", "complete_basket", "related_items"}
@@ -118,10 +134,10 @@ def test_metadata_status_and_unimplemented(server):
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_new_version_is_polled_and_rollback_followed(server):
-    root = server["root"]
-    v3 = push.push(server["exported"]["ease"], root, "assoc")["version"]
-    with client(server) as c:
+def test_new_version_is_polled_and_rollback_followed(served):
+    root = served["root"]
+    v3 = push.push(served["exported"]["ease"], root, "assoc")["version"]
+    with client(served) as c:
         deadline = time.time() + 60
         while time.time() < deadline and c.complete_basket([[]], label="stable").version != v3:
             time.sleep(0.3)
@@ -133,11 +149,11 @@ def test_new_version_is_polled_and_rollback_followed(server):
         assert c.complete_basket([[]], label="stable").version == 1
 
 
-def test_reload_config_request(server):
+def test_reload_config_request(served):
     from tensorflow_serving.apis import model_management_pb2
 
-    config = serving.parse_model_config((server["root"] / "models.config").read_text())
-    with client(server) as c:
+    config = server.parse_model_config((served["root"] / "models.config").read_text())
+    with client(served) as c:
         req = model_management_pb2.ReloadConfigRequest()
         req.config.CopyFrom(config)
         resp = c.model_stub.HandleReloadConfigRequest(req)
@@ -147,14 +163,14 @@ def test_reload_config_request(server):
         assert c.model_stub.HandleReloadConfigRequest(bad).status.error_message == "model nobase has no base_path"
 
 
-def test_personalised_signature_over_grpc(server, trained):
+def test_personalised_signature_over_grpc(served, trained):
     import json
 
-    from assoc_lib.preprocess import load_split
+    from assoc_lib.data.preprocess import load_split
 
     _, vocab = load_split(trained["prep_dir"])
-    card = json.loads((server["root"] / "assoc" / "1" / "model_card.json").read_text())  # rules, stable
-    with client(server) as c:
+    card = json.loads((served["root"] / "assoc" / "1" / "model_card.json").read_text())  # rules, stable
+    with client(served) as c:
         for version in (1, 2):
             anon = c.complete_basket([[vocab[5]]], version=version)
             empty = c.complete_basket_personal([[vocab[5]]], [[]], [[]], version=version)
@@ -165,8 +181,8 @@ def test_personalised_signature_over_grpc(server, trained):
     import numpy as np
     import scipy.sparse as sp
 
-    from assoc_lib.baselines import baskets_to_csr
-    from assoc_lib.export import ServableModel
+    from assoc_lib.models.baselines import baskets_to_csr
+    from assoc_lib.models.servable import ServableModel
 
     model = ServableModel.load(trained["candidates"]["rules"]["path"])
     assert model.history_weight == pytest.approx(card["history_weight"])
@@ -174,24 +190,24 @@ def test_personalised_signature_over_grpc(server, trained):
     expected = model.score(baskets_to_csr([[5]], len(vocab)), H)[0].astype(np.float64)
     expected[5] = -np.inf
     np.testing.assert_allclose(personal.scores[0], -np.sort(-expected)[:20], rtol=1e-5, atol=1e-6)
-    with client(server) as c:
+    with client(served) as c:
         with pytest.raises(grpc.RpcError) as err:
             c.predict("complete_basket_personal", {"items": [[vocab[5]]], "history": [[favourite]]}, version=2)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "Missing but required: {history_counts}" in err.value.details()
 
 
-def test_query_cli_prints_titles_and_version(server, trained, capsys):
+def test_query_cli_prints_titles_and_version(served, trained, capsys):
     from assoc_lib.cli import main
-    from assoc_lib.preprocess import load_split
+    from assoc_lib.data.preprocess import load_split
 
     _, vocab = load_split(trained["prep_dir"])
-    code = main(["query", "--server", f"127.0.0.1:{server['port']}", "--items", vocab[0], "--k", "3",
+    code = main(["query", "--server", f"127.0.0.1:{served['port']}", "--items", vocab[0], "--k", "3",
                  "--catalog", str(trained["cfg"].paths.catalog_path), "--history", vocab[3], "--history-counts", "4"])
     out = capsys.readouterr().out
     assert code == 0
     assert "version 2 (complete_basket_personal)" in out and "Product" in out and out.count("\n") == 4
-    code = main(["query", "--server", f"127.0.0.1:{server['port']}", "--items", vocab[0], vocab[1], "--k", "5",
+    code = main(["query", "--server", f"127.0.0.1:{served['port']}", "--items", vocab[0], vocab[1], "--k", "5",
                  "--catalog", str(trained["cfg"].paths.catalog_path), "--explain", "--label", "stable"])
     out = capsys.readouterr().out
     assert code == 0 and out.count("\n") == 11

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from assoc_lib import push
+from assoc_lib.serving import push
 
 
 def fake_export(path: Path, n_files: int = 3) -> Path:
@@ -30,7 +30,7 @@ def test_versions_increase_labels_and_config(tmp_path):
     assert push.push(export, root, "assoc")["version"] == 2
     text = (root / "models.config").read_text()
     assert 'name: "assoc"' in text and "versions: 2" in text and 'key: "stable"' in text and "value: 2" in text
-    parsed = __import__("assoc_lib.serving", fromlist=["x"]).parse_model_config(text)
+    parsed = __import__("assoc_lib.serving.server", fromlist=["x"]).parse_model_config(text)
     assert parsed.model_config_list.config[0].version_labels["stable"] == 2
 
 
@@ -68,7 +68,7 @@ def test_rollback_errors_clearly(tmp_path):
 
 SLOW_PUSH = """
 import shutil, sys, time, pathlib
-from assoc_lib import push
+from assoc_lib.serving import push
 real_copy = shutil.copy2
 def slow_copy(src, dst, *a, **k):
     pathlib.Path(sys.argv[3]).touch()   # tell the parent the copy has started

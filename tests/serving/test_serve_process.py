@@ -6,8 +6,8 @@ import subprocess
 import sys
 import time
 
-from assoc_lib import push
-from assoc_lib.client import AssocClient
+from assoc_lib.serving import push
+from assoc_lib.serving.client import AssocClient
 
 
 def test_serve_process_starts_answers_and_stops_on_sigterm(exported, tmp_path):

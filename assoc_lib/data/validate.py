@@ -30,7 +30,9 @@ from assoc_lib.data import contract
 log = logging.getLogger(__name__)
 
 # The suites live in the repository's expectations/; ASSOC_EXPECTATIONS_DIR points elsewhere (e.g. in images).
-EXPECTATIONS_DIR = Path(os.environ.get("ASSOC_EXPECTATIONS_DIR") or Path(__file__).resolve().parent.parent / "expectations")
+EXPECTATIONS_DIR = Path(
+    os.environ.get("ASSOC_EXPECTATIONS_DIR") or Path(__file__).resolve().parents[2] / "expectations"
+)
 RESULT_FILE = "result.json"
 QUARANTINE_MARKER = "_QUARANTINE.json"
 DERIVED_COLUMNS = ("item_in_catalog",)  # added by _ge_frame, not part of the partition
@@ -135,7 +137,7 @@ def volume_bounds(orders_dir: Path, ds: dt.date, cfg: AssocConfig) -> dict[str, 
             "history_median": median, "history_days": len(counts)}
 
 
-def _quiet_great_expectations() -> None:
+def quiet_great_expectations() -> None:
     """GE logs at INFO while it imports (a "Skipping registering function ..." line per public-API
     function, "Multiple declarations of metric ...") and while it validates: none of it is about our data.
     Its warnings and errors stay. Must run before the first ``import great_expectations``."""
@@ -145,7 +147,7 @@ def _quiet_great_expectations() -> None:
 
 
 def _run_suite(frame: pd.DataFrame, suite_spec: dict, params: dict, docs_dir: Path | None):
-    _quiet_great_expectations()
+    quiet_great_expectations()
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig

@@ -1,10 +1,11 @@
-"""The deep basket-completion network (design.md §5), as small Keras pieces.
+"""The deep basket-completion network (docs/design.md §5), as small Keras pieces.
 
 Mult-DAE made practical: the basket enters as item ids through an embedding-bag
 (``sum_i E[i] / sqrt(|basket|)`` = W·x/‖x‖ on the multi-hot basket, never a dense
 vocabulary-wide input), then hidden layers, then one logit per vocabulary item.
 Ids are padded with -1.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -54,8 +55,9 @@ def build_network(n_items: int, params: DeepParams):
             super().__init__(**kw)
             self.n_items, self.dim = n_items, dim
             reg = keras.regularizers.L2(l2) if l2 else None
-            self.table = self.add_weight(shape=(n_items + 1, dim), initializer="glorot_uniform",
-                                         regularizer=reg, name="item_embeddings")
+            self.table = self.add_weight(
+                shape=(n_items + 1, dim), initializer="glorot_uniform", regularizer=reg, name="item_embeddings"
+            )
             self.bias = self.add_weight(shape=(dim,), initializer="zeros", name="bag_bias")
 
         def call(self, ids):
@@ -70,8 +72,9 @@ def build_network(n_items: int, params: DeepParams):
 
         def __init__(self, n_items, dim, **kw):
             super().__init__(**kw)
-            self.table = self.add_weight(shape=(n_items + 1, dim), initializer="glorot_uniform",
-                                         name="history_embeddings")
+            self.table = self.add_weight(
+                shape=(n_items + 1, dim), initializer="glorot_uniform", name="history_embeddings"
+            )
 
         def call(self, ids, weights):
             w = weights * ops.cast(ops.greater_equal(ids, 0), self.compute_dtype)
@@ -95,8 +98,9 @@ def build_network(n_items: int, params: DeepParams):
             valid = ids >= 0
             rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(ids))
             seg = tf.boolean_mask(rows * self.n_items + ids, valid)
-            dense = tf.math.unsorted_segment_sum(tf.boolean_mask(tf.cast(weights, tf.float32), valid), seg,
-                                                 batch * self.n_items)
+            dense = tf.math.unsorted_segment_sum(
+                tf.boolean_mask(tf.cast(weights, tf.float32), valid), seg, batch * self.n_items
+            )
             dense = tf.reshape(dense, [batch, self.n_items])
             return logits + dense * (self.gamma + self.repeat_bias)[None, :]
 
@@ -107,8 +111,9 @@ def build_network(n_items: int, params: DeepParams):
         hist_ids = keras.Input(shape=(None,), dtype="int32", name="history")
         hist_w = keras.Input(shape=(None,), dtype="float32", name="history_weights")
         inputs += [hist_ids, hist_w]
-        pre = layers.Add(name="bag_plus_history")([pre, HistoryBag(n_items, params.embedding_dim, name="history_bag")(
-            hist_ids, hist_w)])
+        pre = layers.Add(name="bag_plus_history")(
+            [pre, HistoryBag(n_items, params.embedding_dim, name="history_bag")(hist_ids, hist_w)]
+        )
     h = layers.Activation("tanh", name="bag_act")(pre)
     for i, width in enumerate(params.hidden):
         if params.dropout:
@@ -127,16 +132,25 @@ def build_network(n_items: int, params: DeepParams):
 def forward_spec(network) -> dict:
     """Plain numpy weights of a trained network, in the order the export replays them."""
     bag = network.get_layer("bag")
-    spec = {"embeddings": np.asarray(bag.table.numpy()[1:], np.float32),
-            "bag_bias": np.asarray(bag.bias.numpy(), np.float32), "layers": []}
+    spec = {
+        "embeddings": np.asarray(bag.table.numpy()[1:], np.float32),
+        "bag_bias": np.asarray(bag.bias.numpy(), np.float32),
+        "layers": [],
+    }
     for layer in network.layers:
         if layer.name.startswith("hidden_"):
             k, b = layer.get_weights()
             spec["layers"].append({"type": "dense_tanh", "kernel": k.astype(np.float32), "bias": b.astype(np.float32)})
         elif layer.name.startswith("norm_"):
             g, b = layer.get_weights()
-            spec["layers"].append({"type": "layer_norm", "gamma": g.astype(np.float32), "beta": b.astype(np.float32),
-                                   "epsilon": float(layer.epsilon)})
+            spec["layers"].append(
+                {
+                    "type": "layer_norm",
+                    "gamma": g.astype(np.float32),
+                    "beta": b.astype(np.float32),
+                    "epsilon": float(layer.epsilon),
+                }
+            )
     out = network.get_layer("item_logits")
     k, b = out.get_weights()
     spec["out_kernel"], spec["out_bias"] = k.astype(np.float32), b.astype(np.float32)
@@ -183,6 +197,7 @@ def item_embeddings(spec: dict) -> np.ndarray:
 
     On Complete Journey the pair predicts categories better than either half (insights.category_prediction).
     """
+
     def unit(a):
         return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 

@@ -4,6 +4,7 @@
 CSV with order_id/transaction_id and item_id/item columns) and writes a CSV
 with antecedents, consequents, support, confidence and lift.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,9 @@ def read_baskets(path: str | Path) -> pd.DataFrame:
     return df[["order_id", "item_id"]]
 
 
-def mine_rules(pairs: pd.DataFrame, min_support: float, min_confidence: float,
-               max_len: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def mine_rules(
+    pairs: pd.DataFrame, min_support: float, min_confidence: float, max_len: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Frequent itemsets (FP-growth) and rules with confidence >= min_confidence."""
     from mlxtend.frequent_patterns import association_rules, fpgrowth
 
@@ -48,35 +50,52 @@ def mine_rules(pairs: pd.DataFrame, min_support: float, min_confidence: float,
     itemsets = fpgrowth(onehot, min_support=min_support, use_colnames=True, max_len=max_len)
     if itemsets.empty:
         return itemsets, pd.DataFrame(columns=["antecedents", "consequents", "support", "confidence", "lift"])
-    rules = association_rules(itemsets, num_itemsets=len(onehot), metric="confidence",
-                              min_threshold=min_confidence)
+    rules = association_rules(itemsets, num_itemsets=len(onehot), metric="confidence", min_threshold=min_confidence)
     return itemsets, rules
 
 
 def rules_to_csv(rules: pd.DataFrame, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame({
-        "antecedents": [" & ".join(sorted(a)) for a in rules["antecedents"]],
-        "consequents": [" & ".join(sorted(c)) for c in rules["consequents"]],
-        "n_consequents": [len(c) for c in rules["consequents"]],
-        "support": rules["support"], "confidence": rules["confidence"], "lift": rules["lift"],
-    }).sort_values(["lift", "confidence", "antecedents", "consequents"], ascending=[False, False, True, True])
+    table = pd.DataFrame(
+        {
+            "antecedents": [" & ".join(sorted(a)) for a in rules["antecedents"]],
+            "consequents": [" & ".join(sorted(c)) for c in rules["consequents"]],
+            "n_consequents": [len(c) for c in rules["consequents"]],
+            "support": rules["support"],
+            "confidence": rules["confidence"],
+            "lift": rules["lift"],
+        }
+    ).sort_values(["lift", "confidence", "antecedents", "consequents"], ascending=[False, False, True, True])
     table.to_csv(out, index=False, float_format="%.6g")
     return out
 
 
-def run(orders: str | Path, min_support: float, min_confidence: float, out: str | Path,
-        max_len: int | None = None) -> dict:
+def run(
+    orders: str | Path, min_support: float, min_confidence: float, out: str | Path, max_len: int | None = None
+) -> dict:
     started = time.perf_counter()
     pairs = read_baskets(orders)
     itemsets, rules = mine_rules(pairs, min_support, min_confidence, max_len)
     rules_to_csv(rules, out)
     single = int((rules["consequents"].map(len) == 1).sum()) if len(rules) else 0
-    summary = {"orders": int(pairs["order_id"].nunique()), "items": int(pairs["item_id"].nunique()),
-               "frequent_itemsets": len(itemsets), "rules": len(rules), "rules_single_consequent": single,
-               "min_support": min_support, "min_confidence": min_confidence, "out": str(out),
-               "seconds": round(time.perf_counter() - started, 2)}
-    log.info("rules: %d orders, %d frequent itemsets, %d rules (%d with one consequent) -> %s",
-             summary["orders"], len(itemsets), len(rules), single, out)
+    summary = {
+        "orders": int(pairs["order_id"].nunique()),
+        "items": int(pairs["item_id"].nunique()),
+        "frequent_itemsets": len(itemsets),
+        "rules": len(rules),
+        "rules_single_consequent": single,
+        "min_support": min_support,
+        "min_confidence": min_confidence,
+        "out": str(out),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    log.info(
+        "rules: %d orders, %d frequent itemsets, %d rules (%d with one consequent) -> %s",
+        summary["orders"],
+        len(itemsets),
+        len(rules),
+        single,
+        out,
+    )
     return summary

@@ -5,6 +5,7 @@ co-purchase heatmap (lift), the model comparison, and the history of gate decisi
 served versions. Every figure carries ``data-points`` (how many values it drew) so a check
 can tell an empty plot from a real one.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,19 +31,33 @@ def _png(fig) -> str:
 
 
 def _figure(title: str, fig, points: int, caption: str = "") -> str:
-    return (f'<figure class="plot" data-points="{points}"><h2>{html.escape(title)}</h2>'
-            f'<img alt="{html.escape(title)}" src="data:image/png;base64,{_png(fig)}"/>'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure class="plot" data-points="{points}"><h2>{html.escape(title)}</h2>'
+        f'<img alt="{html.escape(title)}" src="data:image/png;base64,{_png(fig)}"/>'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _table(df: pd.DataFrame, title: str) -> str:
-    return f'<section class="table" data-rows="{len(df)}"><h2>{html.escape(title)}</h2>' + \
-        df.to_html(index=False, float_format=lambda x: f"{x:.4f}", border=0, escape=True) + "</section>"
+    return (
+        f'<section class="table" data-rows="{len(df)}"><h2>{html.escape(title)}</h2>'
+        + df.to_html(index=False, float_format=lambda x: f"{x:.4f}", border=0, escape=True)
+        + "</section>"
+    )
 
 
-def build_report(out_path: str | Path, ds: str, baskets: pd.DataFrame, vocab: list[str], daily: pd.DataFrame,
-                 catalog: pd.DataFrame, comparison: dict | None, runs: pd.DataFrame, categories: dict | None = None,
-                 top_n_categories: int = 12) -> dict:
+def build_report(
+    out_path: str | Path,
+    ds: str,
+    baskets: pd.DataFrame,
+    vocab: list[str],
+    daily: pd.DataFrame,
+    catalog: pd.DataFrame,
+    comparison: dict | None,
+    runs: pd.DataFrame,
+    categories: dict | None = None,
+    top_n_categories: int = 12,
+) -> dict:
     """Write the HTML report; returns counts per figure.
 
     ``daily``: ds, orders, rows, min_rows, max_rows (validation bounds, may be NaN).
@@ -60,16 +75,23 @@ def build_report(out_path: str | Path, ds: str, baskets: pd.DataFrame, vocab: li
     ax.set_xlabel("items per basket")
     ax.set_ylabel("baskets")
     counts["basket_sizes"] = int(len(sizes))
-    parts.append(_figure("Basket size distribution", fig, len(sizes),
-                         f"{len(sizes)} baskets, median {sizes.median():.0f} items"))
+    parts.append(
+        _figure("Basket size distribution", fig, len(sizes), f"{len(sizes)} baskets, median {sizes.median():.0f} items")
+    )
 
     fig, ax = plt.subplots(figsize=(7, 3))
     d = daily.sort_values("ds")
     x = pd.to_datetime(d["ds"])
     ax.plot(x, d["rows"], marker="o", ms=3, label="order lines")
     if d["min_rows"].notna().any():
-        ax.fill_between(x, d["min_rows"].astype(float), d["max_rows"].astype(float), color="#55a868", alpha=0.2,
-                        label="validation bounds")
+        ax.fill_between(
+            x,
+            d["min_rows"].astype(float),
+            d["max_rows"].astype(float),
+            color="#55a868",
+            alpha=0.2,
+            label="validation bounds",
+        )
     ax.set_ylabel("order lines per day")
     ax.legend(loc="upper left", fontsize=8)
     fig.autofmt_xdate()
@@ -107,13 +129,32 @@ def build_report(out_path: str | Path, ds: str, baskets: pd.DataFrame, vocab: li
     ax.set_yticks(range(len(names)), [str(s)[:18] for s in names], fontsize=7)
     fig.colorbar(im, ax=ax, label="lift (1 = independent)")
     counts["category_lift"] = int(np.isfinite(lift).sum())
-    parts.append(_figure("Category co-purchase (lift)", fig, counts["category_lift"],
-                         "baskets holding both categories / expected if independent"))
+    parts.append(
+        _figure(
+            "Category co-purchase (lift)",
+            fig,
+            counts["category_lift"],
+            "baskets holding both categories / expected if independent",
+        )
+    )
 
     if comparison:
         rows = pd.DataFrame(comparison["models"])
-        cols = [c for c in ("name", "kind", "protocol", "val_ndcg@10", "ndcg@10", "recall@10", "mrr", "coverage@10",
-                            "n_eval_baskets") if c in rows.columns]
+        cols = [
+            c
+            for c in (
+                "name",
+                "kind",
+                "protocol",
+                "val_ndcg@10",
+                "ndcg@10",
+                "recall@10",
+                "mrr",
+                "coverage@10",
+                "n_eval_baskets",
+            )
+            if c in rows.columns
+        ]
         parts.append(_table(rows[cols], "Model comparison (test; the winner is chosen on validation)"))
         counts["comparison_rows"] = int(len(rows))
 
@@ -124,8 +165,9 @@ def build_report(out_path: str | Path, ds: str, baskets: pd.DataFrame, vocab: li
         ax.plot(rx, r["winner_test"], marker="o", label="winner test NDCG@10")
         blessed = r["blessed"].astype(bool)
         ax.scatter(rx[blessed], r.loc[blessed, "winner_test"], color="#55a868", zorder=3, label="blessed")
-        ax.scatter(rx[~blessed], r.loc[~blessed, "winner_test"], color="#c44e52", marker="x", zorder=3,
-                   label="not blessed")
+        ax.scatter(
+            rx[~blessed], r.loc[~blessed, "winner_test"], color="#c44e52", marker="x", zorder=3, label="not blessed"
+        )
         ax.legend(fontsize=8)
         fig.autofmt_xdate()
     ax.set_ylabel("NDCG@10")
@@ -134,16 +176,21 @@ def build_report(out_path: str | Path, ds: str, baskets: pd.DataFrame, vocab: li
     parts.append(_table(r, "Gate decisions and served versions"))
 
     if categories and categories.get("levels"):
-        acc = pd.DataFrame([{"level": lvl, **v["accuracy"], "held-out products": v["n_test_products"],
-                             "classes": v["n_classes"]} for lvl, v in categories["levels"].items()])
+        acc = pd.DataFrame(
+            [
+                {"level": lvl, **v["accuracy"], "held-out products": v["n_test_products"], "classes": v["n_classes"]}
+                for lvl, v in categories["levels"].items()
+            ]
+        )
         parts.append(_table(acc, "Category prediction accuracy (held-out products)"))
 
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>basket-association report {ds}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} figure{{display:inline-block;margin:1em;
-vertical-align:top}} table{{border-collapse:collapse;font-size:13px}} td,th{{padding:3px 8px;border-bottom:1px solid #ddd}}
+vertical-align:top}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{padding:3px 8px;border-bottom:1px solid #ddd}}
 </style></head><body><h1>Shopping behaviour and models, ds={html.escape(ds)}</h1>
 <p>{len(baskets)} baskets in the window, {len(vocab)} products in the vocabulary.</p>
-{''.join(parts)}</body></html>"""
+{"".join(parts)}</body></html>"""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(page)
@@ -161,11 +208,19 @@ def past_runs(runs_root: str | Path) -> pd.DataFrame:
         b = json.loads(blessing.read_text())
         versions = run / "versions.json"
         v = json.loads(versions.read_text()) if versions.exists() else {}
-        rows.append({"ds": run.name[3:], "winner": b.get("winner"), "blessed": bool(b.get("blessed")),
-                     "winner_test": b.get("winner_test"), "production": b.get("production"),
-                     "deep_over_classical": (b.get("verdict") or {}).get("deep_over_classical"),
-                     "version": v.get("model_version")})
-    df = pd.DataFrame(rows, columns=["ds", "winner", "blessed", "winner_test", "production",
-                                     "deep_over_classical", "version"])
+        rows.append(
+            {
+                "ds": run.name[3:],
+                "winner": b.get("winner"),
+                "blessed": bool(b.get("blessed")),
+                "winner_test": b.get("winner_test"),
+                "production": b.get("production"),
+                "deep_over_classical": (b.get("verdict") or {}).get("deep_over_classical"),
+                "version": v.get("model_version"),
+            }
+        )
+    df = pd.DataFrame(
+        rows, columns=["ds", "winner", "blessed", "winner_test", "production", "deep_over_classical", "version"]
+    )
     df["version"] = df["version"].astype("Int64")
     return df

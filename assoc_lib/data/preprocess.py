@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from assoc_lib.config import AssocConfig, load_config
 from assoc_lib.data import contract
 from assoc_lib.fsutil import atomic_directory
-from assoc_lib.validate import is_validated
+from assoc_lib.data.validate import is_validated
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class PreprocessError(RuntimeError):
 
 
 def output_dir(cfg: AssocConfig, ds: dt.date | str) -> Path:
-    return Path(cfg.paths.artifacts_dir) / "preprocessed" / f"ds={contract._as_date(ds).isoformat()}"
+    return Path(cfg.paths.artifacts_dir) / "preprocessed" / f"ds={contract.as_date(ds).isoformat()}"
 
 
 def window_partitions(cfg: AssocConfig, ds: dt.date) -> tuple[list[Path], dict[str, str]]:
@@ -148,7 +148,7 @@ def preprocess(cfg: AssocConfig | None = None, ds: dt.date | str | None = None, 
         if not parts:
             raise PreprocessError(f"no partitions under {cfg.paths.orders_dir}")
         ds = parts[-1][0]
-    ds = contract._as_date(ds)
+    ds = contract.as_date(ds)
     pc = cfg.preprocess
     used, skipped = window_partitions(cfg, ds)
     for day, why in sorted(skipped.items()):
@@ -198,3 +198,8 @@ def load_split(prep_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
     baskets = pq.read_table(prep_dir / BASKETS_FILE).to_pandas()
     vocab = (prep_dir / VOCAB_FILE).read_text().splitlines()
     return baskets, vocab
+
+
+def split_baskets(baskets: pd.DataFrame) -> dict[str, list[list[int]]]:
+    """Item-id lists of each split (train / validation / test) of a loaded split's baskets."""
+    return {s: [list(map(int, x)) for x in baskets.loc[baskets["split"] == s, "items"]] for s in SPLITS}

@@ -7,6 +7,7 @@
   embeddings (kNN over categorised products), scored on held-out products against a
   popularity-only and a co-occurrence-only baseline, plus suggestions for uncategorised products.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,12 +19,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from assoc_lib.baselines import baskets_to_csr, cosine_cooccurrence
+from assoc_lib.models.baselines import baskets_to_csr, cosine_cooccurrence
 
 log = logging.getLogger(__name__)
 
 
-def _catalog(catalog_path: str | Path | None) -> pd.DataFrame:
+def load_catalog(catalog_path: str | Path | None) -> pd.DataFrame:
     cols = ["item_id", "title", "department", "category"]
     if catalog_path and Path(catalog_path).exists():
         import pyarrow.parquet as pq
@@ -46,8 +47,9 @@ def _write(df: pd.DataFrame, out_dir: Path, name: str) -> dict:
     return {"rows": len(df), "parquet": str(out_dir / f"{name}.parquet"), "csv": str(out_dir / f"{name}.csv")}
 
 
-def pair_rules(X: sp.csr_matrix, vocab: list[str], min_support: float, min_lift: float = 1.0,
-               top: int = 1000) -> pd.DataFrame:
+def pair_rules(
+    X: sp.csr_matrix, vocab: list[str], min_support: float, min_lift: float = 1.0, top: int = 1000
+) -> pd.DataFrame:
     """Pairs i → j with support >= min_support and lift > min_lift, strongest lift first."""
     n = X.shape[0]
     C = (X.T @ X).tocoo()
@@ -58,16 +60,33 @@ def pair_rules(X: sp.csr_matrix, vocab: list[str], min_support: float, min_lift:
     confidence = c / np.maximum(counts[i], 1)
     lift = confidence / np.maximum(counts[j] / n, 1e-12)
     ok = (support >= min_support) & (lift > min_lift)
-    df = pd.DataFrame({"antecedents": np.asarray(vocab, dtype=object)[i[ok]],
-                       "consequents": np.asarray(vocab, dtype=object)[j[ok]],
-                       "n_items": 2, "count": c[ok].astype(int), "support": support[ok],
-                       "confidence": confidence[ok], "lift": lift[ok]})
-    return df.sort_values(["lift", "confidence", "antecedents", "consequents"],
-                          ascending=[False, False, True, True]).head(top).reset_index(drop=True)
+    df = pd.DataFrame(
+        {
+            "antecedents": np.asarray(vocab, dtype=object)[i[ok]],
+            "consequents": np.asarray(vocab, dtype=object)[j[ok]],
+            "n_items": 2,
+            "count": c[ok].astype(int),
+            "support": support[ok],
+            "confidence": confidence[ok],
+            "lift": lift[ok],
+        }
+    )
+    return (
+        df.sort_values(["lift", "confidence", "antecedents", "consequents"], ascending=[False, False, True, True])
+        .head(top)
+        .reset_index(drop=True)
+    )
 
 
-def multi_item_rules(baskets: list[list[int]], vocab: list[str], min_support: float, min_confidence: float,
-                     max_len: int = 3, min_lift: float = 1.0, top: int = 1000) -> pd.DataFrame:
+def multi_item_rules(
+    baskets: list[list[int]],
+    vocab: list[str],
+    min_support: float,
+    min_confidence: float,
+    max_len: int = 3,
+    min_lift: float = 1.0,
+    top: int = 1000,
+) -> pd.DataFrame:
     """Rules with two or more antecedent items (FP-growth), lift > min_lift."""
     from mlxtend.frequent_patterns import association_rules, fpgrowth
 
@@ -75,20 +94,27 @@ def multi_item_rules(baskets: list[list[int]], vocab: list[str], min_support: fl
     frequent = np.flatnonzero(np.asarray(X.sum(axis=0)).ravel() / max(X.shape[0], 1) >= min_support)
     if len(frequent) == 0:
         return pd.DataFrame(columns=["antecedents", "consequents", "n_items", "support", "confidence", "lift"])
-    onehot = pd.DataFrame.sparse.from_spmatrix(X[:, frequent].astype(bool),
-                                               columns=[vocab[k] for k in frequent])
+    onehot = pd.DataFrame.sparse.from_spmatrix(X[:, frequent].astype(bool), columns=[vocab[k] for k in frequent])
     itemsets = fpgrowth(onehot, min_support=min_support, use_colnames=True, max_len=max_len)
     if itemsets.empty:
         return pd.DataFrame(columns=["antecedents", "consequents", "n_items", "support", "confidence", "lift"])
     rules = association_rules(itemsets, num_itemsets=X.shape[0], metric="confidence", min_threshold=min_confidence)
     rules = rules[(rules["antecedents"].map(len) >= 2) & (rules["lift"] > min_lift)]
-    df = pd.DataFrame({"antecedents": [" & ".join(sorted(a)) for a in rules["antecedents"]],
-                       "consequents": [" & ".join(sorted(c)) for c in rules["consequents"]],
-                       "n_items": [len(a) + len(c) for a, c in zip(rules["antecedents"], rules["consequents"])],
-                       "support": rules["support"].to_numpy(), "confidence": rules["confidence"].to_numpy(),
-                       "lift": rules["lift"].to_numpy()})
-    return df.sort_values(["lift", "confidence", "antecedents"], ascending=[False, False, True]).head(top) \
+    df = pd.DataFrame(
+        {
+            "antecedents": [" & ".join(sorted(a)) for a in rules["antecedents"]],
+            "consequents": [" & ".join(sorted(c)) for c in rules["consequents"]],
+            "n_items": [len(a) + len(c) for a, c in zip(rules["antecedents"], rules["consequents"])],
+            "support": rules["support"].to_numpy(),
+            "confidence": rules["confidence"].to_numpy(),
+            "lift": rules["lift"].to_numpy(),
+        }
+    )
+    return (
+        df.sort_values(["lift", "confidence", "antecedents"], ascending=[False, False, True])
+        .head(top)
         .reset_index(drop=True)
+    )
 
 
 def related_items_table(model, vocab: list[str], k: int = 10, batch: int = 1024) -> pd.DataFrame:
@@ -107,14 +133,22 @@ def related_items_table(model, vocab: list[str], k: int = 10, batch: int = 1024)
     return pd.DataFrame(rows, columns=["item_id", "rank", "related_item_id", "score"])
 
 
-def frequently_bought_together(baskets: list[list[int]], vocab: list[str], deep_model, catalog_path, out_dir,
-                               min_support: float = 0.001, multi_min_support: float = 0.005,
-                               min_confidence: float = 0.2) -> dict:
+def frequently_bought_together(
+    baskets: list[list[int]],
+    vocab: list[str],
+    deep_model,
+    catalog_path,
+    out_dir,
+    min_support: float = 0.001,
+    multi_min_support: float = 0.005,
+    min_confidence: float = 0.2,
+) -> dict:
     out_dir = Path(out_dir)
-    catalog = _catalog(catalog_path)
+    catalog = load_catalog(catalog_path)
     X = baskets_to_csr(baskets, len(vocab))
     pairs = pair_rules(X, vocab, min_support)
     multi = multi_item_rules(baskets, vocab, multi_min_support, min_confidence)
+
     def titles(itemset: str) -> str:
         """'a & b' of item ids -> their catalogue titles (the id where the catalogue has none)."""
         known = catalog["title"] if "title" in catalog else {}
@@ -127,11 +161,21 @@ def frequently_bought_together(baskets: list[list[int]], vocab: list[str], deep_
     if len(related):
         related.insert(1, "title", _titles(related["item_id"], catalog))
         related["related_title"] = _titles(related["related_item_id"], catalog)
-    out = {"pairs": _write(pairs, out_dir, "fbt_pairs"), "multi_item": _write(multi, out_dir, "fbt_multi_item"),
-           "deep_related": _write(related, out_dir, "deep_related_items")}
-    log.info("frequently bought together: %d pair rules, %d multi-item rules (lift > 1, support >= %g / %g), "
-             "%d related-item rows -> %s", len(pairs), len(multi), min_support, multi_min_support, len(related),
-             out_dir)
+    out = {
+        "pairs": _write(pairs, out_dir, "fbt_pairs"),
+        "multi_item": _write(multi, out_dir, "fbt_multi_item"),
+        "deep_related": _write(related, out_dir, "deep_related_items"),
+    }
+    log.info(
+        "frequently bought together: %d pair rules, %d multi-item rules (lift > 1, support >= %g / %g), "
+        "%d related-item rows -> %s",
+        len(pairs),
+        len(multi),
+        min_support,
+        multi_min_support,
+        len(related),
+        out_dir,
+    )
     return out
 
 
@@ -162,10 +206,18 @@ def _cosine(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return A @ B.T
 
 
-def category_prediction(baskets: list[list[int]], vocab: list[str], embeddings: np.ndarray, catalog_path,
-                        out_dir, k: int = 10, holdout_share: float = 0.2, seed: int = 7) -> dict:
+def category_prediction(
+    baskets: list[list[int]],
+    vocab: list[str],
+    embeddings: np.ndarray,
+    catalog_path,
+    out_dir,
+    k: int = 10,
+    holdout_share: float = 0.2,
+    seed: int = 7,
+) -> dict:
     """Accuracy of category prediction on held-out products, for department and category levels."""
-    catalog = _catalog(catalog_path)
+    catalog = load_catalog(catalog_path)
     out_dir = Path(out_dir)
     X = baskets_to_csr(baskets, len(vocab))
     counts = np.asarray(X.sum(axis=0)).ravel()
@@ -192,24 +244,43 @@ def category_prediction(baskets: list[list[int]], vocab: list[str], embeddings: 
         co_pred, _ = _knn_vote(cooc[test][:, train].toarray(), labels[train], k)
         co_pred = np.where(co_pred == None, popular, co_pred)  # noqa: E711  (no co-purchase: fall back)
         result["levels"][level] = {
-            "n_train_products": int(len(train)), "n_test_products": int(len(test)),
+            "n_train_products": int(len(train)),
+            "n_test_products": int(len(test)),
             "n_classes": int(len(set(labels[idx]))),
-            "accuracy": {"deep_embedding_knn": float(np.mean(emb_pred == truth)),
-                         "cooccurrence_knn": float(np.mean(co_pred == truth)),
-                         "popularity": float(np.mean(truth == popular))}}
+            "accuracy": {
+                "deep_embedding_knn": float(np.mean(emb_pred == truth)),
+                "cooccurrence_knn": float(np.mean(co_pred == truth)),
+                "popularity": float(np.mean(truth == popular)),
+            },
+        }
         blank = np.flatnonzero(~known)
         if len(blank):
             pred, conf = _knn_vote(_cosine(embeddings[blank], embeddings[idx]), labels[idx], k)
             for b, p, c in zip(blank, pred, conf):
                 if p is not None:
-                    suggestions.append({"item_id": vocab[b], "level": level, "suggested": p, "confidence": c,
-                                        "title": catalog["title"].get(vocab[b]) if "title" in catalog else None})
+                    suggestions.append(
+                        {
+                            "item_id": vocab[b],
+                            "level": level,
+                            "suggested": p,
+                            "confidence": c,
+                            "title": catalog["title"].get(vocab[b]) if "title" in catalog else None,
+                        }
+                    )
     sugg = pd.DataFrame(suggestions, columns=["item_id", "level", "suggested", "confidence", "title"])
-    result["suggestions"] = _write(sugg.sort_values(["level", "confidence"], ascending=[True, False]), out_dir,
-                                   "category_suggestions")
+    result["suggestions"] = _write(
+        sugg.sort_values(["level", "confidence"], ascending=[True, False]), out_dir, "category_suggestions"
+    )
     (out_dir / "category_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
     for level, r in result["levels"].items():
-        log.info("category prediction (%s, %d held-out products, %d classes): deep embeddings %.3f, "
-                 "co-occurrence %.3f, popularity %.3f", level, r["n_test_products"], r["n_classes"],
-                 r["accuracy"]["deep_embedding_knn"], r["accuracy"]["cooccurrence_knn"], r["accuracy"]["popularity"])
+        log.info(
+            "category prediction (%s, %d held-out products, %d classes): deep embeddings %.3f, "
+            "co-occurrence %.3f, popularity %.3f",
+            level,
+            r["n_test_products"],
+            r["n_classes"],
+            r["accuracy"]["deep_embedding_knn"],
+            r["accuracy"]["cooccurrence_knn"],
+            r["accuracy"]["popularity"],
+        )
     return result

@@ -11,6 +11,7 @@ Aggregations
 - ``max``: score_j = max over basket items i of w(i, j)  (association rules: the
   strongest single rule i → j, i.e. max confidence; ties broken by popularity)
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,7 +59,7 @@ class NeighbourTable:
         n, v = X.shape
         out = np.zeros((n, v), dtype=np.float32) if self.aggregation == "sum" else np.full((n, v), -np.inf, np.float32)
         for r in range(n):
-            items = X.indices[X.indptr[r]: X.indptr[r + 1]]
+            items = X.indices[X.indptr[r] : X.indptr[r + 1]]
             if len(items) == 0:
                 continue
             idx, w = self.indices[items].ravel(), self.weights[items].ravel()
@@ -81,7 +82,7 @@ def top_n_table(matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
     if sp.issparse(matrix):
         m = matrix.tocsr()
         for i in range(v):
-            cols, vals = m.indices[m.indptr[i]: m.indptr[i + 1]], m.data[m.indptr[i]: m.indptr[i + 1]]
+            cols, vals = m.indices[m.indptr[i] : m.indptr[i + 1]], m.data[m.indptr[i] : m.indptr[i + 1]]
             pos = vals > 0
             cols, vals = cols[pos], vals[pos]
             if len(vals) > n:
@@ -92,14 +93,14 @@ def top_n_table(matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
     else:
         dense = np.asarray(matrix)
         for start in range(0, v, 1024):
-            block = dense[start: start + 1024]
+            block = dense[start : start + 1024]
             top = np.argpartition(-block, n - 1, axis=1)[:, :n] if n < v else np.tile(np.arange(v), (len(block), 1))
             vals = np.take_along_axis(block, top, axis=1)
             order = np.argsort(-vals, axis=1, kind="stable")
             top, vals = np.take_along_axis(top, order, axis=1), np.take_along_axis(vals, order, axis=1)
             keep = vals > 0
-            idx[start: start + len(block)] = np.where(keep, top, -1)
-            w[start: start + len(block)] = np.where(keep, vals, 0.0)
+            idx[start : start + len(block)] = np.where(keep, top, -1)
+            w[start : start + len(block)] = np.where(keep, vals, 0.0)
     return idx, w
 
 
@@ -140,7 +141,7 @@ class Scorer:
         return {}
 
 
-def _popularity(X: sp.csr_matrix) -> np.ndarray:
+def popularity_counts(X: sp.csr_matrix) -> np.ndarray:
     counts = np.asarray(X.sum(axis=0)).ravel().astype(np.float32)
     return counts / max(float(counts.max()), 1.0)
 
@@ -149,7 +150,7 @@ class Popularity(Scorer):
     name = "popularity"
 
     def fit(self, X):
-        self.pop = _popularity(X)
+        self.pop = popularity_counts(X)
         return self
 
     def score(self, X):
@@ -177,18 +178,25 @@ class AssociationRules(Scorer):
         support_j = item_count[coo.col] / n
         keep = confidence >= self.min_confidence
         self.pairs = {
-            "antecedent": coo.row[keep], "consequent": coo.col[keep], "count": coo.data[keep],
-            "support": coo.data[keep] / n, "confidence": confidence[keep],
+            "antecedent": coo.row[keep],
+            "consequent": coo.col[keep],
+            "count": coo.data[keep],
+            "support": coo.data[keep] / n,
+            "confidence": confidence[keep],
             "lift": confidence[keep] / np.maximum(support_j[keep], 1e-12),
         }
         conf = sp.csr_matrix((confidence[keep], (coo.row[keep], coo.col[keep])), shape=C.shape)
-        self.pop = _popularity(X)
+        self.pop = popularity_counts(X)
         self.table = NeighbourTable(*top_n_table(conf, self.top_n), TIE_BREAK * self.pop, "max")
         return self
 
     def params(self):
-        return {"min_pair_count": self.min_pair_count, "min_confidence": self.min_confidence, "top_n": self.top_n,
-                "aggregation": "max confidence"}
+        return {
+            "min_pair_count": self.min_pair_count,
+            "min_confidence": self.min_confidence,
+            "top_n": self.top_n,
+            "aggregation": "max confidence",
+        }
 
 
 class ItemKNN(Scorer):
@@ -200,7 +208,7 @@ class ItemKNN(Scorer):
         self.k = k
 
     def fit(self, X):
-        self.pop = _popularity(X)
+        self.pop = popularity_counts(X)
         self.table = NeighbourTable(*top_n_table(cosine_cooccurrence(X), self.k), TIE_BREAK * self.pop, "sum")
         return self
 
@@ -249,8 +257,13 @@ class EASE(Scorer):
         v = X.shape[1]
         m = min(v, self.max_items)
         if m < v:
-            log.warning("EASE: vocabulary %d exceeds max_items %d; EASE covers the %d most frequent items, "
-                        "the rest are scored by popularity", v, self.max_items, m)
+            log.warning(
+                "EASE: vocabulary %d exceeds max_items %d; EASE covers the %d most frequent items, "
+                "the rest are scored by popularity",
+                v,
+                self.max_items,
+                m,
+            )
         Xm = X[:, :m]
         # float32 halves the memory of the dense m x m matrices (15k items: ~0.9 GB each); the
         # ridge term keeps the Gram matrix well conditioned, so single precision ranks the same.
@@ -263,7 +276,7 @@ class EASE(Scorer):
         self.m = m
         self.B = B.astype(np.float32, copy=False)
         self._table = None
-        self.pop = _popularity(X)
+        self.pop = popularity_counts(X)
         self.covered = m
         return self
 
@@ -278,19 +291,28 @@ class EASE(Scorer):
         return self._table
 
     def params(self):
-        return {"l2": self.l2, "max_items": self.max_items, "items_covered": getattr(self, "covered", None),
-                "export_top_n": self.top_n}
+        return {
+            "l2": self.l2,
+            "max_items": self.max_items,
+            "items_covered": getattr(self, "covered", None),
+            "export_top_n": self.top_n,
+        }
 
 
 def default_scorers(cfg=None) -> list[Scorer]:
     mc = getattr(cfg, "models", None)
     return [
         Popularity(),
-        AssociationRules(min_pair_count=getattr(mc, "rules_min_pair_count", 2),
-                         min_confidence=getattr(mc, "rules_min_confidence", 0.0)),
+        AssociationRules(
+            min_pair_count=getattr(mc, "rules_min_pair_count", 2),
+            min_confidence=getattr(mc, "rules_min_confidence", 0.0),
+        ),
         ItemKNN(k=getattr(mc, "knn_k", 200)),
-        EASE(l2=getattr(mc, "ease_l2", 100.0), max_items=getattr(mc, "ease_max_items", 15000),
-             top_n=getattr(mc, "export_top_n", 200)),
+        EASE(
+            l2=getattr(mc, "ease_l2", 100.0),
+            max_items=getattr(mc, "ease_max_items", 15000),
+            top_n=getattr(mc, "export_top_n", 200),
+        ),
     ]
 
 

@@ -5,6 +5,7 @@ with the co-occurrence count, confidence and lift. A recommended item j is expla
 by the basket item i whose rule i → j has the highest confidence (no such rule: no
 evidence, the recommendation comes from the model alone).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ def evidence_table(X: sp.csr_matrix, top_n: int = 50, min_count: int = 2) -> Evi
     """From the binary train baskets: each item's top-N partners by confidence (ties: count).
 
     Only pairs seen together ``min_count`` times with lift > 1 count as evidence."""
-    from assoc_lib.baselines import cooccurrence
+    from assoc_lib.models.baselines import cooccurrence
 
     n_baskets, v = X.shape
     C, item_count = cooccurrence(X)
@@ -39,8 +40,8 @@ def evidence_table(X: sp.csr_matrix, top_n: int = 50, min_count: int = 2) -> Evi
     lift = np.zeros((v, top_n), np.float32)
     support = item_count / max(n_baskets, 1)
     for i in range(v):
-        cols = C.indices[C.indptr[i]: C.indptr[i + 1]]
-        vals = C.data[C.indptr[i]: C.indptr[i + 1]]
+        cols = C.indices[C.indptr[i] : C.indptr[i + 1]]
+        vals = C.data[C.indptr[i] : C.indptr[i + 1]]
         c = vals / max(item_count[i], 1.0)
         keep = (vals >= min_count) & (c / np.maximum(support[cols], 1e-12) > 1.0)  # lift <= 1 is no evidence
         cols, vals, c = cols[keep], vals[keep], c[keep]
@@ -62,7 +63,11 @@ def explain(table: EvidenceTable, basket: list[int], recommended: list[int]) -> 
             hits = np.flatnonzero(table.indices[i] == j)
             if len(hits) and table.confidence[i, hits[0]] > best["confidence"]:
                 h = hits[0]
-                best = {"evidence_item": int(i), "count": float(table.count[i, h]),
-                        "confidence": float(table.confidence[i, h]), "lift": float(table.lift[i, h])}
+                best = {
+                    "evidence_item": int(i),
+                    "count": float(table.count[i, h]),
+                    "confidence": float(table.confidence[i, h]),
+                    "lift": float(table.lift[i, h]),
+                }
         out.append(best)
     return out

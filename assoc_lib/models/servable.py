@@ -1,0 +1,147 @@
+"""The servable model: one numpy scorer for evaluation, exported with the same maths as a TF SavedModel.
+
+A :class:`ServableModel` is a neighbour table (classical models), a deep
+network, or both mixed at score level (per-basket standardised scores,
+``(1-w)·deep + w·table``). Whatever wins the gate is exported the same way
+(``assoc_lib.serving.export``). It is what training writes, evaluation scores and
+the export reads: it lives here, below all three.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from assoc_lib.models.baselines import NeighbourTable
+from assoc_lib.models.explain import EvidenceTable
+from assoc_lib.models.network import mix, numpy_logits
+
+
+@dataclass
+class ServableModel:
+    name: str
+    kind: str  # "classical" | "deep"
+    vocab: list[str]
+    popularity: np.ndarray  # float32 [V]: empty baskets get these
+    table: NeighbourTable | None = None
+    deep: dict | None = None  # model.forward_spec
+    mix_weight: float = 0.0  # weight of the table when both parts exist
+    params: dict = field(default_factory=dict)
+    history_weight: float = 0.0  # personalised protocol: + history_weight · log(1 + purchase count)
+    evidence: EvidenceTable | None = None  # pairwise evidence that explains each recommendation
+
+    @property
+    def n_items(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def personal(self) -> bool:
+        """Whether the network itself reads the history (a second input)."""
+        return self.deep is not None and "hist_embeddings" in self.deep
+
+    def score(self, X: sp.csr_matrix, H: sp.csr_matrix | None = None) -> np.ndarray:
+        """Scores [rows, vocabulary]; ``H`` (history purchase counts) switches on personalisation."""
+        if self.deep is not None and self.table is not None:
+            out = mix(numpy_logits(self.deep, X, H), self.table.score(X), self.mix_weight)
+        elif self.deep is not None:
+            out = numpy_logits(self.deep, X, H)
+        else:
+            out = self.table.score(X)
+        out = np.array(out, dtype=np.float32, copy=True)
+        empty = np.diff(X.indptr) == 0
+        if empty.any():
+            out[empty] = self.popularity
+        if H is not None and self.history_weight:
+            out += self.history_weight * np.log1p(H.toarray())
+        return out
+
+    # ---------------------------------------------------------------- persistence between tasks
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"popularity": self.popularity, "vocab": np.asarray(self.vocab, dtype=object)}
+        meta = {
+            "name": self.name,
+            "kind": self.kind,
+            "mix_weight": self.mix_weight,
+            "params": self.params,
+            "history_weight": self.history_weight,
+            "table_aggregation": self.table.aggregation if self.table else None,
+            "deep_layers": [l["type"] for l in self.deep["layers"]] if self.deep else None,
+            "deep_eps": [l.get("epsilon") for l in self.deep["layers"]] if self.deep else None,
+        }
+        if self.table is not None:
+            arrays.update(
+                table_indices=self.table.indices, table_weights=self.table.weights, table_bias=self.table.bias
+            )
+        if self.evidence is not None:
+            arrays.update(
+                ev_indices=self.evidence.indices,
+                ev_count=self.evidence.count,
+                ev_confidence=self.evidence.confidence,
+                ev_lift=self.evidence.lift,
+            )
+        if self.deep is not None:
+            for key in ("embeddings", "bag_bias", "out_kernel", "out_bias", "hist_embeddings", "repeat_weight"):
+                if key in self.deep:
+                    arrays[f"deep_{key}"] = self.deep[key]
+            for i, layer in enumerate(self.deep["layers"]):
+                for key, value in layer.items():
+                    if isinstance(value, np.ndarray):
+                        arrays[f"deep_layer{i}_{key}"] = value
+        arrays["meta"] = np.asarray(json.dumps(meta))
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ServableModel":
+        z = np.load(path, allow_pickle=True)
+        meta = json.loads(str(z["meta"]))
+        table = deep = None
+        if meta["table_aggregation"]:
+            table = NeighbourTable(z["table_indices"], z["table_weights"], z["table_bias"], meta["table_aggregation"])
+        if meta["deep_layers"] is not None:
+            deep = {
+                k: z[f"deep_{k}"]
+                for k in ("embeddings", "bag_bias", "out_kernel", "out_bias", "hist_embeddings", "repeat_weight")
+                if f"deep_{k}" in z
+            }
+            deep["layers"] = []
+            for i, (kind, eps) in enumerate(zip(meta["deep_layers"], meta["deep_eps"])):
+                if kind == "dense_tanh":
+                    deep["layers"].append(
+                        {"type": kind, "kernel": z[f"deep_layer{i}_kernel"], "bias": z[f"deep_layer{i}_bias"]}
+                    )
+                else:
+                    deep["layers"].append(
+                        {
+                            "type": kind,
+                            "gamma": z[f"deep_layer{i}_gamma"],
+                            "beta": z[f"deep_layer{i}_beta"],
+                            "epsilon": eps,
+                        }
+                    )
+        evidence = (
+            EvidenceTable(z["ev_indices"], z["ev_count"], z["ev_confidence"], z["ev_lift"])
+            if "ev_indices" in z
+            else None
+        )
+        return cls(
+            name=meta["name"],
+            kind=meta["kind"],
+            vocab=[str(v) for v in z["vocab"]],
+            evidence=evidence,
+            popularity=z["popularity"],
+            table=table,
+            deep=deep,
+            mix_weight=meta["mix_weight"],
+            params=meta["params"],
+            history_weight=meta.get("history_weight", 0.0),
+        )
