@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from assoc_lib.models.baselines import baskets_to_csr
+from assoc_lib.records import ModelKind, Protocol
 from assoc_lib.tfrt import tensorflow
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ class HoldOut:
         return len(self.hidden)
 
     @property
-    def protocol(self) -> str:
-        return "anonymous" if self.history is None else "personalised"
+    def protocol(self) -> Protocol:
+        return Protocol.ANONYMOUS if self.history is None else Protocol.PERSONALISED
 
     def anonymous(self) -> "HoldOut":
         return HoldOut(self.inputs, self.hidden, self.basket_rows, None)
@@ -269,10 +270,10 @@ def evaluate_candidates(
     baskets, vocab = load_split(prep_dir)
     n_items = len(vocab)
     holdouts, history = make_holdouts(baskets, n_items, cfg.models.eval_seed, cfg.models.history_max_items)
-    protocols = ["anonymous"] + (["personalised"] if history is not None else [])
+    protocols = [Protocol.ANONYMOUS] + ([Protocol.PERSONALISED] if history is not None else [])
 
     def view(split: str, protocol: str) -> HoldOut:
-        return holdouts[split] if protocol == "personalised" else holdouts[split].anonymous()
+        return holdouts[split] if protocol == Protocol.PERSONALISED else holdouts[split].anonymous()
 
     rows = []
     for cand in candidates:
@@ -280,7 +281,7 @@ def evaluate_candidates(
         if model.vocab != vocab:
             raise ValueError(f"candidate {cand['name']} was trained on another vocabulary than {prep_dir}")
         for protocol in protocols:
-            if protocol == "anonymous" and cand.get("personal_only"):
+            if protocol == Protocol.ANONYMOUS and cand.get("personal_only"):
                 continue
             val = evaluate_scores(model.score, view("validation", protocol), n_items)
             test = evaluate_scores(model.score, view("test", protocol), n_items)
@@ -294,18 +295,18 @@ def evaluate_candidates(
                     "val_n_eval_baskets": val["n_eval_baskets"],
                     "train_seconds": cand.get("train_seconds"),
                     "path": cand["path"],
-                    "history_weight": model.history_weight if protocol == "personalised" else 0.0,
+                    "history_weight": model.history_weight if protocol == Protocol.PERSONALISED else 0.0,
                 }
             )
     if production:
         for protocol in protocols:
-            topk = saved_model_topk(production["path"], personal=protocol == "personalised")
+            topk = saved_model_topk(production["path"], personal=protocol == Protocol.PERSONALISED)
             val = evaluate_topk(topk, view("validation", protocol), vocab)
             test = evaluate_topk(topk, view("test", protocol), vocab)
             rows.append(
                 {
                     "name": f"production v{production.get('version')}",
-                    "kind": "production",
+                    "kind": ModelKind.PRODUCTION,
                     "protocol": protocol,
                     **test,
                     "val_ndcg@10": val["ndcg@10"],

@@ -10,6 +10,8 @@ import json
 import logging
 from pathlib import Path
 
+from assoc_lib.records import ModelKind, Protocol
+
 log = logging.getLogger(__name__)
 
 BLESSING_FILE = "blessing.json"
@@ -17,7 +19,7 @@ BLESSING_FILE = "blessing.json"
 
 def _verdict(rows: list[dict], metric: str) -> dict:
     best_of = lambda kind: max((r for r in rows if r["kind"] == kind), key=lambda r: r[metric], default=None)
-    deep, classical = best_of("deep"), best_of("classical")
+    deep, classical = best_of(ModelKind.DEEP), best_of(ModelKind.CLASSICAL)
     verdict = {
         "best_deep": deep and deep["name"],
         "best_deep_test": deep and deep[metric],
@@ -40,12 +42,16 @@ def decide(comparison: dict, cfg) -> dict:
     g = cfg.gate
     metric, val_metric = g.metric, f"val_{g.metric}"
     all_rows = comparison["models"]
-    protocols = sorted({r.get("protocol", "anonymous") for r in all_rows}, key=lambda p: p != "anonymous")
-    protocol = "personalised" if "personalised" in protocols else "anonymous"
-    rows = [r for r in all_rows if r.get("protocol", "anonymous") == protocol]
-    verdicts = {p: _verdict([r for r in all_rows if r.get("protocol", "anonymous") == p], metric) for p in protocols}
-    production = next((r for r in rows if r["kind"] == "production"), None)
-    pool = [r for r in rows if r["kind"] in (("deep",) if g.require_deep else ("deep", "classical"))]
+    protocols = sorted({r.get("protocol", Protocol.ANONYMOUS) for r in all_rows}, key=lambda p: p != Protocol.ANONYMOUS)
+    protocol = Protocol.PERSONALISED if Protocol.PERSONALISED in protocols else Protocol.ANONYMOUS
+    rows = [r for r in all_rows if r.get("protocol", Protocol.ANONYMOUS) == protocol]
+    verdicts = {
+        p: _verdict([r for r in all_rows if r.get("protocol", Protocol.ANONYMOUS) == p], metric) for p in protocols
+    }
+    production = next((r for r in rows if r["kind"] == ModelKind.PRODUCTION), None)
+    pool = [
+        r for r in rows if r["kind"] in ((ModelKind.DEEP,) if g.require_deep else (ModelKind.DEEP, ModelKind.CLASSICAL))
+    ]
     reasons: list[str] = [f"decided on the {protocol} protocol"]
     verdict = verdicts[protocol]
     if not pool:

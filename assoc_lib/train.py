@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from assoc_lib import evaluate
 from assoc_lib.models.network import DeepParams, build_network, forward_spec, numpy_logits
+from assoc_lib.records import ModelKind
 from assoc_lib.tfrt import tensorflow
 
 log = logging.getLogger(__name__)
@@ -327,16 +328,16 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     for scorer in baselines.default_scorers(cfg):
         seconds = baselines.fit_timed(scorer, X)
         model = ServableModel(
-            scorer.name, "classical", vocab, popularity, table=scorer.neighbour_table(), params=scorer.params()
+            scorer.name, ModelKind.CLASSICAL, vocab, popularity, table=scorer.neighbour_table(), params=scorer.params()
         )
-        save(model, {"name": scorer.name, "kind": "classical", "train_seconds": seconds})
+        save(model, {"name": scorer.name, "kind": ModelKind.CLASSICAL, "train_seconds": seconds})
         if scorer.name == "ease":
             ease_table = model.table
         del scorer
     if personal:
         frequency = ServableModel(
             "personal_frequency",
-            "classical",
+            ModelKind.CLASSICAL,
             vocab,
             popularity,
             table=baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * popularity),
@@ -347,7 +348,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         entries.append(
             {
                 "name": "personal_frequency",
-                "kind": "classical",
+                "kind": ModelKind.CLASSICAL,
                 "train_seconds": 0.0,
                 "personal_only": True,
                 "history_weight": 1.0,
@@ -360,12 +361,12 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     log.info("classical candidates done: peak RSS %.0f MB", peak_rss_mb())
     result = train_deep(X, val, params, out_dir / "deep", history=history[train_rows] if personal else None)
     log.info("deep training done: peak RSS %.0f MB", peak_rss_mb())
-    deep = ServableModel("deep", "deep", vocab, popularity, deep=result.spec, params=params.to_dict())
+    deep = ServableModel("deep", ModelKind.DEEP, vocab, popularity, deep=result.spec, params=params.to_dict())
     save(
         deep,
         {
             "name": "deep",
-            "kind": "deep",
+            "kind": ModelKind.DEEP,
             "train_seconds": result.train_seconds,
             "best_epoch": result.best_epoch,
             "examples_per_second": result.examples_per_second,
@@ -383,7 +384,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         weight = max(scores, key=lambda w: (scores[w], -w))
         hybrid = ServableModel(
             "deep+ease",
-            "deep",
+            ModelKind.DEEP,
             vocab,
             popularity,
             table=ease_table,
@@ -400,7 +401,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             hybrid,
             {
                 "name": "deep+ease",
-                "kind": "deep",
+                "kind": ModelKind.DEEP,
                 "mix_weight": weight,
                 "train_seconds": result.train_seconds + time.perf_counter() - started,
             },

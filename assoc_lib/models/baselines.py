@@ -22,6 +22,8 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from assoc_lib.records import ModelKind
+
 log = logging.getLogger(__name__)
 
 TIE_BREAK = 1e-6  # popularity share added to sparse scorers so empty/tied scores rank popular items first
@@ -124,7 +126,7 @@ class Scorer:
     """Fit on train baskets; score baskets against the vocabulary through the exportable table."""
 
     name = "scorer"
-    kind = "classical"
+    kind = ModelKind.CLASSICAL
     table: NeighbourTable
 
     def fit(self, X: sp.csr_matrix) -> "Scorer":

@@ -20,12 +20,13 @@ import scipy.sparse as sp
 from assoc_lib.models.baselines import NeighbourTable
 from assoc_lib.models.explain import EvidenceTable
 from assoc_lib.models.network import mix, numpy_logits
+from assoc_lib.records import ModelKind
 
 
 @dataclass
 class ServableModel:
     name: str
-    kind: str  # "classical" | "deep"
+    kind: ModelKind
     vocab: list[str]
     popularity: np.ndarray  # float32 [V]: empty baskets get these
     table: NeighbourTable | None = None
@@ -135,7 +136,7 @@ class ServableModel:
         )
         return cls(
             name=meta["name"],
-            kind=meta["kind"],
+            kind=ModelKind(meta["kind"]),
             vocab=[str(v) for v in z["vocab"]],
             evidence=evidence,
             popularity=z["popularity"],

@@ -26,6 +26,8 @@ import grpc
 
 from assoc_lib.tfrt import tensorflow
 
+from assoc_lib.records import VersionState
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -41,7 +43,7 @@ class ServingError(Exception):
 class LoadedVersion:
     version: int
     path: Path
-    state: str = "LOADING"
+    state: VersionState = VersionState.LOADING
     loaded: object = None
     signature_defs: dict = field(default_factory=dict)  # name -> SignatureDef proto
     error: str = ""
@@ -101,18 +103,18 @@ class ServedModel:
         config = new_config or self.config
         wanted = self.wanted_versions(config)
         for v in wanted:
-            if v not in self.versions or self.versions[v].state == "END":
+            if v not in self.versions or self.versions[v].state == VersionState.END:
                 self._load(v)
-        available = {v for v, lv in self.versions.items() if lv.state == "AVAILABLE"}
+        available = {v for v, lv in self.versions.items() if lv.state == VersionState.AVAILABLE}
         if wanted and not available & set(wanted):
             return  # nothing new could be loaded: keep serving what we have
         with self.lock:
             self.config = config
-            to_unload = [v for v in self.versions if v not in wanted and self.versions[v].state == "AVAILABLE"]
+            to_unload = [v for v in self.versions if v not in wanted and self.versions[v].state == VersionState.AVAILABLE]
             for v in to_unload:
-                self.versions[v].state = "UNLOADING"
+                self.versions[v].state = VersionState.UNLOADING
                 self.versions[v].loaded = None
-                self.versions[v].state = "END"
+                self.versions[v].state = VersionState.END
         for v in to_unload:
             log.info("unloaded %s version %d", self.name, v)
 
@@ -128,11 +130,11 @@ class ServedModel:
             lv.loaded = tf.saved_model.load(str(path))
             lv.signature_defs = _read_signature_defs(path)
             warmed = self._warm_up(lv)
-            lv.state = "AVAILABLE"
+            lv.state = VersionState.AVAILABLE
             log.info("loaded %s version %d from %s in %.1fs (%d warm-up requests replayed)", self.name, version, path,
                      time.perf_counter() - started, warmed)
         except Exception as exc:  # a broken version must not take the server down
-            lv.state, lv.error, lv.loaded = "END", f"{type(exc).__name__}: {exc}", None
+            lv.state, lv.error, lv.loaded = VersionState.END, f"{type(exc).__name__}: {exc}", None
             log.error("failed to load %s version %d: %s", self.name, version, lv.error)
 
     def _warm_up(self, lv: LoadedVersion) -> int:
@@ -156,7 +158,7 @@ class ServedModel:
             if choice == "version":
                 v = model_spec.version.value
                 lv = self.versions.get(v)
-                if lv is None or lv.state != "AVAILABLE":
+                if lv is None or lv.state != VersionState.AVAILABLE:
                     raise ServingError(grpc.StatusCode.NOT_FOUND,
                                        f"Servable not found for request: Specific({self.name}, {v})")
                 return lv
@@ -166,11 +168,11 @@ class ServedModel:
                     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                        f"Unrecognized servable version label: {label}")
                 lv = self.versions.get(self.labels[label])
-                if lv is None or lv.state != "AVAILABLE":
+                if lv is None or lv.state != VersionState.AVAILABLE:
                     raise ServingError(grpc.StatusCode.NOT_FOUND,
                                        f"Servable not found for request: Specific({self.name}, {self.labels[label]})")
                 return lv
-            available = [v for v, lv in self.versions.items() if lv.state == "AVAILABLE"]
+            available = [v for v, lv in self.versions.items() if lv.state == VersionState.AVAILABLE]
             if not available:
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({self.name})")
             return self.versions[max(available)]
@@ -251,7 +253,7 @@ class ModelRegistry:
                     del self.models[name]
         for m in list(self.models.values()):
             for label, v in m.labels.items():
-                if v not in m.versions or m.versions[v].state != "AVAILABLE":
+                if v not in m.versions or m.versions[v].state != VersionState.AVAILABLE:
                     log.warning("label %s of %s points at version %d, which is not available", label, m.name, v)
 
     def get(self, name: str) -> ServedModel:
@@ -408,7 +410,7 @@ def serve(model_config_file: str | None = None, model_name: str | None = None, m
                               args=(Path(model_config_file) if model_config_file else None,), daemon=True)
     poller.start()
     for m in registry.models.values():
-        avail = [v for v, lv in m.versions.items() if lv.state == "AVAILABLE"]
+        avail = [v for v, lv in m.versions.items() if lv.state == VersionState.AVAILABLE]
         log.info("serving %s on %s:%d: versions %s, labels %s, base path %s", m.name, host, bound, avail or "none",
                  m.labels or "none", m.config.base_path)
     if ready_file:
