@@ -119,14 +119,15 @@ def cmd_preprocess(args):
 def cmd_snapshot(args):
     from assoc_lib.data import versioning
 
-    versioning.ensure_repo(args.repo, args.remote)
-    _print(versioning.snapshot(args.repo, args.target, push=not args.no_push))
+    repo = args.repo or _config(args).paths.dvc_repo
+    versioning.ensure_repo(repo, args.remote)
+    _print(versioning.snapshot(repo, args.target, push=not args.no_push))
 
 
 def cmd_restore(args):
     from assoc_lib.data import versioning
 
-    _print(versioning.restore(args.repo, args.md5, args.target))
+    _print(versioning.restore(args.repo or _config(args).paths.dvc_repo, args.md5, args.target))
 
 
 def cmd_rules(args):
@@ -202,7 +203,8 @@ def cmd_query(args):
 
     cfg = _config(args)
     catalog = args.catalog or cfg.paths.catalog_path
-    with AssocClient(args.server, args.model or cfg.serving.model_name) as client:
+    target = args.server or f"127.0.0.1:{cfg.serving.port}"
+    with AssocClient(target, args.model or cfg.serving.model_name) as client:
         try:
             if args.signature == "related_items":
                 answer = client.related_items([args.items[0]], version=args.version, label=args.label)
@@ -296,13 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("snapshot", parents=[common], help="dvc add + push a folder (default: data)")
-    p.add_argument("--repo", default=".")
+    p.add_argument("--repo", default=None, help="git+DVC checkout (default: paths.dvc_repo)")
     p.add_argument("--target", default="data")
     p.add_argument("--remote", help="DVC remote URL to set as default (default: <repo>/.dvc-remote)")
     p.add_argument("--no-push", action="store_true")
     p.set_defaults(func=cmd_snapshot)
     p = sub.add_parser("restore", parents=[common], help="bring a folder back to a snapshot's md5")
-    p.add_argument("--repo", default=".")
+    p.add_argument("--repo", default=None, help="git+DVC checkout (default: paths.dvc_repo)")
     p.add_argument("--target", default="data")
     p.add_argument("--md5", required=True)
     p.set_defaults(func=cmd_restore)
@@ -343,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", help="write host:port here once serving")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("query", parents=[common], help="ask the served model (gRPC Predict)")
-    p.add_argument("--server", default="127.0.0.1:8500")
+    p.add_argument("--server", default=None, help="HOST:PORT (default: 127.0.0.1:<serving.port>)")
     p.add_argument("--items", nargs="+", required=True)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--signature", choices=["complete_basket", "related_items"], default="complete_basket")

@@ -55,7 +55,6 @@ class ValidationConfig:
     min_row_ratio: float = 0.1  # a day may shrink to 10% of the recent median (holidays)...
     max_row_ratio: float = 5.0  # ...and grow to 5x; 20x is an incident, not a sale
     min_history_partitions: int = 3  # fewer validated days than this: only "non-empty" applies
-    max_unknown_item_share: float = 0.05  # warning level
 
 
 @dataclass
@@ -91,7 +90,9 @@ class ModelsConfig:
     deep_learning_rate: float = 0.005
     deep_patience: int = 3
     deep_selection_tolerance: float = 0.01
-    deep_sampled_softmax: int = 0
+    deep_sampled_softmax: int = 0  # >0: negatives per step for sampled softmax; 0: full softmax
+    deep_l2: float = 0.0  # L2 penalty on the item embeddings
+    deep_history_dropout: float = 0.2  # share of training baskets whose history is hidden (learn the anonymous case)
     deep_mix_with_ease: bool = True  # also offer the score-level deep+EASE mix as a deep candidate
     history_max_items: int = 200  # personalised protocol: the shopper's most-bought items kept as history
     seed: int = 1234

@@ -247,22 +247,7 @@ def peak_rss_mb() -> float:
 
 
 def deep_params(cfg) -> DeepParams:
-    m = cfg.models
-    hidden = tuple(int(x) for x in str(m.deep_hidden).split(",") if x.strip())
-    return DeepParams(
-        embedding_dim=m.deep_embedding_dim,
-        hidden=hidden,
-        layer_norm=m.deep_layer_norm,
-        input_dropout=m.deep_input_dropout,
-        dropout=m.deep_dropout,
-        epochs=m.deep_epochs,
-        batch_size=m.deep_batch_size,
-        learning_rate=m.deep_learning_rate,
-        patience=m.deep_patience,
-        selection_tolerance=m.deep_selection_tolerance,
-        sampled_softmax=m.deep_sampled_softmax,
-        seed=m.seed,
-    )
+    return DeepParams.from_config(cfg.models)
 
 
 HISTORY_GRID = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from assoc_lib.config import ModelsConfig
 from assoc_lib.records import ModelKind
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,12 @@ class AssociationRules(Scorer):
 
     name = "rules"
 
-    def __init__(self, min_pair_count: int = 2, min_confidence: float = 0.0, top_n: int = 200):
+    def __init__(
+        self,
+        min_pair_count: int = ModelsConfig.rules_min_pair_count,
+        min_confidence: float = ModelsConfig.rules_min_confidence,
+        top_n: int = ModelsConfig.export_top_n,
+    ):
         self.min_pair_count, self.min_confidence, self.top_n = min_pair_count, min_confidence, top_n
 
     def fit(self, X):
@@ -206,7 +212,7 @@ class ItemKNN(Scorer):
 
     name = "item_knn"
 
-    def __init__(self, k: int = 200):
+    def __init__(self, k: int = ModelsConfig.knn_k):
         self.k = k
 
     def fit(self, X):
@@ -252,7 +258,12 @@ class EASE(Scorer):
 
     name = "ease"
 
-    def __init__(self, l2: float = 100.0, max_items: int = 15000, top_n: int = 200):
+    def __init__(
+        self,
+        l2: float = ModelsConfig.ease_l2,
+        max_items: int = ModelsConfig.ease_max_items,
+        top_n: int = ModelsConfig.export_top_n,
+    ):
         self.l2, self.max_items, self.top_n = l2, max_items, top_n
 
     def fit(self, X):
@@ -302,19 +313,13 @@ class EASE(Scorer):
 
 
 def default_scorers(cfg=None) -> list[Scorer]:
-    mc = getattr(cfg, "models", None)
+    """Every classical scorer, set from ``cfg.models`` (the config's defaults when ``cfg`` is None)."""
+    mc = cfg.models if cfg is not None else ModelsConfig()
     return [
         Popularity(),
-        AssociationRules(
-            min_pair_count=getattr(mc, "rules_min_pair_count", 2),
-            min_confidence=getattr(mc, "rules_min_confidence", 0.0),
-        ),
-        ItemKNN(k=getattr(mc, "knn_k", 200)),
-        EASE(
-            l2=getattr(mc, "ease_l2", 100.0),
-            max_items=getattr(mc, "ease_max_items", 15000),
-            top_n=getattr(mc, "export_top_n", 200),
-        ),
+        AssociationRules(min_pair_count=mc.rules_min_pair_count, min_confidence=mc.rules_min_confidence),
+        ItemKNN(k=mc.knn_k),
+        EASE(l2=mc.ease_l2, max_items=mc.ease_max_items, top_n=mc.export_top_n),
     ]
 
 

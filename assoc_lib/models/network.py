@@ -8,34 +8,58 @@ Ids are padded with -1.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
+from assoc_lib.config import ModelsConfig
 from assoc_lib.tfrt import tensorflow
+
+_M = ModelsConfig  # the defaults live once, in the config; DeepParams only names them for the network
 
 
 @dataclass
 class DeepParams:
-    embedding_dim: int = 256
+    """The network's hyperparameters; every default is the config's (``[models] deep_*``)."""
+
+    embedding_dim: int = _M.deep_embedding_dim
     hidden: tuple[int, ...] = ()  # extra hidden layers after the embedding-bag (each: dense + tanh [+ layer norm])
-    layer_norm: bool = False
-    input_dropout: float = 0.5  # share of each basket dropped when training (denoising)
-    dropout: float = 0.0  # dropout on hidden activations
-    epochs: int = 20
-    batch_size: int = 512
-    learning_rate: float = 5e-3
-    l2: float = 0.0
-    patience: int = 3
+    layer_norm: bool = _M.deep_layer_norm
+    input_dropout: float = _M.deep_input_dropout  # share of each basket dropped when training (denoising)
+    dropout: float = _M.deep_dropout  # dropout on hidden activations
+    epochs: int = _M.deep_epochs
+    batch_size: int = _M.deep_batch_size
+    learning_rate: float = _M.deep_learning_rate
+    l2: float = _M.deep_l2
+    patience: int = _M.deep_patience
     # Model selection: the latest epoch within this relative distance of the best validation NDCG@10
     # is kept (validation noise should not pick an under-trained early epoch).
-    selection_tolerance: float = 0.01
-    sampled_softmax: int = 0  # >0: number of negatives for sampled softmax; 0: full softmax
-    personal: bool = False  # second input: the shopper's history (items + purchase counts)
-    history_dropout: float = 0.2  # share of training baskets whose history is hidden (learn the anonymous case)
-    seed: int = 1234
-    extra: dict = field(default_factory=dict)
+    selection_tolerance: float = _M.deep_selection_tolerance
+    sampled_softmax: int = _M.deep_sampled_softmax  # >0: negatives for sampled softmax; 0: full softmax
+    personal: bool = False  # second input: the shopper's history (items + purchase counts); set from the data
+    history_dropout: float = _M.deep_history_dropout
+    seed: int = _M.seed
+
+    @classmethod
+    def from_config(cls, m: ModelsConfig, personal: bool = False) -> "DeepParams":
+        return cls(
+            embedding_dim=m.deep_embedding_dim,
+            hidden=tuple(int(x) for x in str(m.deep_hidden).split(",") if x.strip()),
+            layer_norm=m.deep_layer_norm,
+            input_dropout=m.deep_input_dropout,
+            dropout=m.deep_dropout,
+            epochs=m.deep_epochs,
+            batch_size=m.deep_batch_size,
+            learning_rate=m.deep_learning_rate,
+            l2=m.deep_l2,
+            patience=m.deep_patience,
+            selection_tolerance=m.deep_selection_tolerance,
+            sampled_softmax=m.deep_sampled_softmax,
+            personal=personal,
+            history_dropout=m.deep_history_dropout,
+            seed=m.seed,
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)

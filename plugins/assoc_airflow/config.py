@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from assoc_lib.config import AssocConfig, load_config
+import dataclasses
 
-# DAG param name -> config key
-PARAM_KEYS = {
+from assoc_lib.config import AssocConfig, ModelsConfig, load_config
+
+# DAG param name -> config key. Every model parameter ([models] in the config) is a param of the same name.
+PARAM_KEYS = {f.name: f"models.{f.name}" for f in dataclasses.fields(ModelsConfig)} | {
     "window_days": "preprocess.window_days",
     "min_count": "preprocess.min_count",
-    "deep_epochs": "models.deep_epochs",
-    "deep_embedding_dim": "models.deep_embedding_dim",
-    "deep_learning_rate": "models.deep_learning_rate",
     "tolerance": "gate.tolerance",
     "min_eval_baskets": "gate.min_eval_baskets",
     "require_deep": "gate.require_deep",

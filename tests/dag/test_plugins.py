@@ -72,3 +72,21 @@ def test_tf_serving_hook_predicts_and_reports_status(airflow_db, exported, tmp_p
     finally:
         registry.stop()
         srv.stop(0)
+
+
+def test_every_model_parameter_is_a_dag_param():
+    import dataclasses
+
+    from assoc_airflow.config import config_from_params, default_params
+    from assoc_lib.config import ModelsConfig
+
+    params = default_params()
+    assert {f.name for f in dataclasses.fields(ModelsConfig)} <= set(params)
+    cfg = config_from_params({"deep_l2": 0.001, "deep_history_dropout": 0.5, "ease_l2": 50, "window_days": 30})
+    assert (cfg.models.deep_l2, cfg.models.deep_history_dropout, cfg.models.ease_l2) == (0.001, 0.5, 50.0)
+    assert cfg.preprocess.window_days == 30
+
+    from assoc_lib.train import deep_params
+
+    p = deep_params(cfg)
+    assert (p.l2, p.history_dropout) == (0.001, 0.5)
