@@ -116,17 +116,7 @@ def build_network(n_items: int, params: DeepParams):
             self.repeat_bias = self.add_weight(shape=(n_items,), initializer="zeros", name="repeat_bias")
 
         def call(self, logits, ids, weights):
-            tf = tensorflow()
-
-            batch = tf.shape(ids)[0]
-            valid = ids >= 0
-            rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(ids))
-            seg = tf.boolean_mask(rows * self.n_items + ids, valid)
-            dense = tf.math.unsorted_segment_sum(
-                tf.boolean_mask(tf.cast(weights, tf.float32), valid), seg, batch * self.n_items
-            )
-            dense = tf.reshape(dense, [batch, self.n_items])
-            return logits + dense * (self.gamma + self.repeat_bias)[None, :]
+            return logits + scatter_rows(ids, weights, self.n_items) * (self.gamma + self.repeat_bias)[None, :]
 
     ids = keras.Input(shape=(None,), dtype="int32", name="items")
     inputs = [ids]
@@ -154,18 +144,24 @@ def build_network(n_items: int, params: DeepParams):
 
 
 def forward_spec(network) -> dict:
-    """Plain numpy weights of a trained network, in the order the export replays them."""
+    """Plain numpy weights of a trained network, in the order ``head`` replays them.
+
+    The layers are found by type and graph order (Dense / LayerNormalization between the bag and the
+    output layer), so renaming a layer cannot silently drop it from the export."""
+    from keras import layers as kl
+
     bag = network.get_layer("bag")
+    out = network.get_layer("item_logits")
     spec = {
         "embeddings": np.asarray(bag.table.numpy()[1:], np.float32),
         "bag_bias": np.asarray(bag.bias.numpy(), np.float32),
         "layers": [],
     }
     for layer in network.layers:
-        if layer.name.startswith("hidden_"):
+        if isinstance(layer, kl.Dense) and layer is not out:
             k, b = layer.get_weights()
             spec["layers"].append({"type": "dense_tanh", "kernel": k.astype(np.float32), "bias": b.astype(np.float32)})
-        elif layer.name.startswith("norm_"):
+        elif isinstance(layer, kl.LayerNormalization):
             g, b = layer.get_weights()
             spec["layers"].append(
                 {
@@ -175,7 +171,6 @@ def forward_spec(network) -> dict:
                     "epsilon": float(layer.epsilon),
                 }
             )
-    out = network.get_layer("item_logits")
     k, b = out.get_weights()
     spec["out_kernel"], spec["out_bias"] = k.astype(np.float32), b.astype(np.float32)
     if any(layer.name == "history_bag" for layer in network.layers):
@@ -183,6 +178,66 @@ def forward_spec(network) -> dict:
         prior = network.get_layer("repeat_prior")
         spec["repeat_weight"] = (float(prior.gamma.numpy()) + prior.repeat_bias.numpy()).astype(np.float32)
     return spec
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The forward pass after the bag, written once for numpy (evaluation) and TensorFlow (the export).
+# ``ops`` is NUMPY or tf_ops(): the same few array functions under the same names.
+
+
+class _NumpyOps:
+    tanh = staticmethod(np.tanh)
+    sqrt = staticmethod(np.sqrt)
+    matmul = staticmethod(np.matmul)
+    maximum = staticmethod(np.maximum)
+
+    @staticmethod
+    def moments(x, axis: int):
+        return x.mean(axis=axis, keepdims=True), x.var(axis=axis, keepdims=True)
+
+
+NUMPY = _NumpyOps()
+
+
+def tf_ops():
+    """The TensorFlow counterparts of ``NUMPY``."""
+    from types import SimpleNamespace
+
+    tf = tensorflow()
+    return SimpleNamespace(
+        tanh=tf.tanh,
+        sqrt=tf.sqrt,
+        matmul=tf.matmul,
+        maximum=tf.maximum,
+        moments=lambda x, axis: tf.nn.moments(x, axes=[axis], keepdims=True),
+    )
+
+
+def head(pre, spec: dict, ops=NUMPY):
+    """Logits from the bag's pre-activation: tanh, the hidden layers (dense + tanh, layer norm), output layer."""
+    h = ops.tanh(pre)
+    for layer in spec["layers"]:
+        if layer["type"] == "dense_tanh":
+            h = ops.tanh(ops.matmul(h, layer["kernel"]) + layer["bias"])
+        else:
+            mu, var = ops.moments(h, -1)
+            h = (h - mu) / ops.sqrt(var + layer["epsilon"]) * layer["gamma"] + layer["beta"]
+    return ops.matmul(h, spec["out_kernel"]) + spec["out_bias"]
+
+
+def scatter_rows(ids, weights, n_items: int):
+    """TF: dense [batch, n_items] with ``weights`` summed at ``ids`` (padding ids < 0 ignored).
+
+    The one scatter of history weights: the Keras repeat prior and the exported graph both call it."""
+    tf = tensorflow()
+
+    ids = tf.cast(ids, tf.int64)
+    batch = tf.shape(ids, out_type=tf.int64)[0]
+    valid = ids >= 0
+    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(ids, out_type=tf.int64))
+    seg = tf.boolean_mask(rows * n_items + ids, valid)
+    flat = tf.math.unsorted_segment_sum(tf.boolean_mask(tf.cast(weights, tf.float32), valid), seg, batch * n_items)
+    return tf.reshape(flat, tf.stack([batch, tf.constant(n_items, tf.int64)]))
 
 
 def history_weights(H: sp.csr_matrix) -> sp.csr_matrix:
@@ -203,14 +258,7 @@ def numpy_logits(spec: dict, X: sp.csr_matrix, H: sp.csr_matrix | None = None) -
     if W is not None:
         norm = np.sqrt(np.maximum(np.asarray(W.multiply(W).sum(axis=1)).ravel(), 1e-6))
         pre = pre + np.asarray(W @ spec["hist_embeddings"]) / norm[:, None]
-    h = np.tanh(pre)
-    for layer in spec["layers"]:
-        if layer["type"] == "dense_tanh":
-            h = np.tanh(h @ layer["kernel"] + layer["bias"])
-        else:
-            mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
-            h = (h - mu) / np.sqrt(var + layer["epsilon"]) * layer["gamma"] + layer["beta"]
-    logits = h @ spec["out_kernel"] + spec["out_bias"]
+    logits = head(pre, spec, NUMPY)
     if W is not None:
         logits = logits + np.asarray(W.multiply(spec["repeat_weight"][None, :]).todense())
     return logits
@@ -228,12 +276,12 @@ def item_embeddings(spec: dict) -> np.ndarray:
     return np.hstack([unit(spec["embeddings"]), unit(spec["out_kernel"].T)]).astype(np.float32)
 
 
-def standardise(scores: np.ndarray) -> np.ndarray:
+def standardise(scores, ops=NUMPY):
     """Per-basket z-score over the vocabulary: puts different scorers on one scale before mixing."""
-    mu = scores.mean(axis=1, keepdims=True)
-    sd = scores.std(axis=1, keepdims=True)
-    return (scores - mu) / np.maximum(sd, 1e-8)
+    mu, var = ops.moments(scores, 1)
+    return (scores - mu) / ops.maximum(ops.sqrt(var), 1e-8)
 
 
-def mix(deep_logits: np.ndarray, other: np.ndarray, weight: float) -> np.ndarray:
-    return (1.0 - weight) * standardise(deep_logits) + weight * standardise(other)
+def mix(deep_logits, other, weight: float, ops=NUMPY):
+    """``(1-w)·z(deep) + w·z(other)``: the score-level mix of the network and a neighbour table."""
+    return (1.0 - weight) * standardise(deep_logits, ops) + weight * standardise(other, ops)

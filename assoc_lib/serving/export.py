@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from assoc_lib.fsutil import atomic_directory
+from assoc_lib.models.network import head, mix, scatter_rows, tf_ops
 from assoc_lib.models.servable import ServableModel
 from assoc_lib.tfrt import tensorflow
 
@@ -24,149 +25,153 @@ DEFAULT_K = 100
 
 
 # -------------------------------------------------------------------- TensorFlow graph
-def _build_module(model: ServableModel, k: int):
-    tf = tensorflow()
+# The exported graph, piece by piece. Each piece is the TensorFlow twin of the numpy scorer it names
+# (tests compare them on the same inputs): the neighbour-table scorer (``NeighbourTable.score``), the
+# network (``network.head`` after the bag, the same function numpy evaluation runs), the mix
+# (``network.mix``), the personal prior (``ServableModel.score``) and the explanations (``explain.explain``).
 
-    V = model.n_items
-    k = min(k, V)
+
+def _constants(tf, arrays: dict) -> dict:
+    """numpy arrays (and nested layer lists) as TF constants; other values unchanged."""
+    out = {}
+    for key, value in arrays.items():
+        if isinstance(value, np.ndarray):
+            out[key] = tf.constant(value)
+        elif key == "layers":
+            out[key] = [_constants(tf, layer) for layer in value]
+        else:
+            out[key] = value
+    return out
+
+
+def table_scores(tf, table: dict, aggregation: str, ids, valid, n_items: int):
+    """Neighbour-table scores [batch, V]: each basket item's neighbour weights, summed (or max), + bias."""
+    batch = tf.shape(ids)[0]
+    safe = tf.maximum(ids, 0)
+    nbr = tf.gather(table["indices"], safe)  # [B, n, N]
+    w = tf.gather(table["weights"], safe)
+    ok = tf.logical_and(valid[:, :, None], nbr >= 0)
+    rows = tf.broadcast_to(tf.range(batch, dtype=tf.int32)[:, None, None], tf.shape(nbr))
+    seg = tf.boolean_mask(rows * n_items + nbr, ok)
+    vals = tf.boolean_mask(w, ok)
+    if aggregation == "max":
+        flat = tf.math.unsorted_segment_max(vals, seg, batch * n_items)
+        flat = tf.where(flat < -1e30, tf.zeros_like(flat), flat)
+    else:
+        flat = tf.math.unsorted_segment_sum(vals, seg, batch * n_items)
+    return tf.reshape(flat, [batch, n_items]) + table["bias"]
+
+
+def deep_scores(tf, spec: dict, ids, valid, history=None):
+    """The network's logits: the embedding-bag (plus the history bag), then ``network.head``, then the
+    repeat prior. ``history``: (history ids, log(1+count) weights, their dense [batch, V] scatter)."""
+    mask = tf.cast(valid, tf.float32)
+    vec = tf.reduce_sum(tf.gather(spec["embeddings"], tf.maximum(ids, 0)) * mask[:, :, None], axis=1)
+    count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+    pre = vec / tf.sqrt(count) + spec["bag_bias"]
+    personal = history is not None and "hist_embeddings" in spec
+    if personal:
+        hist_ids, hist_w, _ = history
+        w = hist_w * tf.cast(hist_ids >= 0, tf.float32)
+        hv = tf.reduce_sum(tf.gather(spec["hist_embeddings"], tf.maximum(hist_ids, 0)) * w[:, :, None], axis=1)
+        pre += hv / tf.sqrt(tf.maximum(tf.reduce_sum(w * w, axis=1, keepdims=True), 1e-6))
+    logits = head(pre, spec, tf_ops())
+    if personal:
+        logits += history[2] * spec["repeat_weight"][None, :]
+    return logits
+
+
+def exclude_inputs(tf, scores, ids, valid):
+    """-inf for the basket's own items: a recommendation never repeats the input."""
+    batch = tf.shape(ids)[0]
+    rows = tf.broadcast_to(tf.range(batch, dtype=tf.int64)[:, None], tf.shape(ids))
+    coords = tf.boolean_mask(tf.stack([rows, ids], axis=-1), valid)
+    seen = tf.scatter_nd(coords, tf.ones(tf.shape(coords)[:1], tf.float32), tf.cast(tf.shape(scores), tf.int64))
+    return tf.where(seen > 0, tf.fill(tf.shape(scores), float("-inf")), scores)
+
+
+def explain_top(tf, evidence: dict, vocab, ids, valid, top):
+    """For each recommended item: the basket item with the most confident rule towards it, with its
+    count, confidence and lift (empty / zeros where no basket item has evidence)."""
+    nbr = tf.gather(evidence["indices"], tf.maximum(ids, 0))  # [B, n, N]
+    stats = tf.gather(evidence["stats"], tf.maximum(ids, 0))  # [B, n, N, 3]
+    match = tf.logical_and(tf.equal(nbr[:, None, :, :], top[:, :, None, None]), valid[:, None, :, None])
+    conf = tf.where(match, tf.broadcast_to(stats[:, None, :, :, 1], tf.shape(match)), -1.0)  # [B, K, n, N]
+    shape = tf.shape(conf)
+    flat = tf.reshape(conf, [shape[0], shape[1], -1])
+    best = tf.argmax(flat, axis=-1, output_type=tf.int32)  # position in n*N
+    found = tf.reduce_max(flat, axis=-1) > 0
+    evidence_ids = tf.gather(ids, best // tf.shape(nbr)[2], batch_dims=1)
+    picked = tf.gather(tf.reshape(stats, [shape[0], -1, 3]), best, batch_dims=1)  # [B, K, 3]
+    zeros = tf.zeros_like(picked[..., 0])
+    return {
+        "evidence_item": tf.where(found, tf.gather(vocab, tf.maximum(evidence_ids, 0)), ""),
+        "evidence_count": tf.where(found, picked[..., 0], zeros),
+        "confidence": tf.where(found, picked[..., 1], zeros),
+        "lift": tf.where(found, picked[..., 2], zeros),
+    }
+
+
+def _build_module(model: ServableModel, k: int):
+    """A tf.Module whose signatures compose the pieces above for ``model``."""
+    tf = tensorflow()
+    V, k = model.n_items, min(k, model.n_items)
 
     class BasketModule(tf.Module):
         def __init__(self):
             super().__init__(name="assoc_basket_model")
             self.vocab = tf.constant(model.vocab, dtype=tf.string)
             self.lookup = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(self.vocab, tf.range(V, dtype=tf.int64)), default_value=-1)
+                tf.lookup.KeyValueTensorInitializer(self.vocab, tf.range(V, dtype=tf.int64)), default_value=-1
+            )
             self.popularity = tf.constant(model.popularity, tf.float32)
-            if model.evidence is not None:
-                self.ev_idx = tf.constant(model.evidence.indices.astype(np.int64))
-                self.ev_stats = tf.constant(np.stack([model.evidence.count, model.evidence.confidence,
-                                                      model.evidence.lift], axis=-1))  # [V, N, 3]
-            if model.table is not None:
-                self.nbr_idx = tf.constant(model.table.indices, tf.int32)
-                self.nbr_w = tf.constant(model.table.weights, tf.float32)
-                self.nbr_bias = tf.constant(model.table.bias, tf.float32)
-            if model.deep is not None:
-                d = model.deep
-                self.emb = tf.constant(d["embeddings"])
-                self.bag_bias = tf.constant(d["bag_bias"])
-                self.layer_consts = [{k_: tf.constant(v) if isinstance(v, np.ndarray) else v for k_, v in l.items()}
-                                     for l in d["layers"]]
-                self.out_kernel = tf.constant(d["out_kernel"])
-                self.out_bias = tf.constant(d["out_bias"])
-                if model.personal:
-                    self.hist_emb = tf.constant(d["hist_embeddings"])
-                    self.repeat_weight = tf.constant(d["repeat_weight"])
+            t, e = model.table, model.evidence
+            self.table = None if t is None else _constants(tf, {"indices": t.indices, "weights": t.weights,
+                                                                 "bias": t.bias})
+            self.spec = None if model.deep is None else _constants(tf, model.deep)
+            self.evidence = None if e is None else _constants(
+                tf, {"indices": e.indices.astype(np.int64), "stats": np.stack([e.count, e.confidence, e.lift], -1)}
+            )
 
-        def _table_scores(self, ids, valid, batch):
-            safe = tf.maximum(ids, 0)
-            nbr = tf.gather(self.nbr_idx, safe)  # [B, n, N]
-            w = tf.gather(self.nbr_w, safe)
-            ok = tf.logical_and(valid[:, :, None], nbr >= 0)
-            rows = tf.broadcast_to(tf.range(batch, dtype=tf.int32)[:, None, None], tf.shape(nbr))
-            seg = tf.boolean_mask(rows * V + nbr, ok)
-            vals = tf.boolean_mask(w, ok)
-            if model.table.aggregation == "max":
-                flat = tf.math.unsorted_segment_max(vals, seg, batch * V)
-                flat = tf.where(flat < -1e30, tf.zeros_like(flat), flat)
-            else:
-                flat = tf.math.unsorted_segment_sum(vals, seg, batch * V)
-            return tf.reshape(flat, [batch, V]) + self.nbr_bias
-
-        def _dense_history(self, hist_ids, hist_w, batch):
-            """log(1 + count) of the history items as a dense [batch, V] matrix."""
-            valid = hist_ids >= 0
-            rows = tf.broadcast_to(tf.range(batch, dtype=tf.int64)[:, None], tf.shape(hist_ids))
-            seg = tf.boolean_mask(rows * V + hist_ids, valid)
-            flat = tf.math.unsorted_segment_sum(tf.boolean_mask(hist_w, valid), seg, tf.cast(batch, tf.int64) * V)
-            return tf.reshape(flat, [batch, V])
-
-        def _deep_scores(self, ids, valid, hist=None):
-            mask = tf.cast(valid, tf.float32)
-            vec = tf.reduce_sum(tf.gather(self.emb, tf.maximum(ids, 0)) * mask[:, :, None], axis=1)
-            count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
-            pre = vec / tf.sqrt(count) + self.bag_bias
-            if hist is not None and model.personal:
-                hist_ids, hist_w, _ = hist
-                w = hist_w * tf.cast(hist_ids >= 0, tf.float32)
-                hv = tf.reduce_sum(tf.gather(self.hist_emb, tf.maximum(hist_ids, 0)) * w[:, :, None], axis=1)
-                pre += hv / tf.sqrt(tf.maximum(tf.reduce_sum(w * w, axis=1, keepdims=True), 1e-6))
-            h = tf.tanh(pre)
-            for layer in self.layer_consts:
-                if layer["type"] == "dense_tanh":
-                    h = tf.tanh(tf.matmul(h, layer["kernel"]) + layer["bias"])
-                else:
-                    mu, var = tf.nn.moments(h, axes=[-1], keepdims=True)
-                    h = (h - mu) / tf.sqrt(var + layer["epsilon"]) * layer["gamma"] + layer["beta"]
-            logits = tf.matmul(h, self.out_kernel) + self.out_bias
-            if hist is not None and model.personal:
-                logits += hist[2] * self.repeat_weight[None, :]
-            return logits
-
-        @staticmethod
-        def _standardise(s):
-            mu, var = tf.nn.moments(s, axes=[1], keepdims=True)
-            return (s - mu) / tf.maximum(tf.sqrt(var), 1e-8)
+        def _history(self, history, history_counts):
+            hist_ids = self.lookup.lookup(history)
+            hist_w = tf.math.log1p(tf.maximum(tf.cast(history_counts, tf.float32), 0.0))
+            hist_w = tf.where(hist_ids >= 0, hist_w, tf.zeros_like(hist_w))
+            return hist_ids, hist_w, scatter_rows(hist_ids, hist_w, V)
 
         def _complete(self, items, history=None, history_counts=None):
             ids = self.lookup.lookup(items)  # unknown ids and "" padding -> -1, ignored
             valid = ids >= 0
-            batch = tf.shape(ids)[0]
-            hist = None
-            if history is not None:
-                hist_ids = self.lookup.lookup(history)
-                hist_w = tf.math.log1p(tf.maximum(tf.cast(history_counts, tf.float32), 0.0))
-                hist_w = tf.where(hist_ids >= 0, hist_w, tf.zeros_like(hist_w))
-                hist = (hist_ids, hist_w, self._dense_history(hist_ids, hist_w, batch))
-            if model.deep is not None and model.table is not None:
-                scores = ((1.0 - model.mix_weight) * self._standardise(self._deep_scores(ids, valid, hist))
-                          + model.mix_weight * self._standardise(self._table_scores(ids, valid, batch)))
-            elif model.deep is not None:
-                scores = self._deep_scores(ids, valid, hist)
+            hist = None if history is None else self._history(history, history_counts)
+            if self.spec is not None and self.table is not None:
+                deep = deep_scores(tf, self.spec, ids, valid, hist)
+                table = table_scores(tf, self.table, model.table.aggregation, ids, valid, V)
+                scores = mix(deep, table, model.mix_weight, tf_ops())
+            elif self.spec is not None:
+                scores = deep_scores(tf, self.spec, ids, valid, hist)
             else:
-                scores = self._table_scores(ids, valid, batch)
+                scores = table_scores(tf, self.table, model.table.aggregation, ids, valid, V)
             empty = tf.logical_not(tf.reduce_any(valid, axis=1))
             scores = tf.where(empty[:, None], tf.broadcast_to(self.popularity[None, :], tf.shape(scores)), scores)
             if hist is not None and model.history_weight:
-                scores += model.history_weight * hist[2]
-            rows = tf.broadcast_to(tf.range(batch, dtype=tf.int64)[:, None], tf.shape(ids))
-            coords = tf.boolean_mask(tf.stack([rows, ids], axis=-1), valid)
-            seen = tf.scatter_nd(coords, tf.ones(tf.shape(coords)[:1], tf.float32), tf.cast(tf.shape(scores), tf.int64))
-            scores = tf.where(seen > 0, tf.fill(tf.shape(scores), float("-inf")), scores)
-            top = tf.math.top_k(scores, k=k)
+                scores += model.history_weight * hist[2]  # the personal prior: + β·log(1 + count)
+            top = tf.math.top_k(exclude_inputs(tf, scores, ids, valid), k=k)
             out = {"item_ids": tf.gather(self.vocab, top.indices), "scores": top.values}
-            if model.evidence is not None:
-                out.update(self._explain(ids, valid, tf.cast(top.indices, tf.int64)))
+            if self.evidence is not None:
+                out.update(explain_top(tf, self.evidence, self.vocab, ids, valid, tf.cast(top.indices, tf.int64)))
             return out
-
-        def _explain(self, ids, valid, top):
-            """For each recommended item: the basket item with the most confident rule towards it."""
-            nbr = tf.gather(self.ev_idx, tf.maximum(ids, 0))  # [B, n, N]
-            stats = tf.gather(self.ev_stats, tf.maximum(ids, 0))  # [B, n, N, 3]
-            match = tf.logical_and(tf.equal(nbr[:, None, :, :], top[:, :, None, None]),
-                                   valid[:, None, :, None])  # [B, K, n, N]
-            conf = tf.where(match, tf.broadcast_to(stats[:, None, :, :, 1], tf.shape(match)), -1.0)
-            shape = tf.shape(conf)
-            flat = tf.reshape(conf, [shape[0], shape[1], -1])
-            best = tf.argmax(flat, axis=-1, output_type=tf.int32)  # position in n*N
-            found = tf.reduce_max(flat, axis=-1) > 0
-            n_nbr = tf.shape(nbr)[2]
-            basket_pos = best // n_nbr
-            evidence_ids = tf.gather(ids, basket_pos, batch_dims=1)
-            flat_stats = tf.reshape(stats, [shape[0], -1, 3])
-            picked = tf.gather(flat_stats, best, batch_dims=1)  # [B, K, 3]
-            zeros = tf.zeros_like(picked[..., 0])
-            return {"evidence_item": tf.where(found, tf.gather(self.vocab, tf.maximum(evidence_ids, 0)), ""),
-                    "evidence_count": tf.where(found, picked[..., 0], zeros),
-                    "confidence": tf.where(found, picked[..., 1], zeros),
-                    "lift": tf.where(found, picked[..., 2], zeros)}
 
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="items")])
         def complete_basket(self, items):
             return self._complete(items)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="items"),
-                                      tf.TensorSpec([None, None], tf.string, name="history"),
-                                      tf.TensorSpec([None, None], tf.float32, name="history_counts")])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None], tf.string, name="items"),
+                tf.TensorSpec([None, None], tf.string, name="history"),
+                tf.TensorSpec([None, None], tf.float32, name="history_counts"),
+            ]
+        )
         def complete_basket_personal(self, items, history, history_counts):
             return self._complete(items, history, history_counts)
 
