@@ -33,6 +33,7 @@ def pick_strategy():
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
+        tensorflow()  # keras imports TF: import it quietly first (tfrt)
         import keras
 
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -104,6 +105,7 @@ def train_deep(
     """
     if params.personal and history is None:
         raise ValueError("a personal network needs the train baskets' history")
+    tensorflow()  # keras imports TF: import it quietly first (tfrt)
     import keras
 
     tf = tensorflow()

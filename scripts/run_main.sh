@@ -32,7 +32,7 @@ export ASSOC_MODELS__DEEP_EPOCHS="${ASSOC_MODELS__DEEP_EPOCHS:-30}"
 log() { printf '\n== %s\n' "$*"; }
 
 log "1/5 data ($DATA, $DAYS days)"
-rm -rf data/raw data/quarantine
+rm -rf data/raw data/quarantine data/ground_truth.json  # everything an earlier run wrote into data/ (its md5 is the data version)
 import_cj() {
   START=2017-10-01
   assoc data import completejourney --out data --start "$START" --days "$DAYS" --cache-dir .cache/wheels \

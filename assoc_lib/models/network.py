@@ -69,6 +69,7 @@ class DeepParams:
 
 def build_network(n_items: int, params: DeepParams):
     """Keras model: ids [batch, n] (pad -1) → (logits [batch, n_items], hidden [batch, d])."""
+    tensorflow()  # keras imports TF: import it quietly first (tfrt)
     import keras
     from keras import layers, ops
 
@@ -148,6 +149,7 @@ def forward_spec(network) -> dict:
 
     The layers are found by type and graph order (Dense / LayerNormalization between the bag and the
     output layer), so renaming a layer cannot silently drop it from the export."""
+    tensorflow()  # keras imports TF: import it quietly first (tfrt)
     from keras import layers as kl
 
     bag = network.get_layer("bag")

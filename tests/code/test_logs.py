@@ -70,3 +70,15 @@ def test_airflow_cli_starts_without_the_graphviz_warning():
     proc = subprocess.run([str(airflow), "dags", "--help"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0
     assert "graphviz" not in proc.stderr + proc.stdout
+
+
+def test_building_the_network_prints_no_tensorflow_startup_lines():
+    """Keras imports TensorFlow: the library's paths into Keras go through the quiet import first."""
+    proc = _run(
+        "from assoc_lib.models.network import DeepParams, build_network\n"
+        "build_network(5, DeepParams(embedding_dim=2))\n"
+        "print('built')\n"
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "built", proc.stderr[-2000:]
+    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard", "cuda drivers"):
+        assert noise not in proc.stderr, proc.stderr[-2000:]
