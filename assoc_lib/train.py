@@ -252,6 +252,13 @@ def deep_params(cfg) -> DeepParams:
     return DeepParams.from_config(cfg.models)
 
 
+def _grid_summary(scores: dict[float, float], top: int = 3) -> str:
+    """A grid search in one short log line: the best few settings and the range (the full grid is in the
+    candidate's params and the train summary)."""
+    best = sorted(scores.items(), key=lambda kv: -kv[1])[:top]
+    return ", ".join(f"{k:g}: {v:.4f}" for k, v in best) + f"; {len(scores)} tried, worst {min(scores.values()):.4f}"
+
+
 HISTORY_GRID = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -303,11 +310,12 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         if personal:
             model.history_weight, grid = _tune_history_weight(model, val, n_items)
             entry["history_weight"] = model.history_weight
+            entry["history_weight_grid"] = {f"{k:g}": round(v, 5) for k, v in grid.items()}
             log.info(
-                "%s: history weight %.3g chosen on validation (personalised NDCG@10 by weight: %s)",
+                "%s: history weight %.3g chosen on validation (personalised NDCG@10 %s)",
                 model.name,
                 model.history_weight,
-                {k: round(v, 4) for k, v in grid.items()},
+                _grid_summary(grid),
             )
         entry["path"] = str(model.save(cand_dir / f"{model.name}.npz"))
         entries.append(entry)
@@ -380,9 +388,9 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             params={**params.to_dict(), "mix_weight": weight, "mix_val_ndcg@10": scores},
         )
         log.info(
-            "deep+ease mix: weight of EASE %.1f chosen on validation (NDCG@10 by weight: %s)",
+            "deep+ease mix: weight of EASE %.1f chosen on validation (NDCG@10 %s)",
             weight,
-            {k: round(v, 4) for k, v in scores.items()},
+            _grid_summary(scores),
         )
         save(
             hybrid,
