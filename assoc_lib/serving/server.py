@@ -112,9 +112,11 @@ class ServedModel:
             self.config = config
             to_unload = [v for v in self.versions if v not in wanted and self.versions[v].state == VersionState.AVAILABLE]
             for v in to_unload:
-                self.versions[v].state = VersionState.UNLOADING
-                self.versions[v].loaded = None
-                self.versions[v].state = VersionState.END
+                # Requests already running on this version hold the old record (and its loaded model):
+                # they finish on it; the model is freed when the last of them drops it. New requests
+                # see a fresh END record and are routed to the available versions.
+                old = self.versions[v]
+                self.versions[v] = LoadedVersion(version=v, path=old.path, state=VersionState.END)
         for v in to_unload:
             log.info("unloaded %s version %d", self.name, v)
 

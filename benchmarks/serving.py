@@ -1,0 +1,210 @@
+"""Serving benchmark: latency and throughput of `assoc serve` over gRPC against the same signature called
+in-process, measured in the same run, plus requests during hot swaps.
+
+    python benchmarks/serving.py --export serving/assoc/3 --out serving.json
+    python benchmarks/serving.py --export DIR --seconds 5 --clients 1,4,16 --batches 1,32 --swap-seconds 30
+
+Cells: batch 1 and 32 (5-item baskets drawn from the model's own popular items) × 1, 4 and 16 client
+threads, each for ``--seconds``; then 16 clients for ``--swap-seconds`` while the export is pushed
+``--swaps`` times as new versions (old ones pruned and unloaded). The server runs as a separate process on a
+private copy of the base path; clients are threads of this process (client on the same machine, as in
+production sidecars). Prints a table and writes JSON; figures are ratios against the in-process call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from assoc_lib.serving import push
+from assoc_lib.serving.client import AssocClient
+from assoc_lib.tfrt import tensorflow
+
+
+def percentiles(ms: list[float]) -> dict:
+    a = np.asarray(ms) if ms else np.asarray([np.nan])
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "n": len(ms)}
+
+
+def baskets(items: list[str], batch: int, seed: int) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    return [list(rng.choice(items, size=5, replace=False)) for _ in range(batch)]
+
+
+def in_process(export: Path, popular: list[str], batch: int, repeats: int) -> dict:
+    tf = tensorflow()
+    fn = tf.saved_model.load(str(export)).signatures["complete_basket"]
+    items = tf.constant(baskets(popular, batch, 0))
+    for _ in range(20):
+        fn(items=items)
+    ms = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(items=items)
+        ms.append((time.perf_counter() - t0) * 1000)
+    return percentiles(ms)
+
+
+def load(target: str, popular: list[str], batch: int, clients: int, seconds: float, watch=None) -> dict:
+    """``clients`` threads sending ``batch``-basket requests for ``seconds``; failures counted, not raised."""
+    stop = threading.Event()
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    failures: list[str] = []
+    versions: set[int] = set()
+
+    def run(i: int) -> None:
+        request = baskets(popular, batch, i + 1)
+        with AssocClient(target) as client:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    versions.add(client.complete_basket(request).version)
+                    latencies[i].append((time.perf_counter() - t0) * 1000)
+                except Exception as exc:  # noqa: BLE001 - a failed request is a figure, not a crash
+                    failures.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    if watch is not None:
+        watch(stop)
+    else:
+        time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    flat = [x for lat in latencies for x in lat]
+    return {
+        **percentiles(flat),
+        "requests_per_s": len(flat) / elapsed,
+        "baskets_per_s": len(flat) * batch / elapsed,
+        "failed": len(failures),
+        "failures": failures[:5],
+        "versions": sorted(versions),
+    }
+
+
+def start_server(base: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ready = base.parent / "ready"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "assoc_lib.cli",
+            "serve",
+            "--model-name",
+            "assoc",
+            "--model-base-path",
+            str(base),
+            "--port",
+            str(port),
+            "--poll-seconds",
+            "0.5",
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 180
+    while not ready.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(
+                "assoc serve did not start: " + (proc.stderr.read().decode()[-2000:] if proc.poll() else "timeout")
+            )
+        time.sleep(0.2)
+    return proc, f"127.0.0.1:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--export", required=True, type=Path, help="a SavedModel export (e.g. serving/assoc/N)")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--swap-seconds", type=float, default=30.0)
+    ap.add_argument("--swaps", type=int, default=3)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    clients = [int(x) for x in args.clients.split(",")]
+    batches = [int(x) for x in args.batches.split(",")]
+    card = json.loads((args.export / "model_card.json").read_text())
+    result = {
+        "export": str(args.export),
+        "model": card.get("model"),
+        "vocabulary_size": card.get("vocabulary_size"),
+        "k": card.get("k"),
+        "basket_size": 5,
+        "cells": [],
+        "in_process": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="assoc-bench-") as tmp:
+        root = Path(tmp) / "serving"
+        push.push(args.export, root, "assoc", keep=2)
+        proc, target = start_server(root / "assoc")
+        try:
+            with AssocClient(target) as client:
+                popular = client.complete_basket([[]]).item_ids[0][:50]
+            for batch in batches:
+                result["in_process"][batch] = ref = in_process(args.export, popular, batch, repeats=300)
+                for n in clients:
+                    cell = load(target, popular, batch, n, args.seconds)
+                    cell.update(
+                        batch=batch,
+                        clients=n,
+                        p50_over_in_process=cell["p50_ms"] / ref["p50_ms"],
+                        p99_over_p50=cell["p99_ms"] / cell["p50_ms"],
+                    )
+                    result["cells"].append(cell)
+                    print(
+                        f"batch {batch:3d} clients {n:2d}: p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} "
+                        f"ms  {cell['requests_per_s']:7.1f} req/s  failed {cell['failed']}  "
+                        f"(in-process p50 {ref['p50_ms']:.2f} ms: x{cell['p50_over_in_process']:.2f})",
+                        flush=True,
+                    )
+
+            def swapper(stop: threading.Event) -> None:
+                interval = args.swap_seconds / (args.swaps + 1)
+                for _ in range(args.swaps):
+                    time.sleep(interval)
+                    push.push(args.export, root, "assoc", keep=2)
+                time.sleep(interval)
+
+            swap = load(target, popular, 1, 16, args.swap_seconds, watch=swapper)
+            swap.update(batch=1, clients=16, pushes=args.swaps, p99_over_p50=swap["p99_ms"] / swap["p50_ms"])
+            result["hot_swap"] = swap
+            print(
+                f"hot swap ({args.swaps} pushes, 16 clients, {args.swap_seconds:.0f} s): p50 {swap['p50_ms']:.2f} ms "
+                f"p99 {swap['p99_ms']:.2f} ms ({swap['p99_over_p50']:.1f} x p50)  {swap['requests_per_s']:.1f} req/s"
+                f"  failed {swap['failed']}  versions answering {swap['versions']}",
+                flush=True,
+            )
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    for batch, ref in result["in_process"].items():
+        print(f"in-process complete_basket, batch {batch}: p50 {ref['p50_ms']:.3f} ms, p99 {ref['p99_ms']:.3f} ms")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
