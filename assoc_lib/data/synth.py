@@ -9,6 +9,7 @@ Structure planted (and written to ``ground_truth.json``):
 Each day is drawn from its own ``SeedSequence((seed, day_index))`` child, so the
 same seed gives the same bytes and a longer run extends a shorter one.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -122,8 +123,14 @@ def _day_orders(spec: SynthSpec, world: dict, day: dt.date, day_index: int) -> p
     return pd.DataFrame(rows)
 
 
-def synthesize(out_dir: str | Path, start: dt.date | str, days: int, seed: int = 42,
-               pseudonym_key: bytes | None = None, spec: SynthSpec | None = None) -> dict:
+def synthesize(
+    out_dir: str | Path,
+    start: dt.date | str,
+    days: int,
+    seed: int = 42,
+    pseudonym_key: bytes | None = None,
+    spec: SynthSpec | None = None,
+) -> dict:
     """Write ``days`` daily partitions from ``start`` plus catalog and ground truth under ``out_dir``."""
     spec = spec or SynthSpec(seed=seed)
     if spec.seed != seed:
@@ -138,8 +145,13 @@ def synthesize(out_dir: str | Path, start: dt.date | str, days: int, seed: int =
         day = start + dt.timedelta(days=i)
         df = _day_orders(spec, world, day, i)
         df["user_id"] = contract.pseudonymise(df["user_id"], key)
-        contract.write_partition(contract.conform_orders(df).sort_by(
-            [("ts", "ascending"), ("order_id", "ascending"), ("item_id", "ascending")]), orders_dir, day)
+        contract.write_partition(
+            contract.conform_orders(df).sort_by(
+                [("ts", "ascending"), ("order_id", "ascending"), ("item_id", "ascending")]
+            ),
+            orders_dir,
+            day,
+        )
         rows += len(df)
     contract.write_catalog(contract.conform_catalog(world["catalog"]), out / "raw" / "catalog.parquet")
     ids = world["catalog"]["item_id"]
@@ -148,9 +160,7 @@ def synthesize(out_dir: str | Path, start: dt.date | str, days: int, seed: int =
         "start": start.isoformat(),
         "days": days,
         "groups": [[ids.iat[int(i)] for i in g] for g in world["groups"]],
-        "planted_pairs": sorted(
-            [ids.iat[int(g[0])], ids.iat[int(p)]] for g in world["groups"] for p in g[1:]
-        ),
+        "planted_pairs": sorted([ids.iat[int(g[0])], ids.iat[int(p)]] for g in world["groups"] for p in g[1:]),
         "top_items": [ids.iat[int(i)] for i in np.argsort(-world["popularity"])[:10]],
     }
     (out / "ground_truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n")

@@ -6,6 +6,7 @@ warnings are logged. Every run writes ``result.json`` and GE's HTML Data Docs
 under ``<reports>/validation/ds=YYYY-MM-DD/``; a pass also records the
 partition's fingerprint, which preprocessing checks.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -70,14 +71,18 @@ class ValidationReport:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        head = (f"validation {'PASSED' if self.success else 'FAILED'} for ds={self.ds} "
-                f"({self.rows if self.rows is not None else '?'} rows, {self.seconds:.1f}s)")
+        head = (
+            f"validation {'PASSED' if self.success else 'FAILED'} for ds={self.ds} "
+            f"({self.rows if self.rows is not None else '?'} rows, {self.seconds:.1f}s)"
+        )
         lines = [head] + ["  " + f.line() for f in self.failed + self.warnings]
         if self.quarantined_to:
             lines.append(f"  partition quarantined to {self.quarantined_to}")
         if self.report_dir:
-            lines.append(f"  report: {self.report_dir}/{RESULT_FILE}" +
-                         (f"  data docs: {self.data_docs}" if self.data_docs else ""))
+            lines.append(
+                f"  report: {self.report_dir}/{RESULT_FILE}"
+                + (f"  data docs: {self.data_docs}" if self.data_docs else "")
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -132,9 +137,12 @@ def volume_bounds(orders_dir: Path, ds: dt.date, cfg: AssocConfig) -> dict[str, 
     if len(counts) < vc.min_history_partitions:
         return {"min_rows": 1, "max_rows": None, "history_median": None, "history_days": len(counts)}
     median = statistics.median(counts)
-    return {"min_rows": max(1, math.ceil(median * vc.min_row_ratio)),
-            "max_rows": max(1, math.floor(median * vc.max_row_ratio)),
-            "history_median": median, "history_days": len(counts)}
+    return {
+        "min_rows": max(1, math.ceil(median * vc.min_row_ratio)),
+        "max_rows": max(1, math.floor(median * vc.max_row_ratio)),
+        "history_median": median,
+        "history_days": len(counts),
+    }
 
 
 def quiet_great_expectations() -> None:
@@ -156,20 +164,35 @@ def _run_suite(frame: pd.DataFrame, suite_spec: dict, params: dict, docs_dir: Pa
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     actions = []
     if docs_dir is not None:
-        context.add_data_docs_site("assoc", {
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(docs_dir).resolve())},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        })
+        context.add_data_docs_site(
+            "assoc",
+            {
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(Path(docs_dir).resolve()),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
         actions.append(UpdateDataDocsAction(name="data_docs", site_names=["assoc"]))
     suite = context.suites.add(gx.ExpectationSuite(**suite_spec))
-    batch_def = (context.data_sources.add_pandas(suite_spec["name"])
-                 .add_dataframe_asset("partition").add_batch_definition_whole_dataframe("whole"))
+    batch_def = (
+        context.data_sources.add_pandas(suite_spec["name"])
+        .add_dataframe_asset("partition")
+        .add_batch_definition_whole_dataframe("whole")
+    )
     vdef = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{suite_spec['name']}_partition", data=batch_def, suite=suite))
-    checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name=f"{suite_spec['name']}_checkpoint", validation_definitions=[vdef], actions=actions,
-        result_format="SUMMARY"))
+        gx.ValidationDefinition(name=f"{suite_spec['name']}_partition", data=batch_def, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=f"{suite_spec['name']}_checkpoint",
+            validation_definitions=[vdef],
+            actions=actions,
+            result_format="SUMMARY",
+        )
+    )
     result = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=params)
     return next(iter(result.run_results.values()))
 
@@ -191,8 +214,9 @@ def _observed(res, original: pd.DataFrame) -> Any:
         return r["observed_value"]
     if "unexpected_count" in r:
         sample = r.get("partial_unexpected_list") or []
-        return (f"{r['unexpected_count']} unexpected ({r.get('unexpected_percent', 0):.2f}%)"
-                + (f", e.g. {sample[:3]}" if sample else ""))
+        return f"{r['unexpected_count']} unexpected ({r.get('unexpected_percent', 0):.2f}%)" + (
+            f", e.g. {sample[:3]}" if sample else ""
+        )
     return r or "n/a"
 
 
@@ -212,9 +236,13 @@ def quarantine(partition: Path, cfg: AssocConfig, report: ValidationReport) -> P
     return target
 
 
-def validate_partition(partition: str | os.PathLike, cfg: AssocConfig | None = None,
-                       catalog_path: str | os.PathLike | None = None, move_on_failure: bool = True,
-                       expectations_dir: str | os.PathLike | None = None) -> ValidationReport:
+def validate_partition(
+    partition: str | os.PathLike,
+    cfg: AssocConfig | None = None,
+    catalog_path: str | os.PathLike | None = None,
+    move_on_failure: bool = True,
+    expectations_dir: str | os.PathLike | None = None,
+) -> ValidationReport:
     """Validate one ``ds=YYYY-MM-DD`` partition against the orders suite."""
     cfg = cfg or load_config()
     started = time.perf_counter()
@@ -239,9 +267,11 @@ def validate_partition(partition: str | os.PathLike, cfg: AssocConfig | None = N
         else:
             log.warning("no catalogue at %s: every item counts as unknown", catalog_path)
         day_start = pd.Timestamp(ds)
-        params = {**volume_bounds(partition.parent, ds, cfg),
-                  "day_start": day_start,
-                  "day_last_us": day_start + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)}
+        params = {
+            **volume_bounds(partition.parent, ds, cfg),
+            "day_start": day_start,
+            "day_last_us": day_start + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1),
+        }
         report.parameters = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in params.items()}
         suite = load_suite("orders", expectations_dir)
         run = _run_suite(_ge_frame(df, catalog_ids), suite, params, report_dir / "data_docs")
@@ -249,8 +279,9 @@ def validate_partition(partition: str | os.PathLike, cfg: AssocConfig | None = N
             if res.success:
                 continue
             cfg_ = res.expectation_config
-            failed = FailedExpectation(cfg_.type, cfg_.kwargs.get("column"), str(cfg_.severity.value),
-                                       _observed(res, df))
+            failed = FailedExpectation(
+                cfg_.type, cfg_.kwargs.get("column"), str(cfg_.severity.value), _observed(res, df)
+            )
             (report.warnings if cfg_.severity.value != "critical" else report.failed).append(failed)
         (report_dir / "ge_result.json").write_text(json.dumps(run.to_json_dict(), indent=2, default=str))
         index = report_dir / "data_docs" / "index.html"
@@ -266,7 +297,9 @@ def validate_partition(partition: str | os.PathLike, cfg: AssocConfig | None = N
     return report
 
 
-def validate_catalog(catalog_path: str | os.PathLike, expectations_dir: str | os.PathLike | None = None) -> ValidationReport:
+def validate_catalog(
+    catalog_path: str | os.PathLike, expectations_dir: str | os.PathLike | None = None
+) -> ValidationReport:
     catalog_path = Path(catalog_path)
     started = time.perf_counter()
     report = ValidationReport(partition=str(catalog_path), ds="catalog", success=False, rows=None)
@@ -276,8 +309,9 @@ def validate_catalog(catalog_path: str | os.PathLike, expectations_dir: str | os
         report.failed.append(FailedExpectation("readable_parquet_catalog", None, "critical", str(exc)))
     else:
         report.rows = len(df)
-        run = _run_suite(_ge_frame(df, None).drop(columns=["item_in_catalog"]),
-                         load_suite("catalog", expectations_dir), {}, None)
+        run = _run_suite(
+            _ge_frame(df, None).drop(columns=["item_in_catalog"]), load_suite("catalog", expectations_dir), {}, None
+        )
         for res in run.results:
             if not res.success:
                 c = res.expectation_config

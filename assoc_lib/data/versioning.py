@@ -12,6 +12,7 @@ Two ways in, for two users:
 - ``snapshot`` (``assoc snapshot``) and ``restore`` (``assoc restore --md5``) are what a
   person calls to pin a release: they write ``<target>.dvc`` in the checkout, to commit.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -83,8 +84,14 @@ def snapshot(root: str | os.PathLike, target: str = "data", push: bool = True) -
         pushed = repo.push(targets=[f"{target}.dvc"]) if push else 0
     pointer = read_pointer(root / f"{target}.dvc")
     pointer.update({"dvc_file": str(root / f"{target}.dvc"), "pushed_files": pushed})
-    log.info("dvc snapshot of %s: md5 %s (%s files, %s bytes), %s file(s) pushed",
-             target, pointer["md5"], pointer["nfiles"], pointer["size"], pushed)
+    log.info(
+        "dvc snapshot of %s: md5 %s (%s files, %s bytes), %s file(s) pushed",
+        target,
+        pointer["md5"],
+        pointer["nfiles"],
+        pointer["size"],
+        pushed,
+    )
     return pointer
 
 
@@ -117,10 +124,21 @@ def record(root: str | os.PathLike, target: str, pointer_path: str | os.PathLike
     pointer_path = Path(pointer_path)
     pointer_path.parent.mkdir(parents=True, exist_ok=True)
     pointer_path.write_text(yaml.safe_dump({"outs": [out]}, sort_keys=False))
-    log.info("dvc record of %s: md5 %s (%s files, %s bytes), %s object(s) pushed; pointer %s",
-             target, md5, out.get("nfiles", 1), out["size"], pushed, pointer_path)
-    return {**read_pointer(pointer_path), "dvc_file": str(pointer_path), "pin_as": f"{target}.dvc",
-            "pushed_files": pushed}
+    log.info(
+        "dvc record of %s: md5 %s (%s files, %s bytes), %s object(s) pushed; pointer %s",
+        target,
+        md5,
+        out.get("nfiles", 1),
+        out["size"],
+        pushed,
+        pointer_path,
+    )
+    return {
+        **read_pointer(pointer_path),
+        "dvc_file": str(pointer_path),
+        "pin_as": f"{target}.dvc",
+        "pushed_files": pushed,
+    }
 
 
 def restore(root: str | os.PathLike, md5: str, target: str = "data") -> dict:

@@ -1,4 +1,5 @@
 """A small client for the served model, on TF Serving's official gRPC stubs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,27 +60,44 @@ class AssocClient:
         scores = tf.make_ndarray(response.outputs["scores"])
         evidence = None
         if "evidence_item" in response.outputs:
-            ev = {k: tf.make_ndarray(response.outputs[k]) for k in ("evidence_item", "evidence_count", "confidence", "lift")}
-            evidence = [[{"evidence_item": ev["evidence_item"][b, i].decode(),
-                          "evidence_count": float(ev["evidence_count"][b, i]),
-                          "confidence": float(ev["confidence"][b, i]), "lift": float(ev["lift"][b, i])}
-                         for i in range(ids.shape[1])] for b in range(ids.shape[0])]
-        return Answer(response.model_spec.version.value, [[x.decode() for x in row] for row in ids],
-                      scores.tolist(), evidence)
+            ev = {
+                k: tf.make_ndarray(response.outputs[k])
+                for k in ("evidence_item", "evidence_count", "confidence", "lift")
+            }
+            evidence = [
+                [
+                    {
+                        "evidence_item": ev["evidence_item"][b, i].decode(),
+                        "evidence_count": float(ev["evidence_count"][b, i]),
+                        "confidence": float(ev["confidence"][b, i]),
+                        "lift": float(ev["lift"][b, i]),
+                    }
+                    for i in range(ids.shape[1])
+                ]
+                for b in range(ids.shape[0])
+            ]
+        return Answer(
+            response.model_spec.version.value, [[x.decode() for x in row] for row in ids], scores.tolist(), evidence
+        )
 
     def complete_basket(self, baskets: list[list[str]], **kw) -> Answer:
         width = max(1, max((len(b) for b in baskets), default=1))
         return self.predict("complete_basket", {"items": [b + [""] * (width - len(b)) for b in baskets]}, **kw)
 
-    def complete_basket_personal(self, baskets: list[list[str]], histories: list[list[str]],
-                                 counts: list[list[float]], **kw) -> Answer:
+    def complete_basket_personal(
+        self, baskets: list[list[str]], histories: list[list[str]], counts: list[list[float]], **kw
+    ) -> Answer:
         """The shopper's earlier purchases (ids and counts) ride along; the model stores none."""
+
         def pad(rows, fill):
             width = max(1, max((len(r) for r in rows), default=1))
             return [list(r) + [fill] * (width - len(r)) for r in rows]
 
-        return self.predict("complete_basket_personal", {"items": pad(baskets, ""), "history": pad(histories, ""),
-                                                         "history_counts": pad(counts, 0.0)}, **kw)
+        return self.predict(
+            "complete_basket_personal",
+            {"items": pad(baskets, ""), "history": pad(histories, ""), "history_counts": pad(counts, 0.0)},
+            **kw,
+        )
 
     def related_items(self, items: list[str], **kw) -> Answer:
         return self.predict("related_items", {"item": list(items)}, **kw)
@@ -91,8 +109,14 @@ class AssocClient:
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = self.model_name
         response = self.model_stub.GetModelStatus(request, timeout=self.timeout)
-        return [{"version": s.version, "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
-                 "error": s.status.error_message} for s in response.model_version_status]
+        return [
+            {
+                "version": s.version,
+                "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+                "error": s.status.error_message,
+            }
+            for s in response.model_version_status
+        ]
 
     def metadata(self, version: int | None = None) -> dict:
         tensorflow()  # TF first, quietly: the serving protos import it
@@ -106,13 +130,18 @@ class AssocClient:
         response = self.predict_stub.GetModelMetadata(request, timeout=self.timeout)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(sig_map)
-        return {"version": response.model_spec.version.value,
-                "signatures": {name: {"inputs": sorted(s.inputs), "outputs": sorted(s.outputs)}
-                               for name, s in sig_map.signature_def.items()}}
+        return {
+            "version": response.model_spec.version.value,
+            "signatures": {
+                name: {"inputs": sorted(s.inputs), "outputs": sorted(s.outputs)}
+                for name, s in sig_map.signature_def.items()
+            },
+        }
 
 
-def describe(item_ids: list[str], scores: list[float], catalog_path: str | Path | None,
-             evidence: list[dict] | None = None) -> list[dict]:
+def describe(
+    item_ids: list[str], scores: list[float], catalog_path: str | Path | None, evidence: list[dict] | None = None
+) -> list[dict]:
     """Items with titles and categories from the catalogue when there is one (and their evidence)."""
     rows = [{"item_id": i, "score": round(float(s), 4)} for i, s in zip(item_ids, scores)]
     for r, e in zip(rows, evidence or []):
@@ -126,8 +155,11 @@ def describe(item_ids: list[str], scores: list[float], catalog_path: str | Path 
             if item not in catalog.index:
                 return None, None
             c = catalog.loc[item]
-            category = " / ".join(str(x) for x in (c.get("department"), c.get("category"))
-                                  if x is not None and str(x) not in ("", "nan", "<NA>"))
+            category = " / ".join(
+                str(x)
+                for x in (c.get("department"), c.get("category"))
+                if x is not None and str(x) not in ("", "nan", "<NA>")
+            )
             return c.get("title"), category
 
         for r in rows:

@@ -2,6 +2,7 @@
 as its numpy scorer, with the signatures of the serving contract (docs/design.md), the vocabulary inside
 the graph, warm-up requests and a model card.
 """
+
 from __future__ import annotations
 
 import json
@@ -126,11 +127,16 @@ def _build_module(model: ServableModel, k: int):
             )
             self.popularity = tf.constant(model.popularity, tf.float32)
             t, e = model.table, model.evidence
-            self.table = None if t is None else _constants(tf, {"indices": t.indices, "weights": t.weights,
-                                                                 "bias": t.bias})
+            self.table = (
+                None if t is None else _constants(tf, {"indices": t.indices, "weights": t.weights, "bias": t.bias})
+            )
             self.spec = None if model.deep is None else _constants(tf, model.deep)
-            self.evidence = None if e is None else _constants(
-                tf, {"indices": e.indices.astype(np.int64), "stats": np.stack([e.count, e.confidence, e.lift], -1)}
+            self.evidence = (
+                None
+                if e is None
+                else _constants(
+                    tf, {"indices": e.indices.astype(np.int64), "stats": np.stack([e.count, e.confidence, e.lift], -1)}
+                )
             )
 
         def _history(self, history, history_counts):
@@ -192,9 +198,12 @@ def warmup_requests(model_name: str, examples: list[list[str]]) -> list:
     padded = [e + [""] * (width - len(e)) for e in examples]
     history = [list(reversed(e)) + [""] * (width - len(e)) for e in examples]
     counts = [[float(len(e) - i) if i < len(e) else 0.0 for i in range(width)] for e in examples]
-    requests = (("complete_basket", {"items": padded}), ("serving_default", {"items": padded}),
-                ("complete_basket_personal", {"items": padded, "history": history, "history_counts": counts}),
-                ("related_items", {"item": [e[0] if e else "" for e in examples]}))
+    requests = (
+        ("complete_basket", {"items": padded}),
+        ("serving_default", {"items": padded}),
+        ("complete_basket_personal", {"items": padded, "history": history, "history_counts": counts}),
+        ("related_items", {"item": [e[0] if e else "" for e in examples]}),
+    )
     for signature, inputs in requests:
         req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
         for key, value in inputs.items():
@@ -204,8 +213,9 @@ def warmup_requests(model_name: str, examples: list[list[str]]) -> list:
     return logs
 
 
-def export_saved_model(model: ServableModel, out_dir: str | os.PathLike, model_card: dict,
-                       model_name: str = "assoc", k: int = DEFAULT_K) -> Path:
+def export_saved_model(
+    model: ServableModel, out_dir: str | os.PathLike, model_card: dict, model_name: str = "assoc", k: int = DEFAULT_K
+) -> Path:
     """Write the SavedModel (+ warm-up file + model card) to ``out_dir`` atomically."""
     tf = tensorflow()
 
@@ -213,9 +223,12 @@ def export_saved_model(model: ServableModel, out_dir: str | os.PathLike, model_c
     started = time.perf_counter()
     with atomic_directory(out_dir) as export:
         module = _build_module(model, k)
-        signatures = {"serving_default": module.complete_basket, "complete_basket": module.complete_basket,
-                      "complete_basket_personal": module.complete_basket_personal,
-                      "related_items": module.related_items}
+        signatures = {
+            "serving_default": module.complete_basket,
+            "complete_basket": module.complete_basket,
+            "complete_basket_personal": module.complete_basket_personal,
+            "related_items": module.related_items,
+        }
         tf.saved_model.save(module, str(export), signatures=signatures)
         extra = export / "assets.extra"
         extra.mkdir(parents=True, exist_ok=True)
@@ -224,19 +237,42 @@ def export_saved_model(model: ServableModel, out_dir: str | os.PathLike, model_c
         with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as writer:
             for record in warmup_requests(model_name, examples):
                 writer.write(record.SerializeToString())
-        card = {**model_card, "model": model.name, "kind": model.kind, "vocabulary_size": model.n_items,
-                "k": min(k, model.n_items), "params": model.params, "mix_weight": model.mix_weight,
-                "history_weight": model.history_weight, "personal_network": model.personal,
-                "signatures": {"complete_basket": {"inputs": {"items": "string [batch, n]"},
-                                                   "outputs": {"item_ids": "string [batch, K]", "scores": "float [batch, K]"}},
-                               "complete_basket_personal": {"inputs": {"items": "string [batch, n]",
-                                                                       "history": "string [batch, h]",
-                                                                       "history_counts": "float [batch, h]"},
-                                                            "outputs": {"item_ids": "string [batch, K]",
-                                                                        "scores": "float [batch, K]"}},
-                               "related_items": {"inputs": {"item": "string [batch]"},
-                                                 "outputs": {"item_ids": "string [batch, K]", "scores": "float [batch, K]"}}}}
+        card = {
+            **model_card,
+            "model": model.name,
+            "kind": model.kind,
+            "vocabulary_size": model.n_items,
+            "k": min(k, model.n_items),
+            "params": model.params,
+            "mix_weight": model.mix_weight,
+            "history_weight": model.history_weight,
+            "personal_network": model.personal,
+            "signatures": {
+                "complete_basket": {
+                    "inputs": {"items": "string [batch, n]"},
+                    "outputs": {"item_ids": "string [batch, K]", "scores": "float [batch, K]"},
+                },
+                "complete_basket_personal": {
+                    "inputs": {
+                        "items": "string [batch, n]",
+                        "history": "string [batch, h]",
+                        "history_counts": "float [batch, h]",
+                    },
+                    "outputs": {"item_ids": "string [batch, K]", "scores": "float [batch, K]"},
+                },
+                "related_items": {
+                    "inputs": {"item": "string [batch]"},
+                    "outputs": {"item_ids": "string [batch, K]", "scores": "float [batch, K]"},
+                },
+            },
+        }
         (export / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
-    log.info("exported %s (%s, %d items) to %s in %.1fs", model.name, model.kind, model.n_items, out_dir,
-             time.perf_counter() - started)
+    log.info(
+        "exported %s (%s, %d items) to %s in %.1fs",
+        model.name,
+        model.kind,
+        model.n_items,
+        out_dir,
+        time.perf_counter() - started,
+    )
     return out_dir

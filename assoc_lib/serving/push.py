@@ -6,6 +6,7 @@ served versions and the labels ``stable`` (and optionally ``canary``).
 A version folder appears by one ``rename`` of a fully written temporary folder,
 so a reader (TF Serving, ``assoc serve``) never sees half a model.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,12 +52,24 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def render_model_config(serving_root: str | os.PathLike, model_name: str, served: list[int],
-                        labels: dict[str, int], base_path: str | None = None) -> str:
+def render_model_config(
+    serving_root: str | os.PathLike,
+    model_name: str,
+    served: list[int],
+    labels: dict[str, int],
+    base_path: str | None = None,
+) -> str:
     """ModelServerConfig text proto for TF Serving's --model_config_file."""
     base_path = base_path or str(model_base(serving_root, model_name).resolve())
-    lines = ["model_config_list {", "  config {", f'    name: "{model_name}"', f'    base_path: "{base_path}"',
-             '    model_platform: "tensorflow"', "    model_version_policy {", "      specific {"]
+    lines = [
+        "model_config_list {",
+        "  config {",
+        f'    name: "{model_name}"',
+        f'    base_path: "{base_path}"',
+        '    model_platform: "tensorflow"',
+        "    model_version_policy {",
+        "      specific {",
+    ]
     lines += [f"        versions: {v}" for v in served]
     lines += ["      }", "    }"]
     for label, version in sorted(labels.items()):
@@ -65,8 +78,9 @@ def render_model_config(serving_root: str | os.PathLike, model_name: str, served
     return "\n".join(lines) + "\n"
 
 
-def write_state(serving_root: str | os.PathLike, model_name: str, labels: dict[str, int],
-                base_path: str | None = None) -> None:
+def write_state(
+    serving_root: str | os.PathLike, model_name: str, labels: dict[str, int], base_path: str | None = None
+) -> None:
     """Persist labels and rewrite models.config: serve the labelled versions (stable first)."""
     base = model_base(serving_root, model_name)
     base.mkdir(parents=True, exist_ok=True)
@@ -76,8 +90,9 @@ def write_state(serving_root: str | os.PathLike, model_name: str, labels: dict[s
             raise PushError(f"label {label} -> version {version}, which is not under {base}")
     served = sorted(set(labels.values()))
     _write_atomic(_state_path(serving_root, model_name), json.dumps({"labels": labels}, indent=2))
-    _write_atomic(Path(serving_root) / MODELS_CONFIG, render_model_config(serving_root, model_name, served, labels,
-                                                                          base_path))
+    _write_atomic(
+        Path(serving_root) / MODELS_CONFIG, render_model_config(serving_root, model_name, served, labels, base_path)
+    )
 
 
 def production(serving_root: str | os.PathLike, model_name: str) -> dict | None:
@@ -89,12 +104,17 @@ def production(serving_root: str | os.PathLike, model_name: str) -> dict | None:
     version = labels.get("stable", have[-1])
     path = model_base(serving_root, model_name) / str(version)
     card = path / "model_card.json"
-    return {"version": version, "path": str(path),
-            "model_card": json.loads(card.read_text()) if card.exists() else {}}
+    return {"version": version, "path": str(path), "model_card": json.loads(card.read_text()) if card.exists() else {}}
 
 
-def push(export_dir: str | os.PathLike, serving_root: str | os.PathLike, model_name: str = "assoc",
-         keep: int = 5, label: str = "stable", idempotency_key: str | None = None) -> dict:
+def push(
+    export_dir: str | os.PathLike,
+    serving_root: str | os.PathLike,
+    model_name: str = "assoc",
+    keep: int = 5,
+    label: str = "stable",
+    idempotency_key: str | None = None,
+) -> dict:
     """Copy ``export_dir`` to the next version atomically, label it, prune old versions.
 
     ``idempotency_key`` (e.g. the run's date and data hash): a version whose model card
@@ -130,10 +150,16 @@ def push(export_dir: str | os.PathLike, serving_root: str | os.PathLike, model_n
     labels[label] = version
     write_state(serving_root, model_name, labels)
     pruned = prune(serving_root, model_name, keep)
-    log.info("pushed %s as %s version %d (%s); labels %s; pruned %s", export_dir, model_name, version,
-             base / str(version), labels, pruned or "none")
-    return {"version": version, "path": str(base / str(version)), "pushed": True, "labels": labels,
-            "pruned": pruned}
+    log.info(
+        "pushed %s as %s version %d (%s); labels %s; pruned %s",
+        export_dir,
+        model_name,
+        version,
+        base / str(version),
+        labels,
+        pruned or "none",
+    )
+    return {"version": version, "path": str(base / str(version)), "pushed": True, "labels": labels, "pruned": pruned}
 
 
 def prune(serving_root: str | os.PathLike, model_name: str, keep: int) -> list[int]:
@@ -150,8 +176,10 @@ def prune(serving_root: str | os.PathLike, model_name: str, keep: int) -> list[i
 def rollback(serving_root: str | os.PathLike, model_name: str, to_version: int) -> dict:
     """Move ``stable`` to ``to_version`` (which must still exist); the server follows models.config."""
     if to_version not in versions(serving_root, model_name):
-        raise PushError(f"version {to_version} of {model_name} is not under {model_base(serving_root, model_name)}; "
-                        f"available: {versions(serving_root, model_name)}")
+        raise PushError(
+            f"version {to_version} of {model_name} is not under {model_base(serving_root, model_name)}; "
+            f"available: {versions(serving_root, model_name)}"
+        )
     labels = dict(read_state(serving_root, model_name).get("labels", {}))
     previous = labels.get("stable")
     labels["stable"] = to_version

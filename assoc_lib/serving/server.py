@@ -12,6 +12,7 @@ from ``--model-config-file``; the base path is polled and new versions are
 loaded (warm-up replayed) before old ones are unloaded. Errors use TF Serving's
 codes (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION) and never stop the server.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import grpc
 
-from assoc_lib.tfrt import tensorflow
-
 from assoc_lib.records import VersionState
+from assoc_lib.serving.metrics import ServingMetrics
+from assoc_lib.tfrt import tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def _read_signature_defs(path: Path) -> dict:
 
 def parse_model_config(text: str):
     from google.protobuf import text_format
+
     tensorflow()  # TF first, quietly: the serving protos import it
     from tensorflow_serving.config import model_server_config_pb2
 
@@ -68,10 +70,11 @@ def parse_model_config(text: str):
 class ServedModel:
     """One model name: its config, loaded versions and labels."""
 
-    def __init__(self, config):
+    def __init__(self, config, metrics: ServingMetrics | None = None):
         self.config = config  # tensorflow.serving.ModelConfig
         self.versions: dict[int, LoadedVersion] = {}
         self.lock = threading.RLock()
+        self.metrics = metrics or ServingMetrics()
 
     @property
     def name(self) -> str:
@@ -84,8 +87,15 @@ class ServedModel:
     def wanted_versions(self, config=None) -> list[int]:
         config = config or self.config
         base = Path(config.base_path)
-        on_disk = sorted(int(p.name) for p in base.iterdir()
-                         if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").exists()) if base.exists() else []
+        on_disk = (
+            sorted(
+                int(p.name)
+                for p in base.iterdir()
+                if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").exists()
+            )
+            if base.exists()
+            else []
+        )
         policy = config.model_version_policy
         which = policy.WhichOneof("policy_choice")
         if which == "all":
@@ -110,7 +120,9 @@ class ServedModel:
             return  # nothing new could be loaded: keep serving what we have
         with self.lock:
             self.config = config
-            to_unload = [v for v in self.versions if v not in wanted and self.versions[v].state == VersionState.AVAILABLE]
+            to_unload = [
+                v for v in self.versions if v not in wanted and self.versions[v].state == VersionState.AVAILABLE
+            ]
             for v in to_unload:
                 # Requests already running on this version hold the old record (and its loaded model):
                 # they finish on it; the model is freed when the last of them drops it. New requests
@@ -118,6 +130,7 @@ class ServedModel:
                 old = self.versions[v]
                 self.versions[v] = LoadedVersion(version=v, path=old.path, state=VersionState.END)
         for v in to_unload:
+            self.metrics.model_events.labels(model=self.name, event="unload").inc()
             log.info("unloaded %s version %d", self.name, v)
 
     def _load(self, version: int) -> None:
@@ -131,12 +144,23 @@ class ServedModel:
         try:
             lv.loaded = tf.saved_model.load(str(path))
             lv.signature_defs = _read_signature_defs(path)
+            warm_started = time.perf_counter()
             warmed = self._warm_up(lv)
+            self.metrics.warmup.labels(model=self.name).observe(time.perf_counter() - warm_started)
+            self.metrics.load_latency.labels(model=self.name).observe(time.perf_counter() - started)
+            self.metrics.model_events.labels(model=self.name, event="load").inc()
             lv.state = VersionState.AVAILABLE
-            log.info("loaded %s version %d from %s in %.1fs (%d warm-up requests replayed)", self.name, version, path,
-                     time.perf_counter() - started, warmed)
+            log.info(
+                "loaded %s version %d from %s in %.1fs (%d warm-up requests replayed)",
+                self.name,
+                version,
+                path,
+                time.perf_counter() - started,
+                warmed,
+            )
         except Exception as exc:  # a broken version must not take the server down
             lv.state, lv.error, lv.loaded = VersionState.END, f"{type(exc).__name__}: {exc}", None
+            self.metrics.model_events.labels(model=self.name, event="load_failed").inc()
             log.error("failed to load %s version %d: %s", self.name, version, lv.error)
 
     def _warm_up(self, lv: LoadedVersion) -> int:
@@ -161,18 +185,22 @@ class ServedModel:
                 v = model_spec.version.value
                 lv = self.versions.get(v)
                 if lv is None or lv.state != VersionState.AVAILABLE:
-                    raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"Servable not found for request: Specific({self.name}, {v})")
+                    raise ServingError(
+                        grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific({self.name}, {v})"
+                    )
                 return lv
             if choice == "version_label":
                 label = model_spec.version_label
                 if label not in self.labels:
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"Unrecognized servable version label: {label}")
+                    raise ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}"
+                    )
                 lv = self.versions.get(self.labels[label])
                 if lv is None or lv.state != VersionState.AVAILABLE:
-                    raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"Servable not found for request: Specific({self.name}, {self.labels[label]})")
+                    raise ServingError(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"Servable not found for request: Specific({self.name}, {self.labels[label]})",
+                    )
                 return lv
             available = [v for v, lv in self.versions.items() if lv.state == VersionState.AVAILABLE]
             if not available:
@@ -192,10 +220,12 @@ def run_signature(lv: LoadedVersion, request):
     given = set(request.inputs.keys())
     if given != set(expected):
         missing, extra = sorted(set(expected) - given), sorted(given - set(expected))
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input size does not match signature: {len(given)}!={len(expected)} len({{"
-                           f"{', '.join(sorted(given))}}}) != len({{{', '.join(sorted(expected))}}}). "
-                           f"Sent extra: {{{', '.join(extra)}}}. Missing but required: {{{', '.join(missing)}}}.")
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input size does not match signature: {len(given)}!={len(expected)} len({{"
+            f"{', '.join(sorted(given))}}}) != len({{{', '.join(sorted(expected))}}}). "
+            f"Sent extra: {{{', '.join(extra)}}}. Missing but required: {{{', '.join(missing)}}}.",
+        )
     kwargs = {}
     for key, spec in expected.items():
         try:
@@ -204,11 +234,15 @@ def run_signature(lv: LoadedVersion, request):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: bad tensor ({exc})") from exc
         tensor = tf.convert_to_tensor(value)
         if tensor.dtype != spec.dtype:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"Expects arg[{key}] to be {spec.dtype.name} but {tensor.dtype.name} is provided")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Expects arg[{key}] to be {spec.dtype.name} but {tensor.dtype.name} is provided",
+            )
         if not spec.shape.is_compatible_with(tensor.shape):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {key}: shape {tensor.shape} is not compatible with {spec.shape}")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {key}: shape {tensor.shape} is not compatible with {spec.shape}",
+            )
         kwargs[key] = tensor
     try:
         outputs = fn(**kwargs)
@@ -217,8 +251,29 @@ def run_signature(lv: LoadedVersion, request):
     wanted = list(request.output_filter) or list(outputs)
     unknown = [o for o in wanted if o not in outputs]
     if unknown:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {unknown[0]}")
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {unknown[0]}"
+        )
     return {k: outputs[k].numpy() for k in wanted}
+
+
+def predict(registry: "ModelRegistry", request, api: str):
+    """Resolve the version and run the request's signature: the one path behind gRPC and REST.
+    Returns (model, loaded version, outputs); raises ServingError; records the request's metrics."""
+    labels = {"model": request.model_spec.name, "signature": request.model_spec.signature_name or "serving_default"}
+    with registry.metrics.request(api, labels):
+        try:
+            model = registry.get(request.model_spec.name)
+            lv = model.resolve(request.model_spec)
+            labels["version"] = lv.version
+            outputs = run_signature(lv, request)
+        except ServingError as exc:
+            labels["status"] = exc.code.name
+            raise
+        except Exception:
+            labels["status"] = "INTERNAL"
+            raise
+    return model, lv, outputs
 
 
 class ModelRegistry:
@@ -226,6 +281,8 @@ class ModelRegistry:
 
     def __init__(self, server_config, poll_seconds: float = 2.0):
         self.models: dict[str, ServedModel] = {}
+        self.metrics = ServingMetrics()
+        self.rest = None  # the REST server, when one was started (serving.rest)
         self.poll_seconds = poll_seconds
         self.lock = threading.RLock()
         self.sync_lock = threading.RLock()  # one config change or poll at a time
@@ -242,7 +299,7 @@ class ModelRegistry:
             if not c.base_path:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"model {c.name} has no base_path")
         with self.lock:
-            new = {name: ServedModel(c) for name, c in configs.items() if name not in self.models}
+            new = {name: ServedModel(c, self.metrics) for name, c in configs.items() if name not in self.models}
         for m in new.values():
             m.sync()
         for name, c in configs.items():
@@ -284,6 +341,8 @@ class ModelRegistry:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.rest is not None:
+            self.rest.stop()
 
 
 def _abort(context, exc: ServingError):
@@ -293,16 +352,20 @@ def _abort(context, exc: ServingError):
 def make_servicers(registry: ModelRegistry):
     tf = tensorflow()
     from google.protobuf import any_pb2
-    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
-                                         model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
-    from tensorflow_serving.apis import status_pb2  # noqa: F401  (ModelVersionStatus.status)
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_management_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+        status_pb2,  # noqa: F401  (ModelVersionStatus.status)
+    )
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
             try:
-                model = registry.get(request.model_spec.name)
-                lv = model.resolve(request.model_spec)
-                outputs = run_signature(lv, request)
+                model, lv, outputs = predict(registry, request, "grpc")
             except ServingError as exc:
                 return _abort(context, exc)
             response = predict_pb2.PredictResponse()
@@ -316,9 +379,10 @@ def make_servicers(registry: ModelRegistry):
         def GetModelMetadata(self, request, context):
             try:
                 if list(request.metadata_field) != ["signature_def"]:
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       "Metadata field signature_def is the only one supported; got "
-                                       f"{list(request.metadata_field)}")
+                    raise ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"Metadata field signature_def is the only one supported; got {list(request.metadata_field)}",
+                    )
                 model = registry.get(request.model_spec.name)
                 lv = model.resolve(request.model_spec)
             except ServingError as exc:
@@ -335,8 +399,10 @@ def make_servicers(registry: ModelRegistry):
             return response
 
         def _unimplemented(self, request, context):
-            context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                          "assoc serve implements Predict and GetModelMetadata; use signatures via Predict")
+            context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "assoc serve implements Predict and GetModelMetadata; use signatures via Predict",
+            )
 
         Classify = Regress = MultiInference = _unimplemented
 
@@ -352,9 +418,13 @@ def make_servicers(registry: ModelRegistry):
                 if request.model_spec.WhichOneof("version_choice") == "version":
                     items = [(v, lv) for v, lv in items if v == request.model_spec.version.value]
                     if not items:
-                        return _abort(context, ServingError(
-                            grpc.StatusCode.NOT_FOUND,
-                            f"Could not find version {request.model_spec.version.value} of model {model.name}"))
+                        return _abort(
+                            context,
+                            ServingError(
+                                grpc.StatusCode.NOT_FOUND,
+                                f"Could not find version {request.model_spec.version.value} of model {model.name}",
+                            ),
+                        )
                 for v, lv in items:
                     status = response.model_version_status.add()
                     status.version = v
@@ -390,17 +460,29 @@ def build_server_config(model_config_file: str | None, model_name: str | None, m
     return cfg
 
 
-def serve(model_config_file: str | None = None, model_name: str | None = None, model_base_path: str | None = None,
-          port: int = 8500, host: str = "127.0.0.1", max_workers: int = 8, poll_seconds: float = 2.0,
-          ready_file: str | None = None, block: bool = True):
+def serve(
+    model_config_file: str | None = None,
+    model_name: str | None = None,
+    model_base_path: str | None = None,
+    port: int = 8500,
+    host: str = "127.0.0.1",
+    max_workers: int = 8,
+    poll_seconds: float = 2.0,
+    ready_file: str | None = None,
+    block: bool = True,
+):
     """Start the server; with ``block`` wait until SIGTERM/SIGINT, then stop gracefully."""
     tensorflow()  # TF first, quietly: the serving protos import it
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
     registry = ModelRegistry(build_server_config(model_config_file, model_name, model_base_path), poll_seconds)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                  ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
     prediction, model_service = make_servicers(registry)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(model_service, server)
@@ -408,13 +490,21 @@ def serve(model_config_file: str | None = None, model_name: str | None = None, m
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     server.start()
-    poller = threading.Thread(target=registry.poll_forever,
-                              args=(Path(model_config_file) if model_config_file else None,), daemon=True)
+    poller = threading.Thread(
+        target=registry.poll_forever, args=(Path(model_config_file) if model_config_file else None,), daemon=True
+    )
     poller.start()
     for m in registry.models.values():
         avail = [v for v, lv in m.versions.items() if lv.state == VersionState.AVAILABLE]
-        log.info("serving %s on %s:%d: versions %s, labels %s, base path %s", m.name, host, bound, avail or "none",
-                 m.labels or "none", m.config.base_path)
+        log.info(
+            "serving %s on %s:%d: versions %s, labels %s, base path %s",
+            m.name,
+            host,
+            bound,
+            avail or "none",
+            m.labels or "none",
+            m.config.base_path,
+        )
     if ready_file:
         Path(ready_file).write_text(f"{host}:{bound}\n")
     if not block:

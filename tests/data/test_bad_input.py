@@ -1,4 +1,5 @@
 """Bad input: each case fails validation with the exact expectation, is quarantined, and never reaches preprocessing."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -11,11 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from assoc_lib.data import preprocess
-from assoc_lib.data import validate
 from assoc_lib.cli import main
-from assoc_lib.data import adapters, contract
-
+from assoc_lib.data import adapters, contract, preprocess, validate
 from tests.conftest import SYNTH_DAYS, SYNTH_START
 
 # the day after the synthetic world's last day
@@ -41,8 +39,10 @@ def _write(cfg, df: pd.DataFrame, schema: pa.Schema | None = None) -> Path:
 
 def _training_data_digest(prep_dir: Path) -> dict[str, str]:
     """What training reads (stats.json also lists the skipped day, so it is left out)."""
-    return {name: hashlib.sha256((prep_dir / name).read_bytes()).hexdigest()
-            for name in (preprocess.BASKETS_FILE, preprocess.VOCAB_FILE)}
+    return {
+        name: hashlib.sha256((prep_dir / name).read_bytes()).hexdigest()
+        for name in (preprocess.BASKETS_FILE, preprocess.VOCAB_FILE)
+    }
 
 
 def _mutations():
@@ -160,8 +160,17 @@ def test_unknown_items_warn_but_pass(cfg):
 
 def test_cli_exit_code_and_stderr_summary(cfg, capsys):
     part = _write(cfg, _good_day(cfg).assign(price=-1.0))
-    code = main(["validate", "--partition", str(part), "--data-dir", cfg.paths.data_dir,
-                 "--artifacts-dir", cfg.paths.artifacts_dir])
+    code = main(
+        [
+            "validate",
+            "--partition",
+            str(part),
+            "--data-dir",
+            cfg.paths.data_dir,
+            "--artifacts-dir",
+            cfg.paths.artifacts_dir,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "validation FAILED" in err

@@ -1,4 +1,5 @@
 """Contract helpers, the synthetic generator and the adapters."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,11 @@ from tests.conftest import SYNTH_DAYS, TEST_KEY
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_pseudonymise_is_keyed_stable_and_keeps_guests():
@@ -53,14 +57,15 @@ def test_synth_rows_follow_contract_and_hide_raw_users(synth_world):
 
 def test_synth_planted_pairs_have_high_lift(synth_world):
     truth = json.loads((synth_world / "data" / "ground_truth.json").read_text())
-    rows = pd.concat([contract.read_orders(p) for _, p in
-                      contract.list_partitions(synth_world / "data" / "raw" / "orders")])
+    rows = pd.concat(
+        [contract.read_orders(p) for _, p in contract.list_partitions(synth_world / "data" / "raw" / "orders")]
+    )
     baskets = rows.groupby("order_id")["item_id"].agg(set)
     n = len(baskets)
     lifts = []
     for a, b in truth["planted_pairs"]:
-        has_a = baskets.map(lambda s: a in s)
-        has_b = baskets.map(lambda s: b in s)
+        has_a = baskets.map(lambda s, a=a: a in s)
+        has_b = baskets.map(lambda s, b=b: b in s)
         if has_a.sum() >= 5:
             lifts.append((has_a & has_b).sum() * n / (has_a.sum() * has_b.sum()))
     assert len(lifts) >= 10
@@ -69,26 +74,43 @@ def test_synth_planted_pairs_have_high_lift(synth_world):
 
 def _fake_cj_wheel(path: Path) -> Path:
     """A wheel-shaped zip with Complete Journey's schema: 3 baskets over 2 days, 2 households."""
-    tx = pa.table({
-        "household_id": pa.array([900, 900, 900, 1228, 1228], pa.int64()),
-        "store_id": pa.array([330, 330, 330, 406, 406], pa.int64()),
-        "basket_id": pa.array([31198570044, 31198570044, 31198570044, 31198570047, 31198570099], pa.int64()),
-        "product_id": pa.array([1095275, 9878513, 1095275, 12676332, 1095275], pa.int64()),
-        "quantity": pa.array([1, 0, 2, 1, 3], pa.int64()),
-        "sales_value": pa.array([0.5, 0.99, 1.0, 2.0, 1.5]),
-        "retail_disc": pa.array([0.0] * 5), "coupon_disc": pa.array([0.0] * 5),
-        "coupon_match_disc": pa.array([0.0] * 5), "week": pa.array([1] * 5, pa.int64()),
-        "transaction_timestamp": pa.array(pd.to_datetime([
-            "2017-01-01 23:59:50", "2017-01-01 23:59:55", "2017-01-02 00:00:05",
-            "2017-01-01 12:26:30", "2017-01-02 09:00:00"]), pa.timestamp("ns")),
-    })
-    products = pa.table({
-        "product_id": pa.array([1095275, 9878513, 12676332], pa.int64()),
-        "manufacturer_id": pa.array([2, 69, 69], pa.int64()),
-        "department": ["GROCERY", "PRODUCE", None], "brand": ["National", "Private", None],
-        "product_category": ["MILK", "BANANAS", None], "product_type": ["FLUID MILK", "BANANAS", None],
-        "package_size": [None, None, None],
-    })
+    tx = pa.table(
+        {
+            "household_id": pa.array([900, 900, 900, 1228, 1228], pa.int64()),
+            "store_id": pa.array([330, 330, 330, 406, 406], pa.int64()),
+            "basket_id": pa.array([31198570044, 31198570044, 31198570044, 31198570047, 31198570099], pa.int64()),
+            "product_id": pa.array([1095275, 9878513, 1095275, 12676332, 1095275], pa.int64()),
+            "quantity": pa.array([1, 0, 2, 1, 3], pa.int64()),
+            "sales_value": pa.array([0.5, 0.99, 1.0, 2.0, 1.5]),
+            "retail_disc": pa.array([0.0] * 5),
+            "coupon_disc": pa.array([0.0] * 5),
+            "coupon_match_disc": pa.array([0.0] * 5),
+            "week": pa.array([1] * 5, pa.int64()),
+            "transaction_timestamp": pa.array(
+                pd.to_datetime(
+                    [
+                        "2017-01-01 23:59:50",
+                        "2017-01-01 23:59:55",
+                        "2017-01-02 00:00:05",
+                        "2017-01-01 12:26:30",
+                        "2017-01-02 09:00:00",
+                    ]
+                ),
+                pa.timestamp("ns"),
+            ),
+        }
+    )
+    products = pa.table(
+        {
+            "product_id": pa.array([1095275, 9878513, 12676332], pa.int64()),
+            "manufacturer_id": pa.array([2, 69, 69], pa.int64()),
+            "department": ["GROCERY", "PRODUCE", None],
+            "brand": ["National", "Private", None],
+            "product_category": ["MILK", "BANANAS", None],
+            "product_type": ["FLUID MILK", "BANANAS", None],
+            "package_size": [None, None, None],
+        }
+    )
     with zipfile.ZipFile(path, "w") as zf:
         for name, table in (("transactions", tx), ("products", products)):
             sink = io.BytesIO()

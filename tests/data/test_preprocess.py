@@ -1,4 +1,5 @@
 """Preprocessing: window, deduplication, vocabulary, time split, determinism."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,10 @@ def test_deterministic_bytes(cfg, tmp_path):
     preprocess.preprocess(cfg, out_dir=tmp_path / "a")
     preprocess.preprocess(cfg, out_dir=tmp_path / "b")
     for name in ("baskets.parquet", "vocab.txt", "stats.json"):
-        assert hashlib.sha256((tmp_path / "a" / name).read_bytes()).digest() == \
-            hashlib.sha256((tmp_path / "b" / name).read_bytes()).digest(), name
+        assert (
+            hashlib.sha256((tmp_path / "a" / name).read_bytes()).digest()
+            == hashlib.sha256((tmp_path / "b" / name).read_bytes()).digest()
+        ), name
 
 
 def test_window_limits_days(cfg):
@@ -44,12 +47,14 @@ def test_window_limits_days(cfg):
 
 def test_build_baskets_counts_each_drop_reason():
     ts = pd.Timestamp("2024-01-01", tz="UTC")
-    rows = pd.DataFrame({
-        "order_id": ["o1", "o1", "o1", "o2", "o2", "o3", "o4", "o5"],
-        "user_id": [None] * 8,
-        "item_id": ["a", "a", "b", "a", "b", "rare", "a", "b"],
-        "ts": [ts + pd.Timedelta(minutes=m) for m in (1, 1, 1, 2, 2, 3, 4, 5)],
-    })
+    rows = pd.DataFrame(
+        {
+            "order_id": ["o1", "o1", "o1", "o2", "o2", "o3", "o4", "o5"],
+            "user_id": [None] * 8,
+            "item_id": ["a", "a", "b", "a", "b", "rare", "a", "b"],
+            "ts": [ts + pd.Timedelta(minutes=m) for m in (1, 1, 1, 2, 2, 3, 4, 5)],
+        }
+    )
     baskets, vocab, stats = preprocess.build_baskets(rows, min_count=2, val_fraction=0.2, test_fraction=0.2)
     assert vocab == ["a", "b"]
     assert stats["rows_dropped"]["duplicate_order_item"] == 1
@@ -59,8 +64,14 @@ def test_build_baskets_counts_each_drop_reason():
 
 
 def test_random_split_is_seeded():
-    rows = pd.DataFrame({"order_id": [f"o{i}" for i in range(50)], "user_id": None,
-                         "item_id": ["a", "b"] * 25, "ts": pd.Timestamp("2024-01-01", tz="UTC")})
+    rows = pd.DataFrame(
+        {
+            "order_id": [f"o{i}" for i in range(50)],
+            "user_id": None,
+            "item_id": ["a", "b"] * 25,
+            "ts": pd.Timestamp("2024-01-01", tz="UTC"),
+        }
+    )
     a, _, _ = preprocess.build_baskets(rows, 1, 0.1, 0.1, split_method="random", seed=3)
     b, _, _ = preprocess.build_baskets(rows, 1, 0.1, 0.1, split_method="random", seed=3)
     assert a["split"].tolist() == b["split"].tolist()

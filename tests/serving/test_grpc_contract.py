@@ -1,4 +1,5 @@
 """The serving contract over real gRPC: assoc serve answers as TF Serving does."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,8 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from assoc_lib.serving import push
-from assoc_lib.serving import server
+from assoc_lib.serving import push, server
 from assoc_lib.serving.client import AssocClient
 
 
@@ -28,8 +28,9 @@ def served(serving_root, exported, tmp_path):
     """A fresh server on a private copy of the base path: tests that push or reload change only their own."""
     root = tmp_path / "serving"
     shutil.copytree(serving_root, root)
-    (root / "models.config").write_text((serving_root / "models.config").read_text().replace(str(serving_root),
-                                                                                              str(root)))
+    (root / "models.config").write_text(
+        (serving_root / "models.config").read_text().replace(str(serving_root), str(root))
+    )
     srv, registry, port = server.serve(str(root / "models.config"), port=0, poll_seconds=0.5, block=False)
     yield {"root": root, "port": port, "registry": registry, "exported": exported}
     registry.stop()
@@ -79,19 +80,37 @@ def test_version_and_label_routing(served):
         assert c.complete_basket([[]], version=1).version == 1
 
 
-@pytest.mark.parametrize("call,code,text", [
-    (lambda c: AssocClient(c.target, "nope").complete_basket([["a"]]), grpc.StatusCode.NOT_FOUND,
-     "Servable not found for request: Latest(nope)"),
-    (lambda c: c.complete_basket([["a"]], version=99), grpc.StatusCode.NOT_FOUND, "Specific(assoc, 99)"),
-    (lambda c: c.complete_basket([["a"]], label="gold"), grpc.StatusCode.INVALID_ARGUMENT,
-     "Unrecognized servable version label: gold"),
-    (lambda c: c.predict("nope", {"items": [["a"]]}), grpc.StatusCode.INVALID_ARGUMENT,
-     'Serving signature key "nope" not found'),
-    (lambda c: c.predict("complete_basket", {"basket": [["a"]]}), grpc.StatusCode.INVALID_ARGUMENT,
-     "Missing but required: {items}"),
-    (lambda c: c.predict("related_items", {"item": [["a", "b"]]}), grpc.StatusCode.INVALID_ARGUMENT,
-     "not compatible"),
-])
+@pytest.mark.parametrize(
+    "call,code,text",
+    [
+        (
+            lambda c: AssocClient(c.target, "nope").complete_basket([["a"]]),
+            grpc.StatusCode.NOT_FOUND,
+            "Servable not found for request: Latest(nope)",
+        ),
+        (lambda c: c.complete_basket([["a"]], version=99), grpc.StatusCode.NOT_FOUND, "Specific(assoc, 99)"),
+        (
+            lambda c: c.complete_basket([["a"]], label="gold"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Unrecognized servable version label: gold",
+        ),
+        (
+            lambda c: c.predict("nope", {"items": [["a"]]}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            'Serving signature key "nope" not found',
+        ),
+        (
+            lambda c: c.predict("complete_basket", {"basket": [["a"]]}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Missing but required: {items}",
+        ),
+        (
+            lambda c: c.predict("related_items", {"item": [["a", "b"]]}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not compatible",
+        ),
+    ],
+)
 def test_errors_as_tf_serving_gives_them(served, call, code, text):
     with client(served) as c:
         c.target = f"127.0.0.1:{served['port']}"
@@ -112,8 +131,10 @@ def test_wrong_dtype_is_invalid_argument(served):
         req.inputs["items"].CopyFrom(tf.make_tensor_proto(np.array([[1, 2]], dtype=np.int64)))
         with pytest.raises(grpc.RpcError) as err:
             c.predict_stub.Predict(req)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Expects arg[items] to be string" in \
-            err.value.details()
+        assert (
+            err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "Expects arg[items] to be string" in err.value.details()
+        )
 
 
 def test_metadata_status_and_unimplemented(served):
@@ -123,8 +144,14 @@ def test_metadata_status_and_unimplemented(served):
         meta = c.metadata(version=1)
         assert meta["version"] == 1
         assert set(meta["signatures"]) >= {"serving_default", "complete_basket", "related_items"}
-        assert meta["signatures"]["complete_basket"]["outputs"] == ["confidence", "evidence_count", "evidence_item",
-                                                                   "item_ids", "lift", "scores"]
+        assert meta["signatures"]["complete_basket"]["outputs"] == [
+            "confidence",
+            "evidence_count",
+            "evidence_item",
+            "item_ids",
+            "lift",
+            "scores",
+        ]
         assert meta["signatures"]["complete_basket_personal"]["inputs"] == ["history", "history_counts", "items"]
         assert [s["state"] for s in c.model_status()] == ["AVAILABLE", "AVAILABLE"]
         req = classification_pb2.ClassificationRequest()
@@ -202,13 +229,43 @@ def test_query_cli_prints_titles_and_version(served, trained, capsys):
     from assoc_lib.data.preprocess import load_split
 
     _, vocab = load_split(trained["prep_dir"])
-    code = main(["query", "--server", f"127.0.0.1:{served['port']}", "--items", vocab[0], "--k", "3",
-                 "--catalog", str(trained["cfg"].paths.catalog_path), "--history", vocab[3], "--history-counts", "4"])
+    code = main(
+        [
+            "query",
+            "--server",
+            f"127.0.0.1:{served['port']}",
+            "--items",
+            vocab[0],
+            "--k",
+            "3",
+            "--catalog",
+            str(trained["cfg"].paths.catalog_path),
+            "--history",
+            vocab[3],
+            "--history-counts",
+            "4",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "version 2 (complete_basket_personal)" in out and "Product" in out and out.count("\n") == 4
-    code = main(["query", "--server", f"127.0.0.1:{served['port']}", "--items", vocab[0], vocab[1], "--k", "5",
-                 "--catalog", str(trained["cfg"].paths.catalog_path), "--explain", "--label", "stable"])
+    code = main(
+        [
+            "query",
+            "--server",
+            f"127.0.0.1:{served['port']}",
+            "--items",
+            vocab[0],
+            vocab[1],
+            "--k",
+            "5",
+            "--catalog",
+            str(trained["cfg"].paths.catalog_path),
+            "--explain",
+            "--label",
+            "stable",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and out.count("\n") == 11
     assert "because the basket holds" in out and "confidence" in out and "lift" in out

@@ -1,4 +1,5 @@
 """Versioned atomic push, pruning, idempotency, rollback, and a push killed mid-copy."""
+
 from __future__ import annotations
 
 import json

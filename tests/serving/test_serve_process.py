@@ -1,4 +1,5 @@
 """`assoc serve` as a process: startup log naming versions, answers, graceful exit on SIGTERM."""
+
 from __future__ import annotations
 
 import signal
@@ -14,9 +15,23 @@ def test_serve_process_starts_answers_and_stops_on_sigterm(exported, tmp_path):
     root = tmp_path / "serving"
     push.push(exported["ease"], root, "assoc")
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, "-m", "assoc_lib.cli", "serve", "--model-config-file",
-                             str(root / "models.config"), "--port", "0", "--ready-file", str(ready)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "assoc_lib.cli",
+            "serve",
+            "--model-config-file",
+            str(root / "models.config"),
+            "--port",
+            "0",
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not ready.exists() and proc.poll() is None and time.time() < deadline:

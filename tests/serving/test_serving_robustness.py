@@ -16,8 +16,13 @@ import pytest
 from assoc_lib.serving import push, server
 from assoc_lib.serving.client import AssocClient
 
-ANSWERED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
-            grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION}
+ANSWERED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
 
 
 @pytest.fixture
@@ -104,7 +109,7 @@ def _random_tensor(rng: np.random.Generator):
         pool = [b"", b"x" * 100_000, "日本語 ✓".encode(), b"a\x00b", b"\xff\xfe", b"__unknown__", b"1"]
         values = np.array([pool[int(i)] for i in rng.integers(0, len(pool), size)], dtype=object).reshape(shape)
         return tf.make_tensor_proto(values, dtype=tf.string)
-    values = (rng.normal(0, 1e6, size) if kind in ("float32", "float64", "half") else rng.integers(0, 255, size))
+    values = rng.normal(0, 1e6, size) if kind in ("float32", "float64", "half") else rng.integers(0, 255, size)
     return tf.make_tensor_proto(np.asarray(values).astype(kind).reshape(shape))
 
 
