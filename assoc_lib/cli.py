@@ -173,6 +173,10 @@ def cmd_rollback(args):
     _print(push.rollback(args.serving_root or cfg.paths.serving_root, args.model or cfg.serving.model_name, args.to))
 
 
+def _rest_port(port: int) -> int | None:
+    return None if port == 0 else port  # TF Serving: --rest_api_port=0 disables REST
+
+
 def cmd_serve(args):
     from assoc_lib.serving import server
 
@@ -189,6 +193,7 @@ def cmd_serve(args):
         model_name,
         base,
         port=cfg.serving.port if args.port is None else args.port,
+        rest_port=_rest_port(cfg.serving.rest_port if args.rest_api_port is None else args.rest_api_port),
         host=args.host,
         max_workers=args.max_workers,
         poll_seconds=args.poll_seconds,
@@ -339,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name")
     p.add_argument("--model-base-path")
     p.add_argument("--port", type=int, help="gRPC port (default: serving.port in the config, 8500)")
+    p.add_argument(
+        "--rest_api_port",
+        "--rest-api-port",
+        type=int,
+        dest="rest_api_port",
+        help="REST API and /monitoring/prometheus/metrics port (default: serving.rest_port, 8501); 0: no REST",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--max-workers", type=int, default=8)
     p.add_argument("--poll-seconds", type=float, default=2.0)

@@ -113,6 +113,7 @@ class ServingConfig:
     k: int = 100  # items returned per request by the exported signatures
     keep_versions: int = 5
     port: int = 8500  # gRPC port of `assoc serve` (TF Serving's default)
+    rest_port: int = 8501  # REST API + Prometheus metrics of `assoc serve` (TF Serving's); 0 turns REST off
     infra_requests: int = 20  # requests the infra validation sends to a fresh serving process
     infra_max_p99_ms: float = 2000.0  # ...and the p99 latency above which it refuses the export
 

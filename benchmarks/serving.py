@@ -116,6 +116,8 @@ def start_server(base: Path) -> tuple[subprocess.Popen, str]:
             "0.5",
             "--ready-file",
             str(ready),
+            "--rest_api_port",
+            "0",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -1,21 +1,34 @@
-"""A small client for the served model, on TF Serving's official gRPC stubs."""
+"""A small client for the served model: TF Serving's official gRPC stubs (``HOST:PORT``), or its REST API
+(``http://HOST:PORT``) with the same methods and answers. Works against `assoc serve` and TF Serving alike."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from assoc_lib.tfrt import tensorflow
 
 
 @dataclass
 class Answer:
-    version: int
+    version: int | None  # None over REST unless a version was asked for (TF Serving's REST answer omits it)
     item_ids: list[list[str]]
     scores: list[list[float]]
     evidence: list[list[dict]] | None = None  # per item: evidence_item, evidence_count, confidence, lift
+
+
+class RestError(Exception):
+    """A REST answer other than 200: the HTTP status and TF Serving's ``error`` message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.message = status, message
 
 
 class AssocClient:
@@ -24,13 +37,48 @@ class AssocClient:
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
-        self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self.model_name, self.timeout = model_name, timeout
+        self.rest = target.startswith(("http://", "https://"))
+        self.channel = None
+        if not self.rest:
+            self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
+            self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+            self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
     def close(self) -> None:
-        self.channel.close()
+        if self.channel is not None:
+            self.channel.close()
+
+    # ------------------------------------------------------------------ REST transport
+    def _url(self, version: int | None = None, label: str | None = None, tail: str = "") -> str:
+        where = f"/versions/{version}" if version is not None else (f"/labels/{label}" if label else "")
+        return f"{self.target.rstrip('/')}/v1/models/{self.model_name}{where}{tail}"
+
+    def _http(self, url: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            try:
+                detail = json.loads(detail).get("error", detail)
+            except ValueError:
+                pass
+            raise RestError(exc.code, detail) from None
+
+    def _predict_rest(self, signature, inputs, version, label) -> tuple[int | None, dict]:
+        body = self._http(self._url(version, label, ":predict"), {"signature_name": signature, "inputs": inputs})
+        outputs = body["outputs"] if isinstance(body["outputs"], dict) else {"output": body["outputs"]}
+        arrays = {
+            k: np.asarray(v, dtype=object if k in ("item_ids", "evidence_item") else np.float32)
+            for k, v in outputs.items()
+        }
+        for k in ("item_ids", "evidence_item"):
+            if k in arrays:
+                arrays[k] = np.vectorize(lambda x: str(x).encode(), otypes=[object])(arrays[k])
+        return version, arrays
 
     def __enter__(self):
         return self
@@ -47,23 +95,14 @@ class AssocClient:
             spec.version_label = label
 
     def predict(self, signature: str, inputs: dict, version: int | None = None, label: str | None = None) -> Answer:
-        tf = tensorflow()
-        from tensorflow_serving.apis import predict_pb2
-
-        request = predict_pb2.PredictRequest()
-        self._spec(request.model_spec, signature, version, label)
-        for key, value in inputs.items():
-            dtype = tf.float32 if key == "history_counts" else tf.string
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
-        response = self.predict_stub.Predict(request, timeout=self.timeout)
-        ids = tf.make_ndarray(response.outputs["item_ids"])
-        scores = tf.make_ndarray(response.outputs["scores"])
+        if self.rest:
+            answered_version, outputs = self._predict_rest(signature, inputs, version, label)
+        else:
+            answered_version, outputs = self._predict_grpc(signature, inputs, version, label)
+        ids, scores = outputs["item_ids"], outputs["scores"]
         evidence = None
-        if "evidence_item" in response.outputs:
-            ev = {
-                k: tf.make_ndarray(response.outputs[k])
-                for k in ("evidence_item", "evidence_count", "confidence", "lift")
-            }
+        if "evidence_item" in outputs:
+            ev = outputs
             evidence = [
                 [
                     {
@@ -76,9 +115,19 @@ class AssocClient:
                 ]
                 for b in range(ids.shape[0])
             ]
-        return Answer(
-            response.model_spec.version.value, [[x.decode() for x in row] for row in ids], scores.tolist(), evidence
-        )
+        return Answer(answered_version, [[x.decode() for x in row] for row in ids], scores.tolist(), evidence)
+
+    def _predict_grpc(self, signature, inputs, version, label) -> tuple[int, dict]:
+        tf = tensorflow()
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, signature, version, label)
+        for key, value in inputs.items():
+            dtype = tf.float32 if key == "history_counts" else tf.string
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
+        response = self.predict_stub.Predict(request, timeout=self.timeout)
+        return response.model_spec.version.value, {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
     def complete_basket(self, baskets: list[list[str]], **kw) -> Answer:
         width = max(1, max((len(b) for b in baskets), default=1))
@@ -103,6 +152,16 @@ class AssocClient:
         return self.predict("related_items", {"item": list(items)}, **kw)
 
     def model_status(self) -> list[dict]:
+        if self.rest:
+            body = self._http(self._url())
+            return [
+                {
+                    "version": int(s["version"]),
+                    "state": s["state"],
+                    "error": s.get("status", {}).get("error_message", ""),
+                }
+                for s in body["model_version_status"]
+            ]
         tensorflow()  # TF first, quietly: the serving protos import it
         from tensorflow_serving.apis import get_model_status_pb2
 
@@ -119,6 +178,16 @@ class AssocClient:
         ]
 
     def metadata(self, version: int | None = None) -> dict:
+        if self.rest:
+            body = self._http(self._url(version, tail="/metadata"))
+            sigs = body["metadata"]["signature_def"]["signature_def"]
+            return {
+                "version": int(body["model_spec"]["version"]),
+                "signatures": {
+                    name: {"inputs": sorted(s.get("inputs", {})), "outputs": sorted(s.get("outputs", {}))}
+                    for name, s in sigs.items()
+                },
+            }
         tensorflow()  # TF first, quietly: the serving protos import it
         from tensorflow_serving.apis import get_model_metadata_pb2
 

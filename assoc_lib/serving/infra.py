@@ -43,6 +43,8 @@ def validate_export(export_dir: str, model_name: str, max_p99_ms: float = 2000.0
                 str(port),
                 "--ready-file",
                 str(ready),
+                "--rest_api_port",
+                "0",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

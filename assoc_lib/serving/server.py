@@ -470,8 +470,12 @@ def serve(
     poll_seconds: float = 2.0,
     ready_file: str | None = None,
     block: bool = True,
+    rest_port: int | None = None,
 ):
-    """Start the server; with ``block`` wait until SIGTERM/SIGINT, then stop gracefully."""
+    """Start the server; with ``block`` wait until SIGTERM/SIGINT, then stop gracefully.
+
+    ``rest_port``: also serve TF Serving's REST API and the Prometheus metrics there (0: a free port;
+    None: no REST); the bound port is ``registry.rest.port``."""
     tensorflow()  # TF first, quietly: the serving protos import it
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -504,6 +508,15 @@ def serve(
             avail or "none",
             m.labels or "none",
             m.config.base_path,
+        )
+    if rest_port is not None:
+        from assoc_lib.serving.rest import RestServer
+
+        registry.rest = RestServer(registry, host, rest_port).start()
+        log.info(
+            "REST API and metrics on http://%s:%d (/v1/models/..., /monitoring/prometheus/metrics)",
+            host,
+            registry.rest.port,
         )
     if ready_file:
         Path(ready_file).write_text(f"{host}:{bound}\n")

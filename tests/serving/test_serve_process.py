@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,9 @@ def test_serve_process_starts_answers_and_stops_on_sigterm(exported, tmp_path):
     root = tmp_path / "serving"
     push.push(exported["ease"], root, "assoc")
     ready = tmp_path / "ready"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        rest_port = sock.getsockname()[1]
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -27,6 +31,8 @@ def test_serve_process_starts_answers_and_stops_on_sigterm(exported, tmp_path):
             "0",
             "--ready-file",
             str(ready),
+            "--rest_api_port",
+            str(rest_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -40,11 +46,13 @@ def test_serve_process_starts_answers_and_stops_on_sigterm(exported, tmp_path):
         target = ready.read_text().strip()
         with AssocClient(target) as client:
             assert client.complete_basket([[]]).version == 1
+        with AssocClient(f"http://127.0.0.1:{rest_port}") as rest:  # the REST API of the same process
+            assert [s["state"] for s in rest.model_status()] == ["AVAILABLE"]
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0
-    assert "serving assoc on 127.0.0.1" in out and "versions [1]" in out
+    assert "serving assoc on 127.0.0.1" in out and "versions [1]" in out and "REST API and metrics on" in out
     assert "signal 15: stopping" in out
