@@ -188,16 +188,38 @@ def cmd_serve(args):
         if not default_config.exists():
             raise SystemExit(f"error: no --model-config-file and no {default_config}; push a model first")
         args.model_config_file = str(default_config)
+    port = cfg.serving.port if args.port is None else args.port
+    rest_port = _rest_port(cfg.serving.rest_port if args.rest_api_port is None else args.rest_api_port)
+    processes = cfg.serving.processes if args.processes is None else args.processes
+    tf_threads = cfg.serving.tf_threads if args.tensorflow_threads is None else args.tensorflow_threads
+    children = []
+    if processes > 1:  # more server processes on the same ports (SO_REUSEPORT): the kernel spreads connections
+        port = port or server.free_port(args.host)
+        rest_port = None if rest_port is None else (rest_port or server.free_port(args.host))
+        children = server.start_siblings(
+            processes - 1,
+            ["--model-config-file", args.model_config_file]
+            if args.model_config_file
+            else ["--model-name", model_name, "--model-base-path", base],
+            host=args.host,
+            port=port,
+            rest_port=rest_port,
+            tf_threads=tf_threads,
+            max_workers=args.max_workers,
+            poll_seconds=args.poll_seconds,
+        )
     server.serve(
         args.model_config_file,
         model_name,
         base,
-        port=cfg.serving.port if args.port is None else args.port,
-        rest_port=_rest_port(cfg.serving.rest_port if args.rest_api_port is None else args.rest_api_port),
+        port=port,
+        rest_port=rest_port,
+        tf_threads=tf_threads,
         host=args.host,
         max_workers=args.max_workers,
         poll_seconds=args.poll_seconds,
         ready_file=args.ready_file,
+        on_stop=lambda: server.stop_siblings(children),
     )
 
 
@@ -351,6 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="rest_api_port",
         help="REST API and /monitoring/prometheus/metrics port (default: serving.rest_port, 8501); 0: no REST",
     )
+    p.add_argument(
+        "--tensorflow_intra_op_parallelism",
+        "--tensorflow-threads",
+        type=int,
+        dest="tensorflow_threads",
+        help="TensorFlow intra- and inter-op threads (default: serving.tf_threads, 1; 0: TensorFlow's default)",
+    )
+    p.add_argument("--processes", type=int, help="server processes sharing the ports (default: serving.processes, 1)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--max-workers", type=int, default=8)
     p.add_argument("--poll-seconds", type=float, default=2.0)

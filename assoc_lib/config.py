@@ -114,6 +114,8 @@ class ServingConfig:
     keep_versions: int = 5
     port: int = 8500  # gRPC port of `assoc serve` (TF Serving's default)
     rest_port: int = 8501  # REST API + Prometheus metrics of `assoc serve` (TF Serving's); 0 turns REST off
+    tf_threads: int = 1  # TensorFlow intra/inter-op threads in `assoc serve` (0: TensorFlow's default)
+    processes: int = 1  # `assoc serve` processes sharing the ports (SO_REUSEPORT); one per core for throughput
     infra_requests: int = 20  # requests the infra validation sends to a fresh serving process
     infra_max_p99_ms: float = 2000.0  # ...and the p99 latency above which it refuses the export
 

@@ -132,37 +132,22 @@ def start_server(base: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"127.0.0.1:{port}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--export", required=True, type=Path, help="a SavedModel export (e.g. serving/assoc/N)")
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--clients", default="1,4,16")
-    ap.add_argument("--batches", default="1,32")
-    ap.add_argument("--swap-seconds", type=float, default=30.0)
-    ap.add_argument("--swaps", type=int, default=3)
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args(argv)
-    clients = [int(x) for x in args.clients.split(",")]
-    batches = [int(x) for x in args.batches.split(",")]
-    card = json.loads((args.export / "model_card.json").read_text())
-    result = {
-        "export": str(args.export),
-        "model": card.get("model"),
-        "vocabulary_size": card.get("vocabulary_size"),
-        "k": card.get("k"),
-        "basket_size": 5,
-        "cells": [],
-        "in_process": {},
-    }
+def measure(args, processes: int, clients: list[int], batches: list[int], result: dict) -> dict:
+    """One server configuration: the latency/throughput matrix, then the hot swap."""
+    run = {"processes": processes, "cells": []}
     with tempfile.TemporaryDirectory(prefix="assoc-bench-") as tmp:
         root = Path(tmp) / "serving"
         push.push(args.export, root, "assoc", keep=2)
-        proc, target = start_server(root / "assoc")
+        proc, target = start_server(root / "assoc", processes)
         try:
-            with AssocClient(target) as client:
-                popular = client.complete_basket([[]]).item_ids[0][:50]
+            if "popular" not in result:
+                with AssocClient(target) as client:
+                    result["popular"] = client.complete_basket([[]]).item_ids[0][:50]
+                for batch in batches:
+                    result["in_process"][batch] = in_process(args.export, result["popular"], batch, repeats=300)
+            popular = result["popular"]
             for batch in batches:
-                result["in_process"][batch] = ref = in_process(args.export, popular, batch, repeats=300)
+                ref = result["in_process"][batch]
                 for n in clients:
                     cell = load(target, popular, batch, n, args.seconds)
                     cell.update(
@@ -171,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                         p50_over_in_process=cell["p50_ms"] / ref["p50_ms"],
                         p99_over_p50=cell["p99_ms"] / cell["p50_ms"],
                     )
-                    result["cells"].append(cell)
+                    run["cells"].append(cell)
                     print(
-                        f"batch {batch:3d} clients {n:2d}: p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} "
-                        f"ms  {cell['requests_per_s']:7.1f} req/s  failed {cell['failed']}  "
-                        f"(in-process p50 {ref['p50_ms']:.2f} ms: x{cell['p50_over_in_process']:.2f})",
+                        f"[{processes} proc] batch {batch:3d} clients {n:2d}: p50 {cell['p50_ms']:7.2f} ms  p99 "
+                        f"{cell['p99_ms']:7.2f} ms  {cell['requests_per_s']:7.1f} req/s  failed {cell['failed']}  "
+                        f"(x{cell['p50_over_in_process']:.2f} in-process p50 {ref['p50_ms']:.3f} ms)",
                         flush=True,
                     )
 
@@ -188,11 +173,11 @@ def main(argv: list[str] | None = None) -> int:
 
             swap = load(target, popular, 1, 16, args.swap_seconds, watch=swapper)
             swap.update(batch=1, clients=16, pushes=args.swaps, p99_over_p50=swap["p99_ms"] / swap["p50_ms"])
-            result["hot_swap"] = swap
+            run["hot_swap"] = swap
             print(
-                f"hot swap ({args.swaps} pushes, 16 clients, {args.swap_seconds:.0f} s): p50 {swap['p50_ms']:.2f} ms "
-                f"p99 {swap['p99_ms']:.2f} ms ({swap['p99_over_p50']:.1f} x p50)  {swap['requests_per_s']:.1f} req/s"
-                f"  failed {swap['failed']}  versions answering {swap['versions']}",
+                f"[{processes} proc] hot swap ({args.swaps} pushes, 16 clients, {args.swap_seconds:.0f} s): p50 "
+                f"{swap['p50_ms']:.2f} ms p99 {swap['p99_ms']:.2f} ms ({swap['p99_over_p50']:.1f} x p50)  "
+                f"{swap['requests_per_s']:.1f} req/s  failed {swap['failed']}  versions {swap['versions']}",
                 flush=True,
             )
         finally:
@@ -201,8 +186,44 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--export", required=True, type=Path, help="a SavedModel export (e.g. serving/assoc/N)")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--swap-seconds", type=float, default=30.0)
+    ap.add_argument("--swaps", type=int, default=3)
+    ap.add_argument("--processes", default="1,2", help="server process counts to measure, one run each")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    clients = [int(x) for x in args.clients.split(",")]
+    batches = [int(x) for x in args.batches.split(",")]
+    card = json.loads((args.export / "model_card.json").read_text())
+    result = {
+        "export": str(args.export),
+        "model": card.get("model"),
+        "vocabulary_size": card.get("vocabulary_size"),
+        "k": card.get("k"),
+        "basket_size": 5,
+        "in_process": {},
+        "runs": [],
+    }
+    for processes in [int(x) for x in args.processes.split(",")]:
+        result["runs"].append(measure(args, processes, clients, batches, result))
     for batch, ref in result["in_process"].items():
         print(f"in-process complete_basket, batch {batch}: p50 {ref['p50_ms']:.3f} ms, p99 {ref['p99_ms']:.3f} ms")
+    if len(result["runs"]) > 1:
+        base = result["runs"][0]["hot_swap"]["requests_per_s"]
+        for run in result["runs"][1:]:
+            run["hot_swap"]["throughput_over_first_run"] = run["hot_swap"]["requests_per_s"] / base
+            print(
+                f"hot swap throughput, {run['processes']} processes over {result['runs'][0]['processes']}: "
+                f"x{run['hot_swap']['throughput_over_first_run']:.2f}"
+            )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

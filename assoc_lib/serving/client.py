@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
 
+from assoc_lib.serving.tensors import from_proto, to_proto
 from assoc_lib.tfrt import tensorflow
 
 
@@ -20,7 +21,26 @@ class Answer:
     version: int | None  # None over REST unless a version was asked for (TF Serving's REST answer omits it)
     item_ids: list[list[str]]
     scores: list[list[float]]
-    evidence: list[list[dict]] | None = None  # per item: evidence_item, evidence_count, confidence, lift
+    outputs: dict = field(default_factory=dict, repr=False)  # the raw output arrays
+
+    @property
+    def evidence(self) -> list[list[dict]] | None:
+        """Per recommended item: evidence_item, evidence_count, confidence, lift (built when asked for)."""
+        ev = self.outputs
+        if "evidence_item" not in ev:
+            return None
+        return [
+            [
+                {
+                    "evidence_item": ev["evidence_item"][b, i].decode(),
+                    "evidence_count": float(ev["evidence_count"][b, i]),
+                    "confidence": float(ev["confidence"][b, i]),
+                    "lift": float(ev["lift"][b, i]),
+                }
+                for i in range(len(row))
+            ]
+            for b, row in enumerate(self.item_ids)
+        ]
 
 
 class RestError(Exception):
@@ -100,34 +120,23 @@ class AssocClient:
         else:
             answered_version, outputs = self._predict_grpc(signature, inputs, version, label)
         ids, scores = outputs["item_ids"], outputs["scores"]
-        evidence = None
-        if "evidence_item" in outputs:
-            ev = outputs
-            evidence = [
-                [
-                    {
-                        "evidence_item": ev["evidence_item"][b, i].decode(),
-                        "evidence_count": float(ev["evidence_count"][b, i]),
-                        "confidence": float(ev["confidence"][b, i]),
-                        "lift": float(ev["lift"][b, i]),
-                    }
-                    for i in range(ids.shape[1])
-                ]
-                for b in range(ids.shape[0])
-            ]
-        return Answer(answered_version, [[x.decode() for x in row] for row in ids], scores.tolist(), evidence)
+        return Answer(answered_version, [[x.decode() for x in row] for row in ids], scores.tolist(), outputs)
 
     def _predict_grpc(self, signature, inputs, version, label) -> tuple[int, dict]:
-        tf = tensorflow()
+        tensorflow()
         from tensorflow_serving.apis import predict_pb2
 
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, signature, version, label)
         for key, value in inputs.items():
-            dtype = tf.float32 if key == "history_counts" else tf.string
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
+            if key == "history_counts":
+                array = np.asarray(value, dtype=np.float32)
+            else:
+                array = np.asarray(value, dtype=object)
+                array = np.vectorize(lambda x: x.encode() if isinstance(x, str) else x, otypes=[object])(array)
+            request.inputs[key].CopyFrom(to_proto(array))
         response = self.predict_stub.Predict(request, timeout=self.timeout)
-        return response.model_spec.version.value, {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        return response.model_spec.version.value, {k: from_proto(v) for k, v in response.outputs.items()}
 
     def complete_basket(self, baskets: list[list[str]], **kw) -> Answer:
         width = max(1, max((len(b) for b in baskets), default=1))

@@ -223,11 +223,16 @@ def make_handler(registry: ModelRegistry):
     return Handler
 
 
+class _ReusePortServer(ThreadingHTTPServer):
+    allow_reuse_port = True  # several `assoc serve` processes share the REST port as they share the gRPC one
+    request_queue_size = 128  # listen backlog (socketserver's default of 5 refuses connections under load)
+
+
 class RestServer:
     """The REST server in a background thread; ``port`` is the bound port (0 picks a free one)."""
 
     def __init__(self, registry: ModelRegistry, host: str = "127.0.0.1", port: int = 8501):
-        self.httpd = ThreadingHTTPServer((host, port), make_handler(registry))
+        self.httpd = _ReusePortServer((host, port), make_handler(registry))
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="assoc-rest", daemon=True)
