@@ -77,7 +77,7 @@ fi
 
 log "5/5 serve and query (gRPC PredictionService/Predict on 127.0.0.1:$PORT)"
 rm -f artifacts/serve.ready
-assoc serve --port "$PORT" --ready-file artifacts/serve.ready > artifacts/serve.log 2>&1 &
+assoc serve --port "$PORT" --rest_api_port "${ASSOC_REST_PORT:-8501}" --ready-file artifacts/serve.ready > artifacts/serve.log 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do [ -f artifacts/serve.ready ] && break; kill -0 $SERVER 2>/dev/null || { cat artifacts/serve.log; exit 1; }; sleep 1; done
