@@ -285,7 +285,9 @@ def version_day(cfg: AssocConfig, ds: str, pushed: PushResult, data_version: str
     from assoc_lib.data import versioning
 
     pushed = PushResult.coerce(pushed)
-    record = VersionRecord(ds=ds, data_version=data_version, model_version=pushed.version, model_path=pushed.path)
+    record = VersionRecord(
+        ds=ds, data_version=data_version, model_version=pushed.version, model_path=pushed.path, pushed=pushed.pushed
+    )
     if cfg.paths.dvc_repo and pushed.path:
         repo = Path(cfg.paths.dvc_repo).resolve()
         record.git_commit = versioning.git_commit_hash(repo)

@@ -144,6 +144,7 @@ class VersionRecord(Record):
     data_version: str | None
     model_version: int | None
     model_path: str | None
+    pushed: bool = True  # False: an earlier run of the day had pushed this version already
     git_commit: str | None = None
     model_md5: str | None = None
     data_pointer: str | None = None

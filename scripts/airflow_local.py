@@ -127,7 +127,8 @@ def gate_line(artifacts: Path, day: str) -> str:
     # a versions.json older than today's gate decision is an earlier run's (this run pushed nothing)
     if versions.exists() and versions.stat().st_mtime >= blessing.stat().st_mtime:
         r = json.loads(versions.read_text())
-        line += f"\n   pushed version {r['model_version']} (data {r['data_version']})"
+        how = "pushed" if r.get("pushed", True) else "already pushed by an earlier run of the day: serving"
+        line += f"\n   {how} version {r['model_version']} (data {r['data_version']})"
     return line
 
 

@@ -118,7 +118,8 @@ def push(
     """Copy ``export_dir`` to the next version atomically, label it, prune old versions.
 
     ``idempotency_key`` (e.g. the run's date and data hash): a version whose model card
-    carries the same key is reused instead of pushed again, so re-running a day is a no-op.
+    carries the same key is reused instead of pushed again (and gets ``label`` back if it moved since),
+    so re-running a day ends in the same state as its first run.
     """
     export_dir = Path(export_dir)
     if not (export_dir / "saved_model.pb").exists():
@@ -130,8 +131,19 @@ def push(
         for v in reversed(versions(serving_root, model_name)):
             card = base / str(v) / "model_card.json"
             if card.exists() and json.loads(card.read_text()).get("idempotency_key") == idempotency_key:
-                log.info("push: version %d already holds %s; nothing pushed", v, idempotency_key)
-                return {"version": v, "path": str(base / str(v)), "pushed": False, "labels": state["labels"]}
+                # a re-run of the day ends where its first run ended: that version, labelled
+                labels = dict(state.get("labels", {}))
+                moved = labels.get(label) != v
+                if moved:
+                    labels[label] = v
+                    write_state(serving_root, model_name, labels)
+                log.info(
+                    "push: version %d already holds %s; nothing pushed%s",
+                    v,
+                    idempotency_key,
+                    f"; label {label} moved back to it" if moved else "",
+                )
+                return {"version": v, "path": str(base / str(v)), "pushed": False, "labels": labels}
     existing = versions(serving_root, model_name)
     version = (existing[-1] + 1) if existing else 1
     tmp = Path(tempfile.mkdtemp(prefix=f".push-{version}-", dir=base))

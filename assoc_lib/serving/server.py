@@ -16,6 +16,7 @@ codes (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION) and never stop the serv
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -329,6 +330,12 @@ class ModelRegistry:
         return model
 
     def poll_forever(self, config_file: Path | None = None) -> None:
+        # Loading a new version (and replaying its warm-up) competes with live requests for 2 cores: on Linux
+        # a thread has its own nice value, so the poller yields the CPU to the request threads.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
         last_text = config_file.read_text() if config_file and config_file.exists() else None
         while not self._stop.wait(self.poll_seconds):
             try:

@@ -100,3 +100,17 @@ def test_push_killed_mid_copy_leaves_served_version_untouched(tmp_path):
     assert push.production(root, "assoc")["version"] == 1
     # the next push works and takes version 2
     assert push.push(small, root, "assoc")["version"] == 2
+
+
+def test_rerun_of_a_day_gets_its_label_back(tmp_path):
+    """A day re-run after later pushes ends where its first run ended: its version, labelled stable."""
+    export = fake_export(tmp_path / "export")
+    root = tmp_path / "serving"
+    push.push(export, root, "assoc", idempotency_key="ds=2024-01-02;data=x")
+    push.push(export, root, "assoc", idempotency_key="ds=2024-01-03;data=y")
+    assert push.read_state(root, "assoc")["labels"] == {"stable": 2}
+    again = push.push(export, root, "assoc", idempotency_key="ds=2024-01-02;data=x")
+    assert not again["pushed"] and again["version"] == 1 and again["labels"] == {"stable": 1}
+    assert push.read_state(root, "assoc")["labels"] == {"stable": 1} and push.versions(root, "assoc") == [1, 2]
+    config = (root / "models.config").read_text()  # what the server follows
+    assert "versions: 1" in config and 'key: "stable"' in config and "value: 1" in config and "value: 2" not in config
