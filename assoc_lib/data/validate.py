@@ -147,11 +147,15 @@ def volume_bounds(orders_dir: Path, ds: dt.date, cfg: AssocConfig) -> dict[str, 
 
 def quiet_great_expectations() -> None:
     """GE logs at INFO while it imports (a "Skipping registering function ..." line per public-API
-    function, "Multiple declarations of metric ...") and while it validates: none of it is about our data.
-    Its warnings and errors stay. Must run before the first ``import great_expectations``."""
-    ge = logging.getLogger("great_expectations")
-    if ge.level == logging.NOTSET or ge.level < logging.WARNING:
-        ge.setLevel(logging.WARNING)
+    function, "Multiple declarations of metric ...") and while it validates ("Created temporary directory
+    ... for ephemeral docs site"): none of it is about our data. Its warnings and errors stay.
+    Call it before the first ``import great_expectations`` (the parent logger) and after it (GE sets some
+    of its modules' loggers to INFO explicitly when they are imported)."""
+    for name in ["great_expectations", *logging.root.manager.loggerDict]:
+        if name == "great_expectations" or name.startswith("great_expectations."):
+            logger = logging.getLogger(name)
+            if logger.level < logging.WARNING and (logger.level != logging.NOTSET or name == "great_expectations"):
+                logger.setLevel(logging.WARNING)
 
 
 def _run_suite(frame: pd.DataFrame, suite_spec: dict, params: dict, docs_dir: Path | None):
@@ -159,6 +163,8 @@ def _run_suite(frame: pd.DataFrame, suite_spec: dict, params: dict, docs_dir: Pa
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    quiet_great_expectations()
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)

@@ -61,6 +61,14 @@ def test_great_expectations_imports_without_its_info_lines():
     assert "Skipping registering function" in noisy.stderr
     quiet = _run(code.format(quiet="from assoc_lib.data import validate; validate.quiet_great_expectations()"))
     assert "Skipping registering function" not in quiet.stderr and "a real GE warning" in quiet.stderr
+    # GE sets some module loggers to INFO when they are imported: the second call clamps those too
+    after = _run(
+        code.format(quiet="from assoc_lib.data import validate; validate.quiet_great_expectations()")
+        + "import great_expectations.data_context.types.base as base\n"
+        + "validate.quiet_great_expectations()\n"
+        + "base.logger.info('ephemeral docs site probe'); base.logger.warning('a kept warning')\n"
+    )
+    assert "ephemeral docs site probe" not in after.stderr and "a kept warning" in after.stderr
 
 
 def test_airflow_cli_starts_without_the_graphviz_warning():
