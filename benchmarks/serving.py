@@ -95,7 +95,7 @@ def load(target: str, popular: list[str], batch: int, clients: int, seconds: flo
     }
 
 
-def start_server(base: Path) -> tuple[subprocess.Popen, str]:
+def start_server(base: Path, processes: int = 1) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -118,7 +118,8 @@ def start_server(base: Path) -> tuple[subprocess.Popen, str]:
             str(ready),
             "--rest_api_port",
             "0",
-        ],
+        ]
+        + (["--processes", str(processes)] if processes != 1 else []),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
