@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import grpc
 import numpy as np
 
-from assoc_lib.serving.server import ModelRegistry, ServingError, predict
+from assoc_lib.serving.registry import ModelRegistry, ServingError, predict
 from assoc_lib.tfrt import tensorflow
 
 log = logging.getLogger(__name__)
