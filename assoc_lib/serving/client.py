@@ -16,6 +16,11 @@ from assoc_lib.serving.tensors import from_proto, to_proto
 from assoc_lib.tfrt import tensorflow
 
 
+def _array(value) -> np.ndarray:
+    """An output as numpy: already one (REST), or a TensorProto (gRPC)."""
+    return value if isinstance(value, np.ndarray) else from_proto(value)
+
+
 @dataclass
 class Answer:
     version: int | None  # None over REST unless a version was asked for (TF Serving's REST answer omits it)
@@ -26,9 +31,9 @@ class Answer:
     @property
     def evidence(self) -> list[list[dict]] | None:
         """Per recommended item: evidence_item, evidence_count, confidence, lift (built when asked for)."""
-        ev = self.outputs
-        if "evidence_item" not in ev:
+        if "evidence_item" not in self.outputs:
             return None
+        ev = {k: _array(self.outputs[k]) for k in ("evidence_item", "evidence_count", "confidence", "lift")}
         return [
             [
                 {
@@ -119,7 +124,7 @@ class AssocClient:
             answered_version, outputs = self._predict_rest(signature, inputs, version, label)
         else:
             answered_version, outputs = self._predict_grpc(signature, inputs, version, label)
-        ids, scores = outputs["item_ids"], outputs["scores"]
+        ids, scores = _array(outputs["item_ids"]), _array(outputs["scores"])
         return Answer(answered_version, [[x.decode() for x in row] for row in ids], scores.tolist(), outputs)
 
     def _predict_grpc(self, signature, inputs, version, label) -> tuple[int, dict]:
@@ -128,15 +133,12 @@ class AssocClient:
 
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, signature, version, label)
-        for key, value in inputs.items():
-            if key == "history_counts":
-                array = np.asarray(value, dtype=np.float32)
-            else:
-                array = np.asarray(value, dtype=object)
-                array = np.vectorize(lambda x: x.encode() if isinstance(x, str) else x, otypes=[object])(array)
-            request.inputs[key].CopyFrom(to_proto(array))
+        for key, value in inputs.items():  # strings are UTF-8 encoded by to_proto
+            dtype = np.float32 if key == "history_counts" else object
+            request.inputs[key].CopyFrom(to_proto(np.asarray(value, dtype=dtype)))
         response = self.predict_stub.Predict(request, timeout=self.timeout)
-        return response.model_spec.version.value, {k: from_proto(v) for k, v in response.outputs.items()}
+        # item ids and scores now; the explanation outputs are decoded when Answer.evidence is read
+        return response.model_spec.version.value, dict(response.outputs)
 
     def complete_basket(self, baskets: list[list[str]], **kw) -> Answer:
         width = max(1, max((len(b) for b in baskets), default=1))
