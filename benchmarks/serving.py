@@ -54,16 +54,77 @@ def in_process(export: Path, popular: list[str], batch: int, repeats: int) -> di
     return percentiles(ms)
 
 
-def load(target: str, popular: list[str], batch: int, clients: int, seconds: float, watch=None) -> dict:
+def _client_process(target, popular, batch, clients, offset, ready, start, stop, out) -> None:
+    """A client process: ``clients`` threads from ``start`` until ``stop``; results go to ``out``."""
+    with AssocClient(target) as client:  # import TensorFlow and connect before the clock starts
+        client.complete_basket([popular[:5]])
+    result = load(target, popular, batch, clients, 0.0, start=start, stop=stop, ready=ready, offset=offset)
+    out.put(result)
+
+
+def load_processes(target, popular, batch, clients, processes, seconds, watch=None) -> dict:
+    """``clients`` client threads spread over ``processes`` client processes (no shared GIL among them)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    ready, start, stop, out = ctx.Semaphore(0), ctx.Event(), ctx.Event(), ctx.Queue()
+    shares = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    procs = [
+        ctx.Process(target=_client_process, args=(target, popular, batch, n, sum(shares[:i]), ready, start, stop, out))
+        for i, n in enumerate(shares)
+        if n
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.acquire(timeout=300)
+    started = time.perf_counter()
+    start.set()
+    if watch is not None:
+        watch(stop)
+    else:
+        time.sleep(seconds)
+    stop.set()
+    parts = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    elapsed = time.perf_counter() - started
+    n = sum(r["n"] for r in parts)
+    flat = [x for r in parts for x in r["latencies"]]
+    return {
+        **percentiles(flat),
+        "requests_per_s": n / elapsed,
+        "baskets_per_s": n * batch / elapsed,
+        "failed": sum(r["failed"] for r in parts),
+        "failures": [f for r in parts for f in r["failures"]][:5],
+        "versions": sorted({v for r in parts for v in r["versions"]}),
+        "client_processes": len(procs),
+    }
+
+
+def load(
+    target: str,
+    popular: list[str],
+    batch: int,
+    clients: int,
+    seconds: float,
+    watch=None,
+    start=None,
+    stop=None,
+    ready=None,
+    offset: int = 0,
+) -> dict:
     """``clients`` threads sending ``batch``-basket requests for ``seconds``; failures counted, not raised."""
-    stop = threading.Event()
+    stop = stop or threading.Event()
     latencies: list[list[float]] = [[] for _ in range(clients)]
     failures: list[str] = []
     versions: set[int] = set()
 
     def run(i: int) -> None:
-        request = baskets(popular, batch, i + 1)
+        request = baskets(popular, batch, offset + i + 1)
         with AssocClient(target) as client:
+            if start is not None:
+                start.wait()
             while not stop.is_set():
                 t0 = time.perf_counter()
                 try:
@@ -76,6 +137,18 @@ def load(target: str, popular: list[str], batch: int, clients: int, seconds: flo
     started = time.perf_counter()
     for t in threads:
         t.start()
+    if ready is not None:  # a client process: the parent starts and stops every process at once
+        ready.release()
+        for t in threads:
+            t.join()
+        flat = [x for lat in latencies for x in lat]
+        return {
+            "n": len(flat),
+            "latencies": flat,
+            "failed": len(failures),
+            "failures": failures[:5],
+            "versions": sorted(versions),
+        }
     if watch is not None:
         watch(stop)
     else:
@@ -133,6 +206,13 @@ def start_server(base: Path, processes: int = 1) -> tuple[subprocess.Popen, str]
     return proc, f"127.0.0.1:{port}"
 
 
+def drive(args, target, popular, batch, clients, seconds, watch=None) -> dict:
+    """Client threads in this process, or spread over ``--client-processes`` processes."""
+    if args.client_processes > 1 and clients > 1:
+        return load_processes(target, popular, batch, clients, min(args.client_processes, clients), seconds, watch)
+    return load(target, popular, batch, clients, seconds, watch=watch)
+
+
 def measure(args, processes: int, clients: list[int], batches: list[int], result: dict) -> dict:
     """One server configuration: the latency/throughput matrix, then the hot swap."""
     run = {"processes": processes, "cells": []}
@@ -150,7 +230,7 @@ def measure(args, processes: int, clients: list[int], batches: list[int], result
             for batch in batches:
                 ref = result["in_process"][batch]
                 for n in clients:
-                    cell = load(target, popular, batch, n, args.seconds)
+                    cell = drive(args, target, popular, batch, n, args.seconds)
                     cell.update(
                         batch=batch,
                         clients=n,
@@ -172,7 +252,7 @@ def measure(args, processes: int, clients: list[int], batches: list[int], result
                     push.push(args.export, root, "assoc", keep=2)
                 time.sleep(interval)
 
-            swap = load(target, popular, 1, 16, args.swap_seconds, watch=swapper)
+            swap = drive(args, target, popular, 1, 16, args.swap_seconds, watch=swapper)
             swap.update(batch=1, clients=16, pushes=args.swaps, p99_over_p50=swap["p99_ms"] / swap["p50_ms"])
             run["hot_swap"] = swap
             print(
@@ -199,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--swap-seconds", type=float, default=30.0)
     ap.add_argument("--swaps", type=int, default=3)
     ap.add_argument("--processes", default="1,2", help="server process counts to measure, one run each")
+    ap.add_argument(
+        "--client-processes", type=int, default=1, help="spread the client threads over this many processes"
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     clients = [int(x) for x in args.clients.split(",")]
