@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assoc_lib.serving import push
+from assoc_lib.serving import push, server
 from assoc_lib.serving.client import AssocClient
 from assoc_lib.tfrt import tensorflow
 
@@ -169,41 +168,8 @@ def load(
 
 
 def start_server(base: Path, processes: int = 1) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ready = base.parent / "ready"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "assoc_lib.cli",
-            "serve",
-            "--model-name",
-            "assoc",
-            "--model-base-path",
-            str(base),
-            "--port",
-            str(port),
-            "--poll-seconds",
-            "0.5",
-            "--ready-file",
-            str(ready),
-            "--rest_api_port",
-            "0",
-        ]
-        + (["--processes", str(processes)] if processes != 1 else []),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + 180
-    while not ready.exists():
-        if proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError(
-                "assoc serve did not start: " + (proc.stderr.read().decode()[-2000:] if proc.poll() else "timeout")
-            )
-        time.sleep(0.2)
-    return proc, f"127.0.0.1:{port}"
+    args = ["--model-name", "assoc", "--model-base-path", str(base), "--poll-seconds", "0.5", "--rest_api_port", "0"]
+    return server.spawn(args + (["--processes", str(processes)] if processes != 1 else []))
 
 
 def drive(args, target, popular, batch, clients, seconds, watch=None) -> dict:

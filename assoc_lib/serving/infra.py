@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from assoc_lib.records import InfraResult, VersionState
+from assoc_lib.serving import server
 from assoc_lib.serving.client import AssocClient
 
 
@@ -25,39 +24,15 @@ def validate_export(export_dir: str, model_name: str, max_p99_ms: float = 2000.0
     with tempfile.TemporaryDirectory(prefix="assoc-infra-") as tmp:
         base = Path(tmp) / model_name
         shutil.copytree(export_dir, base / "1")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        ready = Path(tmp) / "ready"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "assoc_lib.cli",
-                "serve",
-                "--model-name",
-                model_name,
-                "--model-base-path",
-                str(base),
-                "--port",
-                str(port),
-                "--ready-file",
-                str(ready),
-                "--rest_api_port",
-                "0",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
         try:
-            deadline = time.time() + 120
-            while not ready.exists():
-                if proc.poll() is not None or time.time() > deadline:
-                    err = proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout"
-                    raise RuntimeError(f"infra validation: the serving process did not come up: {err}")
-                time.sleep(0.2)
+            proc, target = server.spawn(
+                ["--model-name", model_name, "--model-base-path", str(base), "--rest_api_port", "0"]
+            )
+        except RuntimeError as exc:
+            raise RuntimeError(f"infra validation: the serving process did not come up: {exc}") from exc
+        try:
             latencies = []
-            with AssocClient(f"127.0.0.1:{port}", model_name) as client:
+            with AssocClient(target, model_name) as client:
                 status = client.model_status()
                 if not any(s["state"] == VersionState.AVAILABLE for s in status):
                     raise RuntimeError(f"infra validation: no AVAILABLE version: {status}")

@@ -302,3 +302,38 @@ def stop_siblings(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def spawn(args: list[str], host: str = "127.0.0.1", timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """Start ``assoc serve ARGS`` as a separate process on a free gRPC port; return it and its ``host:port``
+    once it serves. Its log goes to a temporary file (a pipe nobody reads would fill up and stall it)."""
+    port = free_port(host)
+    tmp = Path(tempfile.mkdtemp(prefix="assoc-serve-"))
+    ready, log_path = tmp / "ready", tmp / "serve.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "assoc_lib.cli",
+                "serve",
+                *args,
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--ready-file",
+                str(ready),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    deadline = time.time() + timeout
+    while not ready.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"assoc serve did not come up (exit code {proc.poll()}): {tail}")
+        time.sleep(0.2)
+    return proc, f"{host}:{port}"
