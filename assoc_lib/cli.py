@@ -226,7 +226,7 @@ def cmd_serve(args):
 def cmd_query(args):
     import grpc
 
-    from assoc_lib.serving.client import AssocClient, describe
+    from assoc_lib.serving.client import AssocClient, RestError, describe
 
     cfg = _config(args)
     catalog = args.catalog or cfg.paths.catalog_path
@@ -246,6 +246,12 @@ def cmd_query(args):
                 answer = client.complete_basket([args.items], version=args.version, label=args.label)
         except grpc.RpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 2
+        except RestError as exc:
+            print(f"error: HTTP {exc.status}: {exc.message}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # REST: nothing listening at that address
+            print(f"error: {target}: {exc}", file=sys.stderr)
             return 2
     rows = describe(
         answer.item_ids[0][: args.k],

@@ -169,3 +169,13 @@ def test_prometheus_metrics_after_requests(served, vocab):
     assert value('assoc_serving_model_events_total{event="load",model="assoc"}') >= 2
     assert value('assoc_serving_model_load_latency_seconds_count{model="assoc"}') >= 2
     assert value('assoc_serving_model_warmup_seconds_count{model="assoc"}') >= 2
+
+
+def test_query_cli_over_rest(served, vocab, capsys):
+    from assoc_lib.cli import main
+
+    assert main(["query", "--server", served["rest"], "--items", vocab[0], "--k", "3", "--label", "stable"]) == 0
+    out = capsys.readouterr().out
+    assert "(complete_basket)" in out and out.count("\n") == 4
+    assert main(["query", "--server", served["rest"], "--items", vocab[0], "--version", "99"]) == 2
+    assert "HTTP 404" in capsys.readouterr().err
