@@ -23,6 +23,7 @@ from assoc_lib.tfrt import tensorflow
 
 log = logging.getLogger(__name__)
 
+PER_BASKET_FILE = "per_basket.parquet"
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr", "hitrate@10", "coverage@10")
 
 
@@ -34,6 +35,7 @@ class HoldOut:
     hidden: np.ndarray
     basket_rows: np.ndarray  # row of each evaluated basket in the original split
     history: sp.csr_matrix | None = None  # personalised protocol: earlier purchase counts per basket
+    frame_rows: np.ndarray | None = None  # row of each evaluated basket in the baskets frame (order and user ids)
 
     @property
     def n(self) -> int:
@@ -44,7 +46,7 @@ class HoldOut:
         return Protocol.ANONYMOUS if self.history is None else Protocol.PERSONALISED
 
     def anonymous(self) -> "HoldOut":
-        return HoldOut(self.inputs, self.hidden, self.basket_rows, None)
+        return HoldOut(self.inputs, self.hidden, self.basket_rows, None, self.frame_rows)
 
 
 def hold_out(
@@ -104,6 +106,14 @@ def evaluate_scores(
     score_fn: Callable[..., np.ndarray], holdout: HoldOut, n_items: int, batch_size: int = 512
 ) -> dict[str, float]:
     """Run ``score_fn(X)`` (anonymous) or ``score_fn(X, H)`` (personalised) in batches; every metric."""
+    ranks, top = score_ranks(score_fn, holdout, batch_size)
+    return metrics_from_ranks(ranks, top if len(ranks) else None, n_items)
+
+
+def score_ranks(
+    score_fn: Callable[..., np.ndarray], holdout: HoldOut, batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank of each basket's hidden item (1-based, pessimistic) and each basket's top-10, in hold-out order."""
     all_ranks, all_top = [], []
     for start in range(0, holdout.n, batch_size):
         X = holdout.inputs[start : start + batch_size]
@@ -112,8 +122,8 @@ def evaluate_scores(
         all_ranks.append(ranks)
         all_top.append(top)
     if not all_ranks:
-        return metrics_from_ranks(np.array([]), None, n_items)
-    return metrics_from_ranks(np.concatenate(all_ranks), np.concatenate(all_top), n_items)
+        return np.zeros(0, np.int64), np.zeros((0, 10), np.int64)
+    return np.concatenate(all_ranks), np.concatenate(all_top)
 
 
 def tune_on_validation(
@@ -166,7 +176,69 @@ def make_holdouts(
     for offset, name in enumerate(("validation", "test")):
         rows = np.flatnonzero((baskets["split"] == name).to_numpy())
         out[name] = hold_out(splits[name], n_items, seed + offset, H[rows] if H is not None else None)
+        out[name].frame_rows = rows[out[name].basket_rows]
     return out, H
+
+
+def ndcg10_per_basket(ranks: np.ndarray) -> np.ndarray:
+    """Each basket's NDCG@10 (one hidden item): 1/log2(rank + 1) inside the top 10, else 0."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """95% percentile interval of mean(a - b) over baskets resampled with replacement (the same
+    baskets for both models: a paired bootstrap)."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    n = len(d)
+    if n == 0:
+        return {"mean": None, "low": None, "high": None, "n": 0, "n_boot": n_boot}
+    rng = np.random.default_rng(seed)
+    means = np.concatenate(
+        [d[rng.integers(0, n, size=(min(200, n_boot - s), n))].mean(axis=1) for s in range(0, n_boot, 200)]
+    )
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(d.mean()), "low": float(low), "high": float(high), "n": int(n), "n_boot": int(n_boot)}
+
+
+def deep_vs_classical_interval(rows: list[dict], ranks: dict, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Per protocol: the paired bootstrap interval of (best deep - best classical) test NDCG@10, each
+    side the model with the best *validation* NDCG@10 of its kind (no selection on test)."""
+    out = {}
+    for protocol in sorted({r["protocol"] for r in rows}):
+        pick = {}
+        for kind in (ModelKind.DEEP, ModelKind.CLASSICAL):
+            pool = [r for r in rows if r["protocol"] == protocol and r["kind"] == kind and r["name"] in ranks[protocol]]
+            if pool:
+                pick[kind] = max(pool, key=lambda r: r["val_ndcg@10"])["name"]
+        if len(pick) < 2:
+            continue
+        deep, classical = pick[ModelKind.DEEP], pick[ModelKind.CLASSICAL]
+        interval = paired_bootstrap(
+            ndcg10_per_basket(ranks[protocol][deep]), ndcg10_per_basket(ranks[protocol][classical]), n_boot, seed
+        )
+        out[protocol] = {"deep": deep, "classical": classical, "metric": "ndcg@10 (test)", **interval}
+    return out
+
+
+def per_basket_frame(baskets, vocab: list[str], holdout: HoldOut, split: str, protocol: str, ranks: dict):
+    """One row per evaluated basket: split, protocol, order and (pseudonymised) user id, the hidden item,
+    and the hidden item's rank under every model (``rank:<model>``)."""
+    import pandas as pd
+
+    frame_rows = holdout.frame_rows if holdout.frame_rows is not None else holdout.basket_rows
+    out = pd.DataFrame(
+        {
+            "split": split,
+            "protocol": str(protocol),
+            "order_id": baskets["order_id"].to_numpy()[frame_rows].astype(str),
+            "user_id": baskets["user_id"].to_numpy(dtype=object)[frame_rows],
+            "hidden_item": np.asarray(vocab, dtype=object)[holdout.hidden],
+        }
+    )
+    for name, r in ranks.items():
+        out[f"rank:{name}"] = np.asarray(r, np.int64)
+    return out
 
 
 def comparison_table(rows: list[dict], metrics: Sequence[str] = METRICS) -> str:
@@ -276,6 +348,7 @@ def evaluate_candidates(
         return holdouts[split] if protocol == Protocol.PERSONALISED else holdouts[split].anonymous()
 
     rows = []
+    test_ranks: dict = {p: {} for p in protocols}
     for cand in candidates:
         model = ServableModel.load(cand["path"])
         if model.vocab != vocab:
@@ -284,7 +357,9 @@ def evaluate_candidates(
             if protocol == Protocol.ANONYMOUS and cand.get("personal_only"):
                 continue
             val = evaluate_scores(model.score, view("validation", protocol), n_items)
-            test = evaluate_scores(model.score, view("test", protocol), n_items)
+            ranks, top = score_ranks(model.score, view("test", protocol))
+            test = metrics_from_ranks(ranks, top if len(ranks) else None, n_items)
+            test_ranks[protocol][cand["name"]] = ranks
             rows.append(
                 {
                     "name": cand["name"],
@@ -316,6 +391,25 @@ def evaluate_candidates(
                     "version": production.get("version"),
                 }
             )
+    import pandas as pd
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    pd.concat(
+        [per_basket_frame(baskets, vocab, view("test", p), "test", p, test_ranks[p]) for p in protocols],
+        ignore_index=True,
+    ).to_parquet(Path(out_dir) / PER_BASKET_FILE, index=False)
+    interval = deep_vs_classical_interval(rows, test_ranks, seed=cfg.models.eval_seed)
+    for protocol, ci in interval.items():
+        log.info(
+            "%s: %s - %s test NDCG@10 %+.4f, paired bootstrap 95%% interval [%+.4f, %+.4f] over %d baskets",
+            protocol,
+            ci["deep"],
+            ci["classical"],
+            ci["mean"],
+            ci["low"],
+            ci["high"],
+            ci["n"],
+        )
     payload = write_comparison(
         rows,
         out_dir,
@@ -325,6 +419,8 @@ def evaluate_candidates(
             "protocols": protocols,
             "n_val_baskets": holdouts["validation"].n,
             "n_items": n_items,
+            "deep_minus_classical": interval,
+            "per_basket": str(Path(out_dir) / PER_BASKET_FILE),
         },
     )
     log.info(

@@ -72,3 +72,27 @@ def test_comparison_table_has_one_row_per_model():
 def test_baskets_to_csr_dedups():
     X = baskets_to_csr([[1, 1, 2], []], 4)
     assert X.toarray().tolist() == [[0, 1, 1, 0], [0, 0, 0, 0]]
+
+
+def test_paired_bootstrap_interval():
+    # a beats b by exactly 0.1 on every basket: the interval collapses onto 0.1
+    same = evaluate.paired_bootstrap(np.full(50, 0.6), np.full(50, 0.5), n_boot=300, seed=3)
+    assert (
+        same["mean"] == pytest.approx(0.1) and same["low"] == pytest.approx(0.1) and same["high"] == pytest.approx(0.1)
+    )
+    # noisy differences centred on zero: the interval straddles 0 and is about ±1.96·sd/√n wide
+    rng = np.random.default_rng(0)
+    d = rng.choice([-1.0, 1.0], size=400)
+    ci = evaluate.paired_bootstrap(d, np.zeros(400), n_boot=1000, seed=1)
+    assert ci["low"] < d.mean() < ci["high"]
+    half = 1.96 * d.std() / np.sqrt(400)
+    assert ci["high"] - ci["low"] == pytest.approx(2 * half, rel=0.15)
+    # seeded: the same call gives the same interval
+    assert evaluate.paired_bootstrap(d, np.zeros(400), n_boot=1000, seed=1) == ci
+
+
+def test_ndcg10_per_basket_matches_the_metric():
+    ranks = np.array([1, 3, 12, 25, 10])
+    per = evaluate.ndcg10_per_basket(ranks)
+    assert per.tolist() == pytest.approx([1.0, 0.5, 0.0, 0.0, 1 / math.log2(11)])
+    assert per.mean() == pytest.approx(evaluate.metrics_from_ranks(ranks, None, 100)["ndcg@10"])

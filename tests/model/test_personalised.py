@@ -94,6 +94,24 @@ def test_personal_frequency_and_tuned_prior_beat_anonymous(trained, tmp_path):
     assert rows[("ease", "personalised")]["ndcg@10"] > rows[("ease", "anonymous")]["ndcg@10"]
     assert rows[("personal_frequency", "personalised")]["ndcg@10"] > rows[("popularity", "anonymous")]["ndcg@10"]
     assert rows[("ease", "personalised")]["history_weight"] > 0
+    # the per-basket file: one row per test basket and protocol, ranks that give back the table's NDCG@10
+    per = pd.read_parquet(payload["per_basket"])
+    baskets, vocab = load_split(trained["prep_dir"])
+    for protocol in ("anonymous", "personalised"):
+        part = per[per["protocol"] == protocol]
+        assert len(part) == payload["n_eval_baskets"] and set(part["split"]) == {"test"}
+        assert part["order_id"].is_unique and part["order_id"].isin(baskets["order_id"].astype(str)).all()
+        assert part["hidden_item"].isin(vocab).all()
+        ranks = part["rank:ease"].to_numpy()
+        assert ranks.min() >= 1
+        assert evaluate.ndcg10_per_basket(ranks).mean() == pytest.approx(rows[("ease", protocol)]["ndcg@10"])
+        # the hidden item is not among the basket's visible items: it is the held-out one of that order
+        row = part.iloc[0]
+        items = baskets.loc[baskets["order_id"].astype(str) == row["order_id"], "items"].iloc[0]
+        assert vocab.index(row["hidden_item"]) in list(items)
+    ci = payload["deep_minus_classical"]["personalised"]
+    assert ci["low"] <= ci["mean"] <= ci["high"] and ci["n"] == payload["n_eval_baskets"]
+    assert {ci["deep"], ci["classical"]} <= {r["name"] for r in payload["models"]}
 
 
 def test_two_input_export_matches_in_memory_scores(trained, exported):
