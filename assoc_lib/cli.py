@@ -239,8 +239,11 @@ def cmd_query(args):
                 counts = args.history_counts or [1.0] * len(args.history)
                 if len(counts) != len(args.history):
                     raise SystemExit("error: --history-counts needs one count per --history item")
+                days = args.history_days or [0.0] * len(args.history)
+                if len(days) != len(args.history):
+                    raise SystemExit("error: --history-days needs one value per --history item")
                 answer = client.complete_basket_personal(
-                    [args.items], [args.history], [counts], version=args.version, label=args.label
+                    [args.items], [args.history], [counts], [days], version=args.version, label=args.label
                 )
             else:
                 answer = client.complete_basket([args.items], version=args.version, label=args.label)
@@ -404,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="print the basket item and evidence behind each item")
     p.add_argument("--history", nargs="+", help="the shopper's earlier purchases (item ids): personalised answer")
     p.add_argument("--history-counts", nargs="+", type=float, help="purchase count per --history item (default 1)")
+    p.add_argument(
+        "--history-days",
+        nargs="+",
+        type=float,
+        help="days since the last purchase of each --history item (default 0: today)",
+    )
     p.set_defaults(func=cmd_query)
     p = sub.add_parser("rollback", parents=[common], help="move the stable label back to VERSION")
     p.add_argument("--to", type=int, required=True)

@@ -95,8 +95,20 @@ class ModelsConfig:
     deep_history_dropout: float = 0.2  # share of training baskets whose history is hidden (learn the anonymous case)
     deep_mix_with_ease: bool = True  # also offer the score-level deep+EASE mix as a deep candidate
     history_max_items: int = 200  # personalised protocol: the shopper's most-bought items kept as history
+    # Time-decayed personal prior (TIFU-style): + beta * log(1 + sum over purchases of exp(-days ago / tau)).
+    # tau (days) and beta are chosen on validation per model; 0 in the grid is the plain log(1 + count).
+    prior_decay_days: str = "0,14,30,60,120,240"
+    deep_history_decay: float = 60.0  # decay time (days) of the network's recency feature and of its prior
     seed: int = 1234
     eval_seed: int = 20240101
+
+
+def decay_list(text: str) -> tuple[float, ...]:
+    """``"0,14,30"`` → (0.0, 14.0, 30.0): a comma-separated list of decay times in days."""
+    values = tuple(float(x) for x in str(text).split(",") if x.strip())
+    if any(v < 0 for v in values):
+        raise ValueError(f"decay times must be >= 0 days, got {text!r}")
+    return values
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from assoc_lib.data.history import History, as_history
 from assoc_lib.models.baselines import baskets_to_csr
 from assoc_lib.records import ModelKind, Protocol
 from assoc_lib.tfrt import tensorflow
@@ -34,7 +35,7 @@ class HoldOut:
     inputs: sp.csr_matrix
     hidden: np.ndarray
     basket_rows: np.ndarray  # row of each evaluated basket in the original split
-    history: sp.csr_matrix | None = None  # personalised protocol: earlier purchase counts per basket
+    history: History | None = None  # personalised protocol: earlier purchases (counts, decayed counts)
     frame_rows: np.ndarray | None = None  # row of each evaluated basket in the baskets frame (order and user ids)
 
     @property
@@ -49,9 +50,7 @@ class HoldOut:
         return HoldOut(self.inputs, self.hidden, self.basket_rows, None, self.frame_rows)
 
 
-def hold_out(
-    baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0, history: sp.csr_matrix | None = None
-) -> HoldOut:
+def hold_out(baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0, history=None) -> HoldOut:
     """Hide one seeded item from every basket with >= 2 items.
 
     ``history`` (rows aligned with ``baskets``) switches on the personalised protocol; history
@@ -72,7 +71,7 @@ def hold_out(
         baskets_to_csr(visible, n_items),
         np.asarray(hidden, dtype=np.int64),
         rows,
-        history[rows] if history is not None else None,
+        as_history(history)[rows] if history is not None else None,
     )
 
 
@@ -127,12 +126,19 @@ def score_ranks(
 
 
 def tune_on_validation(
-    holdout: HoldOut, n_items: int, parts_fn: Callable, combine: Callable, grid: Sequence, batch_size: int = 512
+    holdout: HoldOut,
+    n_items: int,
+    parts_fn: Callable,
+    combine: Callable,
+    grid: Sequence,
+    batch_size: int = 512,
+    decays: Sequence[float] = (0.0,),
 ) -> dict:
-    """Validation NDCG@10 of ``combine(parts, prior, g)`` for every ``g`` in ``grid``, scoring each batch once.
+    """Validation NDCG@10 of ``combine(parts, priors, g)`` for every ``g`` in ``grid``, scoring each batch once.
 
-    ``parts_fn(X, H)`` returns the expensive score parts; ``prior`` is log(1 + history counts) as a
-    dense array (zeros on the anonymous protocol).
+    ``parts_fn(X, H)`` returns the expensive score parts; ``priors[tau]`` is the personal prior
+    log(1 + decayed counts) for each decay time in ``decays`` (tau 0: plain counts) as a dense array
+    (zeros on the anonymous protocol).
     """
     ranks = {g: [] for g in grid}
     tops = {g: [] for g in grid}
@@ -140,9 +146,9 @@ def tune_on_validation(
         X = holdout.inputs[start : start + batch_size]
         H = holdout.history[start : start + batch_size] if holdout.history is not None else None
         parts = parts_fn(X, H)
-        prior = np.log1p(H.toarray()) if H is not None else 0.0
+        priors = {t: (np.log1p(H.weights(t).toarray()) if H is not None else 0.0) for t in decays}
         for g in grid:
-            r, t = ranks_of_hidden(combine(parts, prior, g), X, holdout.hidden[start : start + batch_size])
+            r, t = ranks_of_hidden(combine(parts, priors, g), X, holdout.hidden[start : start + batch_size])
             ranks[g].append(r)
             tops[g].append(t)
     return {
@@ -154,23 +160,24 @@ def tune_on_validation(
 
 
 def make_holdouts(
-    baskets, n_items: int, seed: int, history_max_items: int = 200
-) -> tuple[dict[str, HoldOut], sp.csr_matrix | None]:
-    """Validation and test hold-outs (with history when the data has user ids) and the full history matrix.
+    baskets, n_items: int, seed: int, history_max_items: int = 200, decays: Sequence[float] = (), train_decays=()
+) -> tuple[dict[str, HoldOut], History | None]:
+    """Validation and test hold-outs (with history when the data has user ids) and the full history.
 
-    Each history keeps the shopper's ``history_max_items`` most-bought items.
+    Each history keeps the shopper's ``history_max_items`` most-bought items, with decayed counts for
+    every decay time in ``decays`` on validation and test baskets, and for ``train_decays`` on every
+    basket (what the network trains on).
     """
-    from assoc_lib.data.history import build_histories, cap_history
+    from assoc_lib.data.history import build_history
     from assoc_lib.data.preprocess import split_baskets
 
     has_users = bool(baskets["user_id"].notna().any()) if len(baskets) else False
-    H = (
-        cap_history(
-            build_histories(baskets, n_items, with_recency=False, max_items=history_max_items)[0], history_max_items
-        )
-        if has_users
-        else None
-    )
+    H = None
+    if has_users:
+        evaluated = (baskets["split"] != "train").to_numpy()
+        masks = {float(t): evaluated for t in decays if t}
+        masks.update({float(t): None for t in train_decays if t})
+        H = build_history(baskets, n_items, history_max_items, sorted(masks), masks)
     splits = split_baskets(baskets)
     out = {}
     for offset, name in enumerate(("validation", "test")):
@@ -266,13 +273,28 @@ def write_comparison(rows: list[dict], out_dir: str | Path, extra: dict | None =
 
 
 # --------------------------------------------------------------------------- candidates and production
+def request_days(counts: np.ndarray, decayed: np.ndarray | None, decay: float) -> np.ndarray:
+    """Days to send with one history row per item so that a served model's decayed count is exact:
+    count · exp(-days / decay) = decayed count, i.e. days = decay · ln(count / decayed)."""
+    if decayed is None or not decay:
+        return np.zeros_like(counts, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        days = decay * np.log(np.asarray(counts, np.float64) / np.asarray(decayed, np.float64))
+    return np.clip(np.nan_to_num(days, nan=0.0, posinf=1e6), 0.0, 1e6)
+
+
 def evaluate_topk(
-    topk_fn: Callable[..., list[list[str]]], holdout: HoldOut, vocab: list[str], batch_size: int = 256
+    topk_fn: Callable[..., list[list[str]]],
+    holdout: HoldOut,
+    vocab: list[str],
+    batch_size: int = 256,
+    decay: float = 0.0,
 ) -> dict[str, float]:
     """Metrics for a model that only returns its top-K ids (a served SavedModel).
 
     A hidden item outside the returned K counts as rank K+1: Recall/NDCG@10/20 are
-    exact when K >= 20; MRR is truncated at K (misses add 0).
+    exact when K >= 20; MRR is truncated at K (misses add 0). ``decay``: the served model's decay time;
+    each history row carries the days that make its decayed count exact (:func:`request_days`).
     """
     ranks, tops, k_seen = [], [], 0
     for start in range(0, holdout.n, batch_size):
@@ -281,11 +303,19 @@ def evaluate_topk(
         if holdout.history is None:
             returned = topk_fn(baskets)
         else:
-            H = holdout.history[start : start + batch_size]
+            hist = holdout.history[start : start + batch_size]
+            H = hist.counts.tocsr()
+            decayed = None
+            if decay:
+                from assoc_lib.models.network import aligned
+
+                decayed = aligned(hist.weights(decay), H)
+            days = request_days(H.data, decayed, decay)
             histories = [
                 (
                     [vocab[i] for i in H.indices[H.indptr[r] : H.indptr[r + 1]]],
                     H.data[H.indptr[r] : H.indptr[r + 1]].tolist(),
+                    days[H.indptr[r] : H.indptr[r + 1]].tolist(),
                 )
                 for r in range(H.shape[0])
             ]
@@ -319,13 +349,24 @@ def saved_model_topk(export_dir: str | Path, personal: bool = False) -> Callable
     def topk(baskets: list[list[str]], histories=None) -> list[list[str]]:
         kwargs = {"items": tf.constant(pad(baskets, ""))}
         if personal and has_personal:
-            histories = histories or [([], [])] * len(baskets)
+            histories = histories or [([], [], [])] * len(baskets)
             kwargs["history"] = tf.constant(pad([h[0] for h in histories], ""))
             kwargs["history_counts"] = tf.constant(pad([h[1] for h in histories], 0.0), dtype=tf.float32)
+            if "history_days" in fn.structured_input_signature[1]:
+                kwargs["history_days"] = tf.constant(pad([h[2] for h in histories], 0.0), dtype=tf.float32)
         ids = fn(**kwargs)["item_ids"].numpy()
         return [[x.decode() for x in row] for row in ids]
 
     return topk
+
+
+def served_decay(export_dir: str | Path) -> float:
+    """The decay time (days) an export's personal signature applies to history rows (its model card)."""
+    card = Path(export_dir) / "model_card.json"
+    if not card.exists():
+        return 0.0
+    c = json.loads(card.read_text())
+    return float(c.get("network_history_decay") or c.get("history_decay") or 0.0)
 
 
 def evaluate_candidates(
@@ -341,7 +382,15 @@ def evaluate_candidates(
 
     baskets, vocab = load_split(prep_dir)
     n_items = len(vocab)
-    holdouts, history = make_holdouts(baskets, n_items, cfg.models.eval_seed, cfg.models.history_max_items)
+    models = [ServableModel.load(c["path"]) for c in candidates]
+    decays = {m.history_decay for m in models} | {
+        float(m.deep["history_decay"]) for m in models if m.deep and "history_decay" in m.deep
+    }
+    production_decay = served_decay(production["path"]) if production else 0.0
+    decays.add(production_decay)
+    holdouts, history = make_holdouts(
+        baskets, n_items, cfg.models.eval_seed, cfg.models.history_max_items, decays=sorted(decays)
+    )
     protocols = [Protocol.ANONYMOUS] + ([Protocol.PERSONALISED] if history is not None else [])
 
     def view(split: str, protocol: str) -> HoldOut:
@@ -349,8 +398,7 @@ def evaluate_candidates(
 
     rows = []
     test_ranks: dict = {p: {} for p in protocols}
-    for cand in candidates:
-        model = ServableModel.load(cand["path"])
+    for cand, model in zip(candidates, models):
         if model.vocab != vocab:
             raise ValueError(f"candidate {cand['name']} was trained on another vocabulary than {prep_dir}")
         for protocol in protocols:
@@ -376,8 +424,8 @@ def evaluate_candidates(
     if production:
         for protocol in protocols:
             topk = saved_model_topk(production["path"], personal=protocol == Protocol.PERSONALISED)
-            val = evaluate_topk(topk, view("validation", protocol), vocab)
-            test = evaluate_topk(topk, view("test", protocol), vocab)
+            val = evaluate_topk(topk, view("validation", protocol), vocab, decay=production_decay)
+            test = evaluate_topk(topk, view("test", protocol), vocab, decay=production_decay)
             rows.append(
                 {
                     "name": f"production v{production.get('version')}",

@@ -20,7 +20,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from assoc_lib import evaluate
-from assoc_lib.models.network import DeepParams, build_network, forward_spec, numpy_logits
+from assoc_lib.config import decay_list
+from assoc_lib.models.network import DeepParams, aligned, build_network, forward_spec, numpy_logits
 from assoc_lib.records import ModelKind
 from assoc_lib.tfrt import tensorflow
 
@@ -51,11 +52,11 @@ class DeepResult:
     examples_per_second: float = 0.0
     placement: str = ""
 
-    def score(self, X: sp.csr_matrix, H: sp.csr_matrix | None = None) -> np.ndarray:
+    def score(self, X: sp.csr_matrix, H=None) -> np.ndarray:
         return numpy_logits(self.spec, X, H)
 
 
-def _dataset(train: sp.csr_matrix, params: DeepParams, global_batch: int, history: sp.csr_matrix | None = None):
+def _dataset(train: sp.csr_matrix, params: DeepParams, global_batch: int, history=None):
     """(corrupted basket ids, full basket ids[, history ids, history weights]) padded with -1 / 0."""
     tf = tensorflow()
 
@@ -64,10 +65,12 @@ def _dataset(train: sp.csr_matrix, params: DeepParams, global_batch: int, histor
 
     items = ragged(train.indices, train.indptr, np.int32)
     if params.personal:
-        W = history.tocsr()
+        W = history.counts.tocsr()
         hist_ids = ragged(W.indices, W.indptr, np.int32)
         hist_w = ragged(np.log1p(W.data), W.indptr, np.float32)
-        ds = tf.data.Dataset.from_tensor_slices((items, hist_ids, hist_w))
+        decayed = np.log1p(aligned(history.weights(params.history_decay), W))
+        hist_dw = ragged(decayed, W.indptr, np.float32)
+        ds = tf.data.Dataset.from_tensor_slices((items, hist_ids, hist_w, hist_dw))
     else:
         ds = tf.data.Dataset.from_tensor_slices((items,))
     ds = ds.shuffle(min(train.shape[0], 100_000), seed=params.seed, reshuffle_each_iteration=True)
@@ -80,13 +83,12 @@ def _dataset(train: sp.csr_matrix, params: DeepParams, global_batch: int, histor
         out = (tf.boolean_mask(items, keep), items)
         if hist:
             hide = tf.random.uniform([], seed=params.seed + 1) < params.history_dropout
-            ids, w = hist
-            out += (tf.cond(hide, lambda: ids[:0], lambda: ids), tf.cond(hide, lambda: w[:0], lambda: w))
+            out += tuple(tf.cond(hide, lambda h=h: h[:0], lambda h=h: h) for h in hist)
         return out
 
     ds = ds.map(corrupt, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    shapes = ([None], [None]) + (([None], [None]) if params.personal else ())
-    pads = (-1, -1) + ((-1, 0.0) if params.personal else ())
+    shapes = ([None], [None]) + (([None], [None], [None]) if params.personal else ())
+    pads = (-1, -1) + ((-1, 0.0, 0.0) if params.personal else ())
     ds = ds.padded_batch(global_batch, padded_shapes=shapes, padding_values=pads)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -96,7 +98,7 @@ def train_deep(
     val: evaluate.HoldOut,
     params: DeepParams,
     out_dir: str | os.PathLike | None = None,
-    history: sp.csr_matrix | None = None,
+    history=None,
 ) -> DeepResult:
     """Train on binary train baskets; keep the epoch with the best validation NDCG@10.
 
@@ -238,7 +240,7 @@ def train_deep(
 # --------------------------------------------------------------------------- all candidates
 CANDIDATES_DIR = "candidates"
 SUMMARY_FILE = "train_summary.json"
-MIX_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MIX_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # weight of EASE; 1.0 = EASE alone
 
 
 def peak_rss_mb() -> float:
@@ -256,23 +258,37 @@ def _grid_summary(scores: dict[float, float], top: int = 3) -> str:
     """A grid search in one short log line: the best few settings and the range (the full grid is in the
     candidate's params and the train summary)."""
     best = sorted(scores.items(), key=lambda kv: -kv[1])[:top]
-    return ", ".join(f"{k:g}: {v:.4f}" for k, v in best) + f"; {len(scores)} tried, worst {min(scores.values()):.4f}"
+    return (
+        ", ".join(f"{k if isinstance(k, str) else format(k, 'g')}: {v:.4f}" for k, v in best)
+        + f"; {len(scores)} tried, worst {min(scores.values()):.4f}"
+    )
 
 
 HISTORY_GRID = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
-def _tune_history_weight(model, holdout: evaluate.HoldOut, n_items: int) -> tuple[float, dict]:
-    """β for score + β·log(1 + purchase count), chosen on the personalised validation hold-out."""
+def _tune_history_weight(
+    model, holdout: evaluate.HoldOut, n_items: int, decays=(0.0,), weights=HISTORY_GRID
+) -> tuple[tuple[float, float], dict]:
+    """(τ, β) for score + β·log(1 + decayed purchase count), chosen on the personalised validation hold-out.
+
+    τ (days) runs over ``decays`` (0: plain counts), β over ``weights``; ties go to the smaller β, then
+    the plain counts."""
     saved = model.history_weight
     model.history_weight = 0.0
+    grid = [(t, b) for t in decays for b in weights]
     try:
         scores = evaluate.tune_on_validation(
-            holdout, n_items, lambda X, H: model.score(X, H), lambda base, prior, b: base + b * prior, HISTORY_GRID
+            holdout,
+            n_items,
+            lambda X, H: model.score(X, H),
+            lambda base, priors, g: base + g[1] * priors[g[0]],
+            grid,
+            decays=tuple(decays),
         )
     finally:
         model.history_weight = saved
-    best = max(scores, key=lambda b: (scores[b], -b))
+    best = max(scores, key=lambda g: (scores[g], -g[1], -g[0]))
     return best, scores
 
 
@@ -296,7 +312,16 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     splits = split_baskets(baskets)
     n_items = len(vocab)
     X = baselines.baskets_to_csr(splits["train"], n_items)
-    holdouts, history = evaluate.make_holdouts(baskets, n_items, cfg.models.eval_seed, cfg.models.history_max_items)
+    params = deep_params(cfg)
+    prior_decays = decay_list(cfg.models.prior_decay_days) or (0.0,)
+    holdouts, history = evaluate.make_holdouts(
+        baskets,
+        n_items,
+        cfg.models.eval_seed,
+        cfg.models.history_max_items,
+        decays=prior_decays,
+        train_decays=(params.history_decay,),
+    )
     personal = history is not None
     log.info("split loaded, histories built: peak RSS %.0f MB", peak_rss_mb())
     val = holdouts["validation"]  # personalised when the data has users
@@ -304,18 +329,21 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     evidence = evidence_table(X, cfg.models.evidence_top_n)
     entries, ease_table = [], None
 
-    def save(model, entry: dict) -> None:
+    def save(model, entry: dict, decays=prior_decays, weights=HISTORY_GRID) -> None:
         model.evidence = evidence
         entry["peak_rss_mb"] = peak_rss_mb()
         if personal:
-            model.history_weight, grid = _tune_history_weight(model, val, n_items)
-            entry["history_weight"] = model.history_weight
-            entry["history_weight_grid"] = {f"{k:g}": round(v, 5) for k, v in grid.items()}
+            (model.history_decay, model.history_weight), grid = _tune_history_weight(
+                model, val, n_items, decays, weights
+            )
+            entry["history_weight"], entry["history_decay"] = model.history_weight, model.history_decay
+            entry["history_weight_grid"] = {f"tau={t:g} beta={b:g}": round(v, 5) for (t, b), v in grid.items()}
             log.info(
-                "%s: history weight %.3g chosen on validation (personalised NDCG@10 %s)",
+                "%s: personal prior decay %g days, weight %.3g chosen on validation (personalised NDCG@10 %s)",
                 model.name,
+                model.history_decay,
                 model.history_weight,
-                _grid_summary(grid),
+                _grid_summary({f"tau={t:g} beta={b:g}": v for (t, b), v in grid.items()}),
             )
         entry["path"] = str(model.save(cand_dir / f"{model.name}.npz"))
         entries.append(entry)
@@ -337,25 +365,21 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             popularity,
             table=baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * popularity),
             history_weight=1.0,
-            params={"score": "log(1 + purchase count), ties by popularity"},
+            params={"score": "log(1 + decayed purchase count), decay chosen on validation; ties by popularity"},
         )
-        frequency.evidence = evidence
-        entries.append(
-            {
-                "name": "personal_frequency",
-                "kind": ModelKind.CLASSICAL,
-                "train_seconds": 0.0,
-                "personal_only": True,
-                "history_weight": 1.0,
-                "path": str(frequency.save(cand_dir / "personal_frequency.npz")),
-            }
+        save(
+            frequency,
+            {"name": "personal_frequency", "kind": ModelKind.CLASSICAL, "train_seconds": 0.0, "personal_only": True},
+            weights=(1.0,),
         )
-    params = deep_params(cfg)
     params.personal = personal
     train_rows = np.flatnonzero((baskets["split"] == "train").to_numpy())
     log.info("classical candidates done: peak RSS %.0f MB", peak_rss_mb())
     result = train_deep(X, val, params, out_dir / "deep", history=history[train_rows] if personal else None)
     log.info("deep training done: peak RSS %.0f MB", peak_rss_mb())
+    # a deep model's own prior uses the network's decay (or plain counts): one decay per served model, so a
+    # request with one row per item (count, days) reproduces it exactly
+    deep_decays = (0.0, params.history_decay)
     deep = ServableModel("deep", ModelKind.DEEP, vocab, popularity, deep=result.spec, params=params.to_dict())
     save(
         deep,
@@ -366,6 +390,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             "best_epoch": result.best_epoch,
             "examples_per_second": result.examples_per_second,
         },
+        decays=deep_decays,
     )
     if cfg.models.deep_mix_with_ease and ease_table is not None and val.n:
         started = time.perf_counter()
@@ -373,7 +398,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             val,
             n_items,
             lambda Xb, Hb: (standardise(result.score(Xb, Hb)), standardise(ease_table.score(Xb))),
-            lambda parts, prior, w: (1 - w) * parts[0] + w * parts[1],
+            lambda parts, priors, w: (1 - w) * parts[0] + w * parts[1],
             MIX_GRID,
         )
         weight = max(scores, key=lambda w: (scores[w], -w))
@@ -400,6 +425,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
                 "mix_weight": weight,
                 "train_seconds": result.train_seconds + time.perf_counter() - started,
             },
+            decays=deep_decays,
         )
     summary = {
         "prep_dir": str(prep_dir),

@@ -14,11 +14,48 @@ with the baskets: purchase counts, and days since the last purchase + 1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 SPLIT_RANK = {"train": 0, "validation": 1, "test": 2}
+
+
+@dataclass
+class History:
+    """The shopper's history for a batch of baskets: purchase counts and recency-decayed counts.
+
+    ``decayed[tau]`` holds, per history item, sum over its earlier purchases of exp(-days ago / tau)
+    (TIFU-style time decay, evaluated at the basket's own time). It is what a served model computes from
+    the request's ``history_counts`` and ``history_days`` (one row per purchase, or per item with the
+    days since its last purchase: then the sum is approximated by count · exp(-days / tau)).
+    Row slicing keeps the pieces aligned.
+    """
+
+    counts: sp.csr_matrix
+    decayed: dict[float, sp.csr_matrix] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.counts.shape
+
+    def __getitem__(self, rows) -> "History":
+        return History(self.counts[rows], {t: m[rows] for t, m in self.decayed.items()})
+
+    def weights(self, tau: float = 0.0) -> sp.csr_matrix:
+        """The prior's input: counts (``tau`` 0) or decayed counts, as CSR."""
+        if not tau:
+            return self.counts
+        if tau not in self.decayed:
+            raise KeyError(f"history has no decay {tau:g} days (has {sorted(self.decayed)})")
+        return self.decayed[tau]
+
+
+def as_history(H) -> History | None:
+    """A :class:`History` from a History, a counts CSR matrix, or None."""
+    return H if H is None or isinstance(H, History) else History(sp.csr_matrix(H))
 
 
 def build_histories(
@@ -33,10 +70,31 @@ def build_histories(
     Vectorised per user: a dense [baskets, distinct items] matrix of the user, cumulative counts
     and running last-purchase days, read at each basket's cut-off.
     """
+    counts, recency, _ = _histories(baskets, n_items, with_recency, max_items)
+    return counts, recency
+
+
+def build_history(baskets: pd.DataFrame, n_items: int, max_items: int = 0, taus=(), tau_rows=None) -> History:
+    """Counts and, for each decay time in ``taus`` (days), recency-decayed counts, as one :class:`History`.
+
+    ``tau_rows`` (a boolean mask over the baskets, or one mask per decay time) limits the decayed
+    matrices to those rows (others are empty): evaluation needs a grid of decays on validation and
+    test only, the network its own few decays on every basket.
+    """
+    counts, _, decayed = _histories(baskets, n_items, False, max_items, tuple(taus), tau_rows)
+    return History(counts, decayed)
+
+
+def _histories(baskets, n_items, with_recency, max_items, taus=(), tau_rows=None):
     n = len(baskets)
     if n == 0:
         empty = sp.csr_matrix((0, n_items), dtype=np.float32)
-        return empty, empty.copy()
+        return empty, empty.copy(), {t: empty.copy() for t in taus}
+    if not isinstance(tau_rows, dict):
+        mask = np.ones(n, dtype=bool) if tau_rows is None else np.asarray(tau_rows, dtype=bool)
+        tau_rows = {t: mask for t in taus}
+    tau_rows = {t: (np.ones(n, dtype=bool) if m is None else np.asarray(m, dtype=bool)) for t, m in tau_rows.items()}
+    out_decayed = {t: ([], [], []) for t in taus}
     ts = baskets["ts"]
     days = ((ts - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds() / 86_400.0).to_numpy()
     stamp = ts.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[us]").astype(np.int64)
@@ -63,6 +121,8 @@ def build_histories(
                 out_counts,
                 out_recency if with_recency else None,
                 max_items,
+                out_decayed,
+                tau_rows,
             )
     idx = (
         np.concatenate(out_rows) if out_rows else np.zeros(0, np.int32),
@@ -71,16 +131,36 @@ def build_histories(
     counts = sp.csr_matrix(
         (np.concatenate(out_counts) if out_counts else np.zeros(0, np.float32), idx), shape=(n, n_items)
     )
+    decayed = {}
+    for t, (r, c, v) in out_decayed.items():
+        decayed[t] = sp.csr_matrix(
+            (
+                np.concatenate(v) if v else np.zeros(0, np.float32),
+                (np.concatenate(r) if r else np.zeros(0, np.int32), np.concatenate(c) if c else np.zeros(0, np.int32)),
+            ),
+            shape=(n, n_items),
+        )
     if not with_recency:
-        return counts, None
+        return counts, None, decayed
     recency = sp.csr_matrix(
         (np.concatenate(out_recency) if out_recency else np.zeros(0, np.float32), idx), shape=(n, n_items)
     )
-    return counts, recency
+    return counts, recency, decayed
 
 
 def _user_history(
-    rows, items, days, stamp, split, out_rows, out_cols, out_counts, out_recency, max_items: int = 0
+    rows,
+    items,
+    days,
+    stamp,
+    split,
+    out_rows,
+    out_cols,
+    out_counts,
+    out_recency,
+    max_items: int = 0,
+    out_decayed=None,
+    tau_rows=None,
 ) -> None:
     """History of one user's baskets (``rows`` sorted by time)."""
     lengths = np.fromiter((len(items[r]) for r in rows), np.int64, len(rows))
@@ -118,11 +198,38 @@ def _user_history(
             order = np.lexsort((np.arange(history.shape[1]), -history[k]))  # most bought, then lower item id
             history[k, order[max_items:]] = 0.0
     r, c = np.nonzero(history)
+    visible = None
+    for tau, (d_rows, d_cols, d_vals) in (out_decayed or {}).items():
+        wanted = tau_rows[tau][rows[r]]
+        if not wanted.any():
+            continue
+        if visible is None:
+            visible = _visibility(len(rows), first_of_instant if len(train) else None, train, val, test)
+            gap = np.maximum(day[:, None] - day[None, :], 0.0)
+        rr, cc = r[wanted], c[wanted]
+        need, at = np.unique(rr, return_inverse=True)
+        weights = np.where(visible[need], np.exp(-gap[need] / tau), 0.0)
+        dec = weights @ B.astype(np.float64)  # [needed baskets, items]
+        d_rows.append(rows[rr].astype(np.int32))
+        d_cols.append(distinct[cc].astype(np.int32))
+        d_vals.append(dec[at, cc].astype(np.float32))
     out_rows.append(rows[r].astype(np.int32))
     out_cols.append(distinct[c].astype(np.int32))
     out_counts.append(history[r, c].astype(np.float32))
     if out_recency is not None:
         out_recency.append((np.maximum(day[r] - last[r, c], 0.0) + 1.0).astype(np.float32))
+
+
+def _visibility(n: int, first_of_instant, train, val, test) -> np.ndarray:
+    """[basket k, basket j] of one user: may k's history see j? The counts' rules: a train basket sees
+    earlier train baskets (not those at its own instant), validation sees train, test sees train and
+    validation. The decayed counts weight each visible basket by exp(-(day_k - day_j) / tau)."""
+    allowed = np.zeros((n, n), dtype=bool)
+    if len(train):
+        allowed[np.ix_(train, train)] = np.arange(len(train))[None, :] < first_of_instant[:, None]
+    allowed[np.ix_(val, train)] = True
+    allowed[np.ix_(test, np.concatenate([train, val]))] = True
+    return allowed
 
 
 def cap_history(counts: sp.csr_matrix, max_items: int) -> sp.csr_matrix:

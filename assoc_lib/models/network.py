@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from assoc_lib.config import ModelsConfig
+from assoc_lib.data.history import as_history
 from assoc_lib.tfrt import tensorflow
 
 _M = ModelsConfig  # the defaults live once, in the config; DeepParams only names them for the network
@@ -39,6 +40,8 @@ class DeepParams:
     sampled_softmax: int = _M.deep_sampled_softmax  # >0: negatives for sampled softmax; 0: full softmax
     personal: bool = False  # second input: the shopper's history (items + purchase counts); set from the data
     history_dropout: float = _M.deep_history_dropout
+    # days: the repeat prior also reads log(1 + sum of exp(-days ago / decay) over each item's purchases)
+    history_decay: float = _M.deep_history_decay
     seed: int = _M.seed
 
     @classmethod
@@ -58,6 +61,7 @@ class DeepParams:
             sampled_softmax=m.deep_sampled_softmax,
             personal=personal,
             history_dropout=m.deep_history_dropout,
+            history_decay=m.deep_history_decay,
             seed=m.seed,
         )
 
@@ -108,16 +112,23 @@ def build_network(n_items: int, params: DeepParams):
             return summed / ops.sqrt(ops.maximum(ops.sum(w * w, axis=1, keepdims=True), 1e-6))
 
     class RepeatPrior(layers.Layer):
-        """logits_j += (gamma + r_j) · log(1 + count_j): how much each item is bought again."""
+        """logits_j += (gamma + r_j) · log(1 + count_j) + (delta + s_j) · log(1 + decayed count_j).
 
-        def __init__(self, n_items, **kw):
+        How much each item is bought again (r_j), and how much that depends on how recently (s_j): an
+        item bought weekly matters less a month later; a yearly one still counts."""
+
+        def __init__(self, n_items, decay, **kw):
             super().__init__(**kw)
-            self.n_items = n_items
+            self.n_items, self.decay = n_items, float(decay)
             self.gamma = self.add_weight(shape=(), initializer=keras.initializers.Constant(1.0), name="gamma")
             self.repeat_bias = self.add_weight(shape=(n_items,), initializer="zeros", name="repeat_bias")
+            self.delta = self.add_weight(shape=(), initializer=keras.initializers.Constant(1.0), name="delta")
+            self.recency_bias = self.add_weight(shape=(n_items,), initializer="zeros", name="recency_bias")
 
-        def call(self, logits, ids, weights):
-            return logits + scatter_rows(ids, weights, self.n_items) * (self.gamma + self.repeat_bias)[None, :]
+        def call(self, logits, ids, weights, decayed):
+            counts = scatter_rows(ids, weights, self.n_items) * (self.gamma + self.repeat_bias)[None, :]
+            recent = scatter_rows(ids, decayed, self.n_items) * (self.delta + self.recency_bias)[None, :]
+            return logits + counts + recent
 
     ids = keras.Input(shape=(None,), dtype="int32", name="items")
     inputs = [ids]
@@ -125,7 +136,8 @@ def build_network(n_items: int, params: DeepParams):
     if params.personal:
         hist_ids = keras.Input(shape=(None,), dtype="int32", name="history")
         hist_w = keras.Input(shape=(None,), dtype="float32", name="history_weights")
-        inputs += [hist_ids, hist_w]
+        hist_dw = keras.Input(shape=(None,), dtype="float32", name="history_decayed")
+        inputs += [hist_ids, hist_w, hist_dw]
         pre = layers.Add(name="bag_plus_history")(
             [pre, HistoryBag(n_items, params.embedding_dim, name="history_bag")(hist_ids, hist_w)]
         )
@@ -140,7 +152,7 @@ def build_network(n_items: int, params: DeepParams):
         h = layers.Dropout(params.dropout, seed=params.seed + 99)(h)
     logits = layers.Dense(n_items, name="item_logits", dtype="float32")(h)
     if params.personal:
-        logits = RepeatPrior(n_items, name="repeat_prior")(logits, hist_ids, hist_w)
+        logits = RepeatPrior(n_items, params.history_decay, name="repeat_prior")(logits, hist_ids, hist_w, hist_dw)
     return keras.Model(inputs, [logits, h], name="basket_dae")
 
 
@@ -179,6 +191,8 @@ def forward_spec(network) -> dict:
         spec["hist_embeddings"] = np.asarray(network.get_layer("history_bag").table.numpy()[1:], np.float32)
         prior = network.get_layer("repeat_prior")
         spec["repeat_weight"] = (float(prior.gamma.numpy()) + prior.repeat_bias.numpy()).astype(np.float32)
+        spec["recency_weight"] = (float(prior.delta.numpy()) + prior.recency_bias.numpy()).astype(np.float32)
+        spec["history_decay"] = np.asarray(prior.decay, np.float32)
     return spec
 
 
@@ -243,26 +257,39 @@ def scatter_rows(ids, weights, n_items: int):
 
 
 def history_weights(H: sp.csr_matrix) -> sp.csr_matrix:
-    """log(1 + purchase count) of each history item."""
-    W = H.copy().astype(np.float32)
+    """log(1 + w) of each history item's (decayed) purchase count."""
+    W = sp.csr_matrix(H, dtype=np.float32, copy=True)
     W.data = np.log1p(W.data)
     return W
 
 
-def numpy_logits(spec: dict, X: sp.csr_matrix, H: sp.csr_matrix | None = None) -> np.ndarray:
+def aligned(values: sp.csr_matrix, like: sp.csr_matrix) -> np.ndarray:
+    """``values`` read at the stored entries of ``like`` (CSR, same shape), in ``like.data`` order."""
+    like = like.tocsr()
+    rows = np.repeat(np.arange(like.shape[0]), np.diff(like.indptr))
+    return np.asarray(values.tocsr()[rows, like.indices]).ravel().astype(np.float32)
+
+
+def numpy_logits(spec: dict, X: sp.csr_matrix, H=None) -> np.ndarray:
     """The network's logits computed from ``forward_spec`` with numpy (reference for the export).
 
-    ``H``: history purchase counts (CSR, same rows as X); ignored by a basket-only network.
+    ``H``: the history (a ``History`` with the network's decay, CSR rows aligned with X); ignored by a
+    basket-only network.
     """
+    H = as_history(H)
     counts = np.maximum(np.asarray(X.sum(axis=1)).ravel(), 1.0)
     pre = np.asarray(X @ spec["embeddings"]) / np.sqrt(counts)[:, None] + spec["bag_bias"]
-    W = history_weights(H) if H is not None and "hist_embeddings" in spec else None
-    if W is not None:
+    personal = H is not None and "hist_embeddings" in spec
+    if personal:
+        W = history_weights(H.counts)
         norm = np.sqrt(np.maximum(np.asarray(W.multiply(W).sum(axis=1)).ravel(), 1e-6))
         pre = pre + np.asarray(W @ spec["hist_embeddings"]) / norm[:, None]
     logits = head(pre, spec, NUMPY)
-    if W is not None:
+    if personal:
         logits = logits + np.asarray(W.multiply(spec["repeat_weight"][None, :]).todense())
+        if "recency_weight" in spec:
+            DW = history_weights(H.weights(float(spec["history_decay"])))
+            logits = logits + np.asarray(DW.multiply(spec["recency_weight"][None, :]).todense())
     return logits
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from assoc_lib.data.history import as_history
 from assoc_lib.models.baselines import NeighbourTable
 from assoc_lib.models.explain import EvidenceTable
 from assoc_lib.models.network import mix, numpy_logits
@@ -33,7 +34,8 @@ class ServableModel:
     deep: dict | None = None  # model.forward_spec
     mix_weight: float = 0.0  # weight of the table when both parts exist
     params: dict = field(default_factory=dict)
-    history_weight: float = 0.0  # personalised protocol: + history_weight · log(1 + purchase count)
+    history_weight: float = 0.0  # personalised protocol: + history_weight · log(1 + (decayed) purchase count)
+    history_decay: float = 0.0  # days: the prior counts each purchase as exp(-days ago / decay); 0: plain counts
     evidence: EvidenceTable | None = None  # pairwise evidence that explains each recommendation
 
     @property
@@ -45,8 +47,9 @@ class ServableModel:
         """Whether the network itself reads the history (a second input)."""
         return self.deep is not None and "hist_embeddings" in self.deep
 
-    def score(self, X: sp.csr_matrix, H: sp.csr_matrix | None = None) -> np.ndarray:
-        """Scores [rows, vocabulary]; ``H`` (history purchase counts) switches on personalisation."""
+    def score(self, X: sp.csr_matrix, H=None) -> np.ndarray:
+        """Scores [rows, vocabulary]; ``H`` (a :class:`History`, or purchase counts) switches on personalisation."""
+        H = as_history(H)
         if self.deep is not None and self.table is not None:
             out = mix(numpy_logits(self.deep, X, H), self.table.score(X), self.mix_weight)
         elif self.deep is not None:
@@ -58,7 +61,7 @@ class ServableModel:
         if empty.any():
             out[empty] = self.popularity
         if H is not None and self.history_weight:
-            out += self.history_weight * np.log1p(H.toarray())
+            out += self.history_weight * np.log1p(H.weights(self.history_decay).toarray())
         return out
 
     # ---------------------------------------------------------------- persistence between tasks
@@ -72,6 +75,7 @@ class ServableModel:
             "mix_weight": self.mix_weight,
             "params": self.params,
             "history_weight": self.history_weight,
+            "history_decay": self.history_decay,
             "table_aggregation": self.table.aggregation if self.table else None,
             "deep_layers": [l["type"] for l in self.deep["layers"]] if self.deep else None,
             "deep_eps": [l.get("epsilon") for l in self.deep["layers"]] if self.deep else None,
@@ -88,7 +92,16 @@ class ServableModel:
                 ev_lift=self.evidence.lift,
             )
         if self.deep is not None:
-            for key in ("embeddings", "bag_bias", "out_kernel", "out_bias", "hist_embeddings", "repeat_weight"):
+            for key in (
+                "embeddings",
+                "bag_bias",
+                "out_kernel",
+                "out_bias",
+                "hist_embeddings",
+                "repeat_weight",
+                "recency_weight",
+                "history_decay",
+            ):
                 if key in self.deep:
                     arrays[f"deep_{key}"] = self.deep[key]
             for i, layer in enumerate(self.deep["layers"]):
@@ -111,7 +124,16 @@ class ServableModel:
         if meta["deep_layers"] is not None:
             deep = {
                 k: z[f"deep_{k}"]
-                for k in ("embeddings", "bag_bias", "out_kernel", "out_bias", "hist_embeddings", "repeat_weight")
+                for k in (
+                    "embeddings",
+                    "bag_bias",
+                    "out_kernel",
+                    "out_bias",
+                    "hist_embeddings",
+                    "repeat_weight",
+                    "recency_weight",
+                    "history_decay",
+                )
                 if f"deep_{k}" in z
             }
             deep["layers"] = []
@@ -145,4 +167,5 @@ class ServableModel:
             mix_weight=meta["mix_weight"],
             params=meta["params"],
             history_weight=meta.get("history_weight", 0.0),
+            history_decay=meta.get("history_decay", 0.0),
         )

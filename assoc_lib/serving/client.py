@@ -134,7 +134,7 @@ class AssocClient:
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, signature, version, label)
         for key, value in inputs.items():  # strings are UTF-8 encoded by to_proto
-            dtype = np.float32 if key == "history_counts" else object
+            dtype = np.float32 if key in ("history_counts", "history_days") else object
             request.inputs[key].CopyFrom(to_proto(np.asarray(value, dtype=dtype)))
         response = self.predict_stub.Predict(request, timeout=self.timeout)
         # item ids and scores now; the explanation outputs are decoded when Answer.evidence is read
@@ -145,17 +145,35 @@ class AssocClient:
         return self.predict("complete_basket", {"items": [b + [""] * (width - len(b)) for b in baskets]}, **kw)
 
     def complete_basket_personal(
-        self, baskets: list[list[str]], histories: list[list[str]], counts: list[list[float]], **kw
+        self,
+        baskets: list[list[str]],
+        histories: list[list[str]],
+        counts: list[list[float]],
+        days: list[list[float]] | None = None,
+        **kw,
     ) -> Answer:
-        """The shopper's earlier purchases (ids and counts) ride along; the model stores none."""
+        """The shopper's earlier purchases ride along; the model stores none. One row per purchase (count 1,
+        days since it) or per item (its purchase count, days since its last purchase); ``days`` None
+        sends 0 (bought today)."""
 
         def pad(rows, fill):
             width = max(1, max((len(r) for r in rows), default=1))
             return [list(r) + [fill] * (width - len(r)) for r in rows]
 
+        if days is None:
+            days = [[0.0] * len(h) for h in histories]
+        if [len(d) for d in days] != [len(h) for h in histories] or [len(c) for c in counts] != [
+            len(h) for h in histories
+        ]:
+            raise ValueError("history, counts and days need one value per history item")
         return self.predict(
             "complete_basket_personal",
-            {"items": pad(baskets, ""), "history": pad(histories, ""), "history_counts": pad(counts, 0.0)},
+            {
+                "items": pad(baskets, ""),
+                "history": pad(histories, ""),
+                "history_counts": pad(counts, 0.0),
+                "history_days": pad(days, 0.0),
+            },
             **kw,
         )
 

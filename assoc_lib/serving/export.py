@@ -36,7 +36,9 @@ def _constants(tf, arrays: dict) -> dict:
     """numpy arrays (and nested layer lists) as TF constants; other values unchanged."""
     out = {}
     for key, value in arrays.items():
-        if isinstance(value, np.ndarray):
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            out[key] = value.item()  # a scalar setting (the network's decay time), not a tensor
+        elif isinstance(value, np.ndarray):
             out[key] = tf.constant(value)
         elif key == "layers":
             out[key] = [_constants(tf, layer) for layer in value]
@@ -63,22 +65,41 @@ def table_scores(tf, table: dict, aggregation: str, ids, valid, n_items: int):
     return tf.reshape(flat, [batch, n_items]) + table["bias"]
 
 
+def history_matrices(tf, hist_ids, counts, days, decays, n_items: int) -> dict:
+    """Dense [batch, V] per-item sums of the request's history rows: ``0.0`` → purchase counts, and each
+    decay time τ → decayed counts sum(count · exp(-days / τ)). Rows naming the same item add up, so a
+    client may send one row per purchase (exact) or one per item with the days since its last purchase."""
+    ok = hist_ids >= 0
+    counts = tf.where(ok, tf.maximum(tf.cast(counts, tf.float32), 0.0), 0.0)
+    days = tf.maximum(tf.cast(days, tf.float32), 0.0)
+    out = {0.0: scatter_rows(hist_ids, counts, n_items)}
+    for tau in sorted({float(t) for t in decays if t}):
+        out[tau] = scatter_rows(hist_ids, counts * tf.exp(-days / tau), n_items)
+    return out
+
+
 def deep_scores(tf, spec: dict, ids, valid, history=None):
     """The network's logits: the embedding-bag (plus the history bag), then ``network.head``, then the
-    repeat prior. ``history``: (history ids, log(1+count) weights, their dense [batch, V] scatter)."""
+    repeat prior. ``history``: :func:`history_matrices` (counts and the network's decayed counts)."""
     mask = tf.cast(valid, tf.float32)
     vec = tf.reduce_sum(tf.gather(spec["embeddings"], tf.maximum(ids, 0)) * mask[:, :, None], axis=1)
     count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
     pre = vec / tf.sqrt(count) + spec["bag_bias"]
     personal = history is not None and "hist_embeddings" in spec
     if personal:
-        hist_ids, hist_w, _ = history
-        w = hist_w * tf.cast(hist_ids >= 0, tf.float32)
-        hv = tf.reduce_sum(tf.gather(spec["hist_embeddings"], tf.maximum(hist_ids, 0)) * w[:, :, None], axis=1)
-        pre += hv / tf.sqrt(tf.maximum(tf.reduce_sum(w * w, axis=1, keepdims=True), 1e-6))
+        W = tf.math.log1p(history[0.0])  # [batch, V], one entry per distinct history item
+        nz = tf.where(W > 0)  # the history bag reads the distinct items only
+        w = tf.gather_nd(W, nz)
+        rows = tf.cast(nz[:, 0], tf.int32)
+        batch = tf.shape(W)[0]
+        hv = tf.math.unsorted_segment_sum(tf.gather(spec["hist_embeddings"], nz[:, 1]) * w[:, None], rows, batch)
+        norm = tf.sqrt(tf.maximum(tf.math.unsorted_segment_sum(w * w, rows, batch), 1e-6))
+        pre += hv / norm[:, None]
     logits = head(pre, spec, tf_ops())
     if personal:
-        logits += history[2] * spec["repeat_weight"][None, :]
+        logits += W * spec["repeat_weight"][None, :]
+        if "recency_weight" in spec:
+            logits += tf.math.log1p(history[float(spec["history_decay"])]) * spec["recency_weight"][None, :]
     return logits
 
 
@@ -117,6 +138,7 @@ def _build_module(model: ServableModel, k: int):
     """A tf.Module whose signatures compose the pieces above for ``model``."""
     tf = tensorflow()
     V, k = model.n_items, min(k, model.n_items)
+    decays = [model.history_decay] + ([float(model.deep["history_decay"])] if model.personal else [])
 
     class BasketModule(tf.Module):
         def __init__(self):
@@ -139,16 +161,12 @@ def _build_module(model: ServableModel, k: int):
                 )
             )
 
-        def _history(self, history, history_counts):
-            hist_ids = self.lookup.lookup(history)
-            hist_w = tf.math.log1p(tf.maximum(tf.cast(history_counts, tf.float32), 0.0))
-            hist_w = tf.where(hist_ids >= 0, hist_w, tf.zeros_like(hist_w))
-            return hist_ids, hist_w, scatter_rows(hist_ids, hist_w, V)
-
-        def _complete(self, items, history=None, history_counts=None):
+        def _complete(self, items, history=None, history_counts=None, history_days=None):
             ids = self.lookup.lookup(items)  # unknown ids and "" padding -> -1, ignored
             valid = ids >= 0
-            hist = None if history is None else self._history(history, history_counts)
+            hist = None
+            if history is not None:
+                hist = history_matrices(tf, self.lookup.lookup(history), history_counts, history_days, decays, V)
             if self.spec is not None and self.table is not None:
                 deep = deep_scores(tf, self.spec, ids, valid, hist)
                 table = table_scores(tf, self.table, model.table.aggregation, ids, valid, V)
@@ -160,7 +178,8 @@ def _build_module(model: ServableModel, k: int):
             empty = tf.logical_not(tf.reduce_any(valid, axis=1))
             scores = tf.where(empty[:, None], tf.broadcast_to(self.popularity[None, :], tf.shape(scores)), scores)
             if hist is not None and model.history_weight:
-                scores += model.history_weight * hist[2]  # the personal prior: + β·log(1 + count)
+                # the personal prior: + β·log(1 + decayed count)
+                scores += model.history_weight * tf.math.log1p(hist[float(model.history_decay)])
             top = tf.math.top_k(exclude_inputs(tf, scores, ids, valid), k=k)
             out = {"item_ids": tf.gather(self.vocab, top.indices), "scores": top.values}
             if self.evidence is not None:
@@ -176,10 +195,11 @@ def _build_module(model: ServableModel, k: int):
                 tf.TensorSpec([None, None], tf.string, name="items"),
                 tf.TensorSpec([None, None], tf.string, name="history"),
                 tf.TensorSpec([None, None], tf.float32, name="history_counts"),
+                tf.TensorSpec([None, None], tf.float32, name="history_days"),
             ]
         )
-        def complete_basket_personal(self, items, history, history_counts):
-            return self._complete(items, history, history_counts)
+        def complete_basket_personal(self, items, history, history_counts, history_days):
+            return self._complete(items, history, history_counts, history_days)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item")])
         def related_items(self, item):
@@ -198,16 +218,20 @@ def warmup_requests(model_name: str, examples: list[list[str]]) -> list:
     padded = [e + [""] * (width - len(e)) for e in examples]
     history = [list(reversed(e)) + [""] * (width - len(e)) for e in examples]
     counts = [[float(len(e) - i) if i < len(e) else 0.0 for i in range(width)] for e in examples]
+    days = [[7.0 * (i + 1) if i < len(e) else 0.0 for i in range(width)] for e in examples]
     requests = (
         ("complete_basket", {"items": padded}),
         ("serving_default", {"items": padded}),
-        ("complete_basket_personal", {"items": padded, "history": history, "history_counts": counts}),
+        (
+            "complete_basket_personal",
+            {"items": padded, "history": history, "history_counts": counts, "history_days": days},
+        ),
         ("related_items", {"item": [e[0] if e else "" for e in examples]}),
     )
     for signature, inputs in requests:
         req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
         for key, value in inputs.items():
-            dtype = tf.float32 if key == "history_counts" else tf.string
+            dtype = tf.float32 if key in ("history_counts", "history_days") else tf.string
             req.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
         logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req)))
     return logs
@@ -246,6 +270,8 @@ def export_saved_model(
             "params": model.params,
             "mix_weight": model.mix_weight,
             "history_weight": model.history_weight,
+            "history_decay": model.history_decay,
+            "network_history_decay": float(model.deep["history_decay"]) if model.personal else None,
             "personal_network": model.personal,
             "signatures": {
                 "complete_basket": {
@@ -257,6 +283,7 @@ def export_saved_model(
                         "items": "string [batch, n]",
                         "history": "string [batch, h]",
                         "history_counts": "float [batch, h]",
+                        "history_days": "float [batch, h]: days since that purchase (or since the item's last)",
                     },
                     "outputs": {"item_ids": "string [batch, K]", "scores": "float [batch, K]"},
                 },

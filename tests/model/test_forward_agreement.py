@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from assoc_lib.data.history import History
 from assoc_lib.models.network import DeepParams, build_network, forward_spec, numpy_logits
 from assoc_lib.models.servable import ServableModel
 from assoc_lib.records import ModelKind
@@ -14,11 +15,24 @@ from assoc_lib.serving.export import export_saved_model
 
 N_ITEMS = 13
 BASKETS = [[0, 3, 5], [7], [2, 11, 12, 4], [9, 1]]
-HISTORY = [{3: 2.0, 8: 5.0}, {}, {0: 1.0}, {6: 3.0, 9: 1.0, 10: 7.0}]  # item -> purchase count
+# the history as a client sends it: (item, count, days since) rows; an item may come back in several rows
+EVENTS = [
+    [(3, 2.0, 4.0), (8, 3.0, 30.0), (8, 2.0, 2.0)],
+    [],
+    [(0, 1.0, 90.0)],
+    [(6, 3.0, 1.0), (9, 1.0, 0.0), (10, 7.0, 45.0)],
+]
+DECAY = 20.0
+HISTORY = [{} for _ in EVENTS]  # item -> purchase count
+DECAYED = [{} for _ in EVENTS]  # item -> sum of count · exp(-days / DECAY), by hand
+for _row, _events in enumerate(EVENTS):
+    for _item, _count, _days in _events:
+        HISTORY[_row][_item] = HISTORY[_row].get(_item, 0.0) + _count
+        DECAYED[_row][_item] = DECAYED[_row].get(_item, 0.0) + _count * float(np.exp(-_days / DECAY))
 
 
 def _network(personal: bool):
-    params = DeepParams(embedding_dim=6, hidden=(5, 4), layer_norm=True, personal=personal, seed=3)
+    params = DeepParams(embedding_dim=6, hidden=(5, 4), layer_norm=True, personal=personal, history_decay=DECAY, seed=3)
     net = build_network(N_ITEMS, params)
     rng = np.random.default_rng(0)
     # random weights everywhere (biases, layer-norm gains, the repeat prior included): nothing stays at its init
@@ -47,14 +61,19 @@ def test_keras_numpy_and_saved_model_agree(personal, tmp_path):
         ),
         shape=(len(BASKETS), N_ITEMS),
     )
-    H = sp.csr_matrix(
-        (
-            [c for h in HISTORY for c in h.values()],
-            ([i for i, h in enumerate(HISTORY) for _ in h], [j for h in HISTORY for j in h]),
-        ),
-        shape=(len(BASKETS), N_ITEMS),
-        dtype=np.float32,
-    )
+
+    def csr(rows):
+        return sp.csr_matrix(
+            (
+                [c for h in rows for c in h.values()],
+                ([i for i, h in enumerate(rows) for _ in h], [j for h in rows for j in h]),
+            ),
+            shape=(len(BASKETS), N_ITEMS),
+            dtype=np.float32,
+        )
+
+    H = History(csr(HISTORY), {DECAY: csr(DECAYED)})
+    assert H.counts[0, 8] == 5.0 and H.decayed[DECAY][0, 8] == pytest.approx(3 * np.exp(-1.5) + 2 * np.exp(-0.1))
     # Keras (training path)
     ids = _padded(BASKETS, 4, -1, np.int32)
     inputs = [ids]
@@ -62,6 +81,7 @@ def test_keras_numpy_and_saved_model_agree(personal, tmp_path):
         inputs += [
             _padded([list(h) for h in HISTORY], 3, -1, np.int32),
             _padded([list(np.log1p(list(h.values()))) for h in HISTORY], 3, 0.0, np.float32),
+            _padded([list(np.log1p(list(h.values()))) for h in DECAYED], 3, 0.0, np.float32),
         ]
     keras_logits = np.asarray(net(inputs, training=False)[0])
     # numpy (evaluation path)
@@ -75,9 +95,12 @@ def test_keras_numpy_and_saved_model_agree(personal, tmp_path):
     loaded = tf.saved_model.load(str(export))
     items = tf.constant([[vocab[j] for j in b] + [""] * (4 - len(b)) for b in BASKETS])
     if personal:
-        hist = tf.constant([[vocab[j] for j in h] + [""] * (3 - len(h)) for h in HISTORY])
-        counts = tf.constant([list(h.values()) + [0.0] * (3 - len(h)) for h in HISTORY], tf.float32)
-        out = loaded.signatures["complete_basket_personal"](items=items, history=hist, history_counts=counts)
+        hist = tf.constant([[vocab[j] for j, _, _ in e] + [""] * (3 - len(e)) for e in EVENTS])
+        counts = tf.constant([[c for _, c, _ in e] + [0.0] * (3 - len(e)) for e in EVENTS], tf.float32)
+        days = tf.constant([[d for _, _, d in e] + [0.0] * (3 - len(e)) for e in EVENTS], tf.float32)
+        out = loaded.signatures["complete_basket_personal"](
+            items=items, history=hist, history_counts=counts, history_days=days
+        )
     else:
         out = loaded.signatures["complete_basket"](items=items)
     for row, basket in enumerate(BASKETS):

@@ -45,6 +45,65 @@ def test_history_never_sees_the_future():
     assert recency[3, 0] == pytest.approx(9 + 1)  # days since last purchase + 1
 
 
+def test_decayed_history_by_hand():
+    """sum over visible earlier purchases of exp(-days ago / tau), with the counts' visibility rules."""
+    from assoc_lib.data.history import build_history
+
+    b = _frame(
+        [
+            ("u1", "2024-01-01", "train", [0, 1]),
+            ("u1", "2024-01-11", "train", [0]),
+            ("u1", "2024-01-11", "train", [4]),  # same instant as the previous basket: invisible to it
+            ("u1", "2024-01-21", "validation", [2]),
+            ("u1", "2024-01-31", "test", [0, 3]),
+            ("u1", "2024-02-05", "test", [2]),  # a later test basket: never in the other test basket's history
+            ("u2", "2024-01-05", "train", [1]),
+            ("", "2024-01-06", "test", [1]),  # guest
+        ]
+    )
+    h = build_history(b, 5, taus=(10.0,))
+    D, C = h.decayed[10.0].toarray(), h.counts.toarray()
+    e = lambda days: float(np.exp(-days / 10.0))
+    assert D[0].tolist() == [0.0] * 5  # nothing before the first basket
+    assert D[1] == pytest.approx([e(10), e(10), 0, 0, 0]) and D[2] == pytest.approx(D[1])
+    assert D[3] == pytest.approx([e(20) + e(10), e(20), 0, 0, e(10)])  # validation: every train basket
+    # test: train and validation, read at each test basket's own time; never the other test basket
+    assert D[4] == pytest.approx([e(30) + e(20), e(30), e(10), 0, e(20)])
+    assert D[5] == pytest.approx([e(35) + e(25), e(35), e(15), 0, e(25)])
+    assert D[6].tolist() == [0.0] * 5 and D[7].tolist() == [0.0] * 5  # no history of u1 leaks to others
+    assert ((D > 0) == (C > 0)).all()  # the same entries as the counts
+    # a mask limits the decayed counts to some rows; counts stay whole
+    masked = build_history(b, 5, taus=(10.0,), tau_rows=(b["split"] != "train").to_numpy())
+    assert masked.decayed[10.0][:3].nnz == 0 and masked.decayed[10.0][3:].toarray() == pytest.approx(D[3:])
+    assert (masked.counts != h.counts).nnz == 0
+
+
+def test_time_decayed_prior_by_hand():
+    """ServableModel's prior: + beta · log(1 + decayed count) at its decay time; plain counts at decay 0."""
+    import scipy.sparse as sp
+
+    from assoc_lib.data.history import History
+    from assoc_lib.models.baselines import NeighbourTable
+    from assoc_lib.records import ModelKind
+
+    pop = np.array([0.5, 0.4, 0.3], np.float32)
+    model = ServableModel(
+        "p", ModelKind.CLASSICAL, ["a", "b", "c"], pop, table=NeighbourTable.bias_only(pop), history_weight=2.0
+    )
+    counts = sp.csr_matrix(np.array([[0, 3, 1]], np.float32))
+    decayed = sp.csr_matrix(np.array([[0, 0.2, 0.9]], np.float32))
+    H = History(counts, {30.0: decayed})
+    X = sp.csr_matrix(np.array([[1, 0, 0]], np.float32))
+    assert model.score(X, H)[0] == pytest.approx(pop + 2.0 * np.log1p([0, 3, 1]))
+    model.history_decay = 30.0
+    assert model.score(X, H)[0] == pytest.approx(pop + 2.0 * np.log1p([0, 0.2, 0.9]))
+    # recency flips the order: "c" (bought once, lately) now beats "b" (three times, long ago)
+    assert model.score(X, H)[0, 2] > model.score(X, H)[0, 1]
+    model.history_decay = 7.0
+    with pytest.raises(KeyError, match="no decay 7 days"):
+        model.score(X, H)
+
+
 def test_repeat_counts_accumulate():
     b = _frame(
         [("u", "2024-01-01", "train", [0]), ("u", "2024-01-02", "train", [0, 1]), ("u", "2024-01-05", "test", [2, 3])]
@@ -118,12 +177,16 @@ def test_two_input_export_matches_in_memory_scores(trained, exported):
     import tensorflow as tf
 
     from assoc_lib import evaluate
+    from assoc_lib.config import decay_list
+    from assoc_lib.models.network import aligned
 
     baskets, vocab = load_split(trained["prep_dir"])
-    holdouts, _ = evaluate.make_holdouts(baskets, len(vocab), trained["cfg"].models.eval_seed)
+    cfg = trained["cfg"]
+    decays = decay_list(cfg.models.prior_decay_days) + (cfg.models.deep_history_decay,)
+    holdouts, _ = evaluate.make_holdouts(baskets, len(vocab), cfg.models.eval_seed, decays=decays)
     test = holdouts["test"]
     X, H = test.inputs[:30], test.history[:30]
-    assert H.nnz > 0
+    assert H.counts.nnz > 0
     for name in ("deep", "deep+ease", "ease"):
         model = ServableModel.load(trained["candidates"][name]["path"])
         scores = model.score(X, H).astype(np.float64)
@@ -131,11 +194,27 @@ def test_two_input_export_matches_in_memory_scores(trained, exported):
         scores[rows, cols] = -np.inf
         pad = lambda seqs, fill: [s + [fill] * (max(map(len, seqs)) - len(s)) for s in seqs]
         items = pad([[vocab[i] for i in X[r].indices] for r in range(X.shape[0])], "")
-        hist = pad([[vocab[i] for i in H[r].indices] for r in range(H.shape[0])], "")
-        cnt = pad([H[r].data.tolist() for r in range(H.shape[0])], 0.0)
+        C = H.counts
+        hist = pad([[vocab[i] for i in C[r].indices] for r in range(C.shape[0])], "")
+        cnt = pad([C[r].data.tolist() for r in range(C.shape[0])], 0.0)
+        # one row per item, with the days that make the served decayed count exact
+        decay = evaluate.served_decay(exported[name])
+        days_flat = evaluate.request_days(C.data, aligned(H.weights(decay), C) if decay else None, decay)
+        days = pad([days_flat[C.indptr[r] : C.indptr[r + 1]].tolist() for r in range(C.shape[0])], 0.0)
         fn = tf.saved_model.load(str(exported[name])).signatures["complete_basket_personal"]
-        out = fn(items=tf.constant(items), history=tf.constant(hist), history_counts=tf.constant(cnt, tf.float32))
-        np.testing.assert_allclose(out["scores"].numpy(), -np.sort(-scores, axis=1)[:, :20], rtol=1e-3, atol=1e-3)
+        out = fn(
+            items=tf.constant(items),
+            history=tf.constant(hist),
+            history_counts=tf.constant(cnt, tf.float32),
+            history_days=tf.constant(days, tf.float32),
+        )
+        np.testing.assert_allclose(
+            out["scores"].numpy(),
+            -np.sort(-scores, axis=1)[:, :20],
+            rtol=1e-3,
+            atol=1e-3,
+            err_msg=f"{name} decay {decay}",
+        )
         if name == "deep":
             assert model.personal
         # empty history gives the anonymous answer
@@ -144,5 +223,6 @@ def test_two_input_export_matches_in_memory_scores(trained, exported):
             items=tf.constant(items),
             history=tf.constant([[""]] * len(items)),
             history_counts=tf.constant([[0.0]] * len(items)),
+            history_days=tf.constant([[0.0]] * len(items)),
         )
         assert (anon["item_ids"].numpy() == empty["item_ids"].numpy()).all()

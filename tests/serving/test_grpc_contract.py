@@ -152,7 +152,12 @@ def test_metadata_status_and_unimplemented(served):
             "lift",
             "scores",
         ]
-        assert meta["signatures"]["complete_basket_personal"]["inputs"] == ["history", "history_counts", "items"]
+        assert meta["signatures"]["complete_basket_personal"]["inputs"] == [
+            "history",
+            "history_counts",
+            "history_days",
+            "items",
+        ]
         assert [s["state"] for s in c.model_status()] == ["AVAILABLE", "AVAILABLE"]
         req = classification_pb2.ClassificationRequest()
         req.model_spec.name = "assoc"
@@ -203,8 +208,12 @@ def test_personalised_signature_over_grpc(served, trained):
             empty = c.complete_basket_personal([[vocab[5]]], [[]], [[]], version=version)
             assert empty.item_ids == anon.item_ids  # empty history: the anonymous answer
         favourite = vocab[-1]
-        personal = c.complete_basket_personal([[vocab[5]]], [[favourite]], [[25.0]], version=1)
-    # the served answer is the in-memory model's personalised ranking: score + β·log(1 + count)
+        personal = c.complete_basket_personal([[vocab[5]]], [[favourite]], [[25.0]], [[14.0]], version=1)
+        # one item in two rows (purchases 10 and 40 days ago) adds up: count 2, decayed e^(-10/τ) + e^(-40/τ)
+        split = c.complete_basket_personal(
+            [[vocab[5]]], [[favourite, favourite]], [[1.0, 1.0]], [[10.0, 40.0]], version=1
+        )
+    # the served answer is the in-memory model's personalised ranking: score + β·log(1 + decayed count)
     import numpy as np
     import scipy.sparse as sp
 
@@ -213,15 +222,24 @@ def test_personalised_signature_over_grpc(served, trained):
 
     model = ServableModel.load(trained["candidates"]["rules"]["path"])
     assert model.history_weight == pytest.approx(card["history_weight"])
-    H = sp.csr_matrix(([25.0], ([0], [len(vocab) - 1])), shape=(1, len(vocab)))
-    expected = model.score(baskets_to_csr([[5]], len(vocab)), H)[0].astype(np.float64)
-    expected[5] = -np.inf
-    np.testing.assert_allclose(personal.scores[0], -np.sort(-expected)[:20], rtol=1e-5, atol=1e-6)
+    from assoc_lib.data.history import History
+
+    assert model.history_decay == card["history_decay"]
+    tau = model.history_decay or 1.0
+    one = lambda v: sp.csr_matrix(([v], ([0], [len(vocab) - 1])), shape=(1, len(vocab)), dtype=np.float32)
+    for answer, count, decayed in (
+        (personal, 25.0, 25.0 * np.exp(-14.0 / tau)),
+        (split, 2.0, np.exp(-10.0 / tau) + np.exp(-40.0 / tau)),
+    ):
+        H = History(one(count), {tau: one(decayed)})
+        expected = model.score(baskets_to_csr([[5]], len(vocab)), H)[0].astype(np.float64)
+        expected[5] = -np.inf
+        np.testing.assert_allclose(answer.scores[0], -np.sort(-expected)[:20], rtol=1e-5, atol=1e-6)
     with client(served) as c:
         with pytest.raises(grpc.RpcError) as err:
             c.predict("complete_basket_personal", {"items": [[vocab[5]]], "history": [[favourite]]}, version=2)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "Missing but required: {history_counts}" in err.value.details()
+        assert "Missing but required:" in err.value.details() and "history_counts" in err.value.details()
 
 
 def test_query_cli_prints_titles_and_version(served, trained, capsys):

@@ -70,7 +70,7 @@ def test_metadata_names_the_signatures(served):
     assert code == 200 and body["model_spec"]["version"] == "1"
     sigs = body["metadata"]["signature_def"]["signature_def"]
     assert {"serving_default", "complete_basket", "complete_basket_personal", "related_items"} <= set(sigs)
-    assert set(sigs["complete_basket_personal"]["inputs"]) == {"items", "history", "history_counts"}
+    assert set(sigs["complete_basket_personal"]["inputs"]) == {"items", "history", "history_counts", "history_days"}
 
 
 def test_rest_answers_equal_grpc_answers(served, vocab):
@@ -99,7 +99,9 @@ def test_rest_answers_equal_grpc_answers(served, vocab):
         f"{served['rest']}/v1/models/assoc/labels/stable:predict",
         {
             "signature_name": "complete_basket_personal",
-            "instances": [{"items": [vocab[5]], "history": [vocab[-1]], "history_counts": [25.0]}],
+            "instances": [
+                {"items": [vocab[5]], "history": [vocab[-1]], "history_counts": [25.0], "history_days": [0.0]}
+            ],
         },
     )
     assert code == 200 and body["predictions"][0]["item_ids"] == personal.item_ids[0]

@@ -118,7 +118,7 @@ def test_seeded_fuzz_of_predict_requests(served):
 
     rng = np.random.default_rng(20241129)
     signatures = ["complete_basket", "complete_basket_personal", "related_items", "serving_default", "nope", ""]
-    names = ["items", "history", "history_counts", "item", "basket", ""]
+    names = ["items", "history", "history_counts", "history_days", "item", "basket", ""]
     codes = []
     with AssocClient(served["target"]) as client:
         for _ in range(120):  # bounded: 120 requests, each with a deadline
