@@ -79,6 +79,9 @@ class ModelsConfig:
     ease_l2: float = 100.0
     ease_max_items: int = 15000  # dense Gram matrix: 15k items ~ 1.8 GB while inverting
     export_top_n: int = 200  # neighbours per item kept in exported tables
+    # Reference: full-rank EASE on every item (up to this many), scored with its dense matrix, never sparsified:
+    # the strongest classical model in every comparison and verdict; evaluated, not served (0 turns it off).
+    ease_dense_max_items: int = 30000
     evidence_top_n: int = 50  # partners per item kept as explanation evidence in every export
     deep_embedding_dim: int = 256
     deep_hidden: str = ""  # comma-separated widths of extra hidden layers, e.g. "600,600"

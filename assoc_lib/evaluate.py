@@ -419,6 +419,8 @@ def evaluate_candidates(
                     "train_seconds": cand.get("train_seconds"),
                     "path": cand["path"],
                     "history_weight": model.history_weight if protocol == Protocol.PERSONALISED else 0.0,
+                    "history_decay": model.history_decay if protocol == Protocol.PERSONALISED else 0.0,
+                    "servable": model.servable,
                 }
             )
     if production:

@@ -49,8 +49,11 @@ def decide(comparison: dict, cfg) -> dict:
         p: _verdict([r for r in all_rows if r.get("protocol", Protocol.ANONYMOUS) == p], metric) for p in protocols
     }
     production = next((r for r in rows if r["kind"] == ModelKind.PRODUCTION), None)
-    pool = [
-        r for r in rows if r["kind"] in ((ModelKind.DEEP,) if g.require_deep else (ModelKind.DEEP, ModelKind.CLASSICAL))
+    pool = [  # reference models (a dense EASE) are in the verdict, never served
+        r
+        for r in rows
+        if r["kind"] in ((ModelKind.DEEP,) if g.require_deep else (ModelKind.DEEP, ModelKind.CLASSICAL))
+        and r.get("servable", True)
     ]
     reasons: list[str] = [f"decided on the {protocol} protocol"]
     verdict = verdicts[protocol]

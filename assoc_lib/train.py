@@ -357,6 +357,24 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         if scorer.name == "ease":
             ease_table = model.table
         del scorer
+    dense_max = cfg.models.ease_dense_max_items
+    if dense_max and n_items <= dense_max:
+        # the strongest classical reference: full-rank EASE on every item, scored with its dense matrix
+        ease_dense = baselines.EASE(l2=cfg.models.ease_l2, max_items=n_items)
+        seconds = baselines.fit_timed(ease_dense, X)
+        model = ServableModel(
+            "ease_dense",
+            ModelKind.CLASSICAL,
+            vocab,
+            popularity,
+            table=baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * popularity),
+            dense=ease_dense.B,
+            params={**ease_dense.params(), "dense": True, "served": False},
+        )
+        save(model, {"name": "ease_dense", "kind": ModelKind.CLASSICAL, "train_seconds": seconds, "servable": False})
+        del ease_dense, model
+    elif dense_max:
+        log.info("ease_dense skipped: %d items > ease_dense_max_items %d", n_items, dense_max)
     if personal:
         frequency = ServableModel(
             "personal_frequency",

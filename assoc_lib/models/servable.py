@@ -37,6 +37,12 @@ class ServableModel:
     history_weight: float = 0.0  # personalised protocol: + history_weight · log(1 + (decayed) purchase count)
     history_decay: float = 0.0  # days: the prior counts each purchase as exp(-days ago / decay); 0: plain counts
     evidence: EvidenceTable | None = None  # pairwise evidence that explains each recommendation
+    dense: np.ndarray | None = None  # reference models only: a dense item-item matrix added to the table's scores
+
+    @property
+    def servable(self) -> bool:
+        """Whether the export can serve it (a dense [V, V] matrix is evaluated, never exported)."""
+        return self.dense is None
 
     @property
     def n_items(self) -> int:
@@ -56,6 +62,8 @@ class ServableModel:
             out = numpy_logits(self.deep, X, H)
         else:
             out = self.table.score(X)
+        if self.dense is not None:
+            out = out + np.asarray(X @ self.dense, dtype=np.float32)
         out = np.array(out, dtype=np.float32, copy=True)
         empty = np.diff(X.indptr) == 0
         if empty.any():
@@ -76,6 +84,7 @@ class ServableModel:
             "params": self.params,
             "history_weight": self.history_weight,
             "history_decay": self.history_decay,
+            "dense": self.dense is not None,
             "table_aggregation": self.table.aggregation if self.table else None,
             "deep_layers": [l["type"] for l in self.deep["layers"]] if self.deep else None,
             "deep_eps": [l.get("epsilon") for l in self.deep["layers"]] if self.deep else None,
@@ -109,6 +118,10 @@ class ServableModel:
                     if isinstance(value, np.ndarray):
                         arrays[f"deep_layer{i}_{key}"] = value
         arrays["meta"] = np.asarray(json.dumps(meta))
+        if self.dense is not None:  # beside the archive, memory-mapped when loaded
+            dense_tmp = path.with_name(f".{path.name}.dense.tmp.npy")
+            np.save(dense_tmp, np.asarray(self.dense, np.float32))
+            dense_tmp.replace(path.with_name(f"{path.name}.dense.npy"))
         tmp = path.with_name(f".{path.name}.tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(path)
@@ -168,4 +181,5 @@ class ServableModel:
             params=meta["params"],
             history_weight=meta.get("history_weight", 0.0),
             history_decay=meta.get("history_decay", 0.0),
+            dense=np.load(f"{path}.dense.npy", mmap_mode="r") if meta.get("dense") else None,
         )

@@ -241,6 +241,8 @@ def export_saved_model(
     model: ServableModel, out_dir: str | os.PathLike, model_card: dict, model_name: str = "assoc", k: int = DEFAULT_K
 ) -> Path:
     """Write the SavedModel (+ warm-up file + model card) to ``out_dir`` atomically."""
+    if not model.servable:
+        raise ValueError(f"{model.name} is an evaluation reference (a dense [V, V] matrix): it is not exported")
     tf = tensorflow()
 
     out_dir = Path(out_dir)
