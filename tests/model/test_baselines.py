@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from assoc_lib.models import baselines
 
@@ -58,3 +59,29 @@ def test_popularity_ranks_by_count():
     X = baselines.baskets_to_csr(BASKETS, 4)
     s = baselines.Popularity().fit(X).score(baselines.baskets_to_csr([[3]], 4))[0]
     assert list(np.argsort(-s, kind="stable")[:3]) == [0, 1, 2]
+
+
+def test_dense_reference_round_trips_and_scores_with_the_full_matrix(tmp_path):
+    """ease_dense: the full EASE matrix, saved beside the archive and memory-mapped back; scores = X·B + tie-break."""
+    from assoc_lib.models.servable import ServableModel
+    from assoc_lib.records import ModelKind
+
+    rng = np.random.default_rng(0)
+    X = sp.csr_matrix((rng.random((300, 40)) < 0.15).astype(np.float32))
+    ease = baselines.EASE(l2=10.0, max_items=40).fit(X)
+    pop = baselines.popularity_counts(X)
+    model = ServableModel(
+        "ease_dense",
+        ModelKind.CLASSICAL,
+        [str(i) for i in range(40)],
+        pop,
+        table=baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * pop),
+        dense=ease.B,
+    )
+    loaded = ServableModel.load(model.save(tmp_path / "ease_dense.npz"))
+    assert not loaded.servable and (tmp_path / "ease_dense.npz.dense.npy").exists()
+    expected = np.asarray(X[:7] @ ease.B) + baselines.TIE_BREAK * pop
+    np.testing.assert_allclose(loaded.score(X[:7]), expected, rtol=1e-6, atol=1e-7)
+    # the served form keeps positive weights only: the dense scores (negative weights too) differ from it
+    assert (ease.B < 0).any()
+    assert not np.allclose(ease.neighbour_table().score(X[:7]), expected)

@@ -56,3 +56,33 @@ def test_run_gate_writes_blessing(cfg, tmp_path):
 
     d = gate.run_gate({"models": [row("ease", "classical", 0.3, 0.3)]}, cfg, tmp_path)
     assert json.loads((tmp_path / "blessing.json").read_text())["winner"] == d["winner"] == "ease"
+
+
+def test_reference_model_is_in_the_verdict_but_never_the_winner(cfg):
+    dense = {**row("ease_dense", "classical", 0.32, 0.40), "servable": False}
+    comp = {"models": [row("ease", "classical", 0.28, 0.30), dense, row("deep", "deep", 0.30, 0.35)]}
+    d = gate.decide(comp, cfg)
+    assert d["winner"] == "deep"  # the dense reference has the best validation score but cannot be served
+    assert d["verdict"]["best_classical"] == "ease_dense"  # ...and it is what the deep model is measured against
+    assert d["verdict"]["deep_over_classical"] == pytest.approx(0.30 / 0.32)
+
+
+def test_export_refuses_a_reference_model(tmp_path):
+    import numpy as np
+
+    from assoc_lib.models.baselines import NeighbourTable
+    from assoc_lib.models.servable import ServableModel
+    from assoc_lib.serving.export import export_saved_model
+
+    pop = np.array([0.5, 0.3], np.float32)
+    model = ServableModel(
+        "ease_dense",
+        "classical",
+        ["a", "b"],
+        pop,
+        table=NeighbourTable.bias_only(pop),
+        dense=np.eye(2, dtype=np.float32),
+    )
+    with pytest.raises(ValueError, match="not exported"):
+        export_saved_model(model, tmp_path / "x", {})
+    assert not (tmp_path / "x").exists()
