@@ -140,23 +140,29 @@ def tune_on_validation(
     log(1 + decayed counts) for each decay time in ``decays`` (tau 0: plain counts) as a dense array
     (zeros on the anonymous protocol).
     """
-    ranks = {g: [] for g in grid}
-    tops = {g: [] for g in grid}
+    gains = {g: 0.0 for g in grid}
     for start in range(0, holdout.n, batch_size):
         X = holdout.inputs[start : start + batch_size]
         H = holdout.history[start : start + batch_size] if holdout.history is not None else None
         parts = parts_fn(X, H)
-        priors = {t: (np.log1p(H.weights(t).toarray()) if H is not None else 0.0) for t in decays}
+        priors = {
+            t: (np.log1p(H.weights(t).toarray()).astype(np.float32) if H is not None else np.float32(0.0))
+            for t in decays
+        }
         for g in grid:
-            r, t = ranks_of_hidden(combine(parts, priors, g), X, holdout.hidden[start : start + batch_size])
-            ranks[g].append(r)
-            tops[g].append(t)
-    return {
-        g: metrics_from_ranks(np.concatenate(ranks[g]), np.concatenate(tops[g]), n_items)["ndcg@10"]
-        if ranks[g]
-        else 0.0
-        for g in grid
-    }
+            r = hidden_ranks(combine(parts, priors, g), X, holdout.hidden[start : start + batch_size])
+            gains[g] += float(ndcg10_per_basket(r).sum())
+    return {g: (gains[g] / holdout.n if holdout.n else 0.0) for g in grid}
+
+
+def hidden_ranks(scores: np.ndarray, inputs: sp.csr_matrix, hidden: np.ndarray) -> np.ndarray:
+    """The ranks of :func:`ranks_of_hidden` without the top-10, in float32 and in place (``scores`` is
+    overwritten): the inner loop of every grid search."""
+    scores = np.asarray(scores, dtype=np.float32)
+    rows, cols = inputs.nonzero()
+    scores[rows, cols] = -np.inf
+    target = scores[np.arange(len(hidden)), hidden]
+    return (scores >= target[:, None]).sum(axis=1)
 
 
 def make_holdouts(

@@ -96,3 +96,14 @@ def test_ndcg10_per_basket_matches_the_metric():
     per = evaluate.ndcg10_per_basket(ranks)
     assert per.tolist() == pytest.approx([1.0, 0.5, 0.0, 0.0, 1 / math.log2(11)])
     assert per.mean() == pytest.approx(evaluate.metrics_from_ranks(ranks, None, 100)["ndcg@10"])
+
+
+def test_fast_hidden_ranks_equal_the_reference_ranks():
+    rng = np.random.default_rng(5)
+    scores = rng.normal(size=(40, 30)).astype(np.float32)
+    scores[:, 7] = scores[:, 8]  # ties count against the model in both
+    inputs = sp.csr_matrix((rng.random((40, 30)) < 0.1).astype(np.float32))
+    hidden = rng.integers(0, 30, size=40)
+    hidden[0] = 8
+    reference, _ = evaluate.ranks_of_hidden(scores, inputs, hidden)
+    assert evaluate.hidden_ranks(scores.copy(), inputs, hidden).tolist() == reference.tolist()
