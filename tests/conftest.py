@@ -100,12 +100,14 @@ def trained(synth_world, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(trained):
-    """Every candidate exported as a SavedModel."""
+    """Every servable candidate exported as a SavedModel (the dense EASE reference is evaluated, not served)."""
     from assoc_lib.models.servable import ServableModel
     from assoc_lib.serving.export import export_saved_model
 
     out = {}
     for name, cand in trained["candidates"].items():
         model = ServableModel.load(cand["path"])
+        if not model.servable:
+            continue
         out[name] = export_saved_model(model, trained["root"] / "export" / name, {"data_version": "test"}, k=20)
     return out

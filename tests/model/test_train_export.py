@@ -108,16 +108,26 @@ def test_comparison_and_gate_on_real_candidates(trained, tmp_path):
         trained["prep_dir"], trained["summary"]["candidates"], trained["cfg"], tmp_path
     )
     names = [r["name"] for r in payload["models"] if r["protocol"] == "anonymous"]
-    assert names == ["popularity", "rules", "item_knn", "ease", "deep", "deep+ease"]
+    assert names == ["popularity", "rules", "item_knn", "ease", "ease_dense", "deep", "deep+ease"]
     personal = [r["name"] for r in payload["models"] if r["protocol"] == "personalised"]
-    assert personal == ["popularity", "rules", "item_knn", "ease", "personal_frequency", "deep", "deep+ease"]
+    assert personal == [
+        "popularity",
+        "rules",
+        "item_knn",
+        "ease",
+        "ease_dense",
+        "personal_frequency",
+        "deep",
+        "deep+ease",
+    ]
+    assert [r["name"] for r in payload["models"] if not r["servable"]] == ["ease_dense", "ease_dense"]
     assert (tmp_path / "comparison.md").read_text().count("\n") == len(payload["models"]) + 2
     by = {r["name"]: r for r in payload["models"] if r["protocol"] == "anonymous"}
     assert by["ease"]["ndcg@10"] > by["popularity"]["ndcg@10"]  # planted structure beats popularity
     decision = gate.decide(payload, trained["cfg"])
     assert decision["protocol"] == "personalised"
     rows = [r for r in payload["models"] if r["protocol"] == "personalised"]
-    assert decision["winner"] == max(rows, key=lambda r: r["val_ndcg@10"])["name"]
+    assert decision["winner"] == max((r for r in rows if r["servable"]), key=lambda r: r["val_ndcg@10"])["name"]
     assert set(decision["verdicts"]) == {"anonymous", "personalised"}
     assert decision["verdict"]["deep_over_classical"] is not None
 
