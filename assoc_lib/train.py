@@ -338,6 +338,13 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             )
             entry["history_weight"], entry["history_decay"] = model.history_weight, model.history_decay
             entry["history_weight_grid"] = {f"tau={t:g} beta={b:g}": round(v, 5) for (t, b), v in grid.items()}
+            # the choice and its search trace travel with the model (and into the export's model card)
+            model.params = {
+                **model.params,
+                "prior_decay_days": model.history_decay,
+                "prior_weight": model.history_weight,
+                "prior_search_val_ndcg@10": entry["history_weight_grid"],
+            }
             log.info(
                 "%s: personal prior decay %g days, weight %.3g chosen on validation (personalised NDCG@10 %s)",
                 model.name,

@@ -97,8 +97,17 @@ def test_warmup_records_and_model_card(exported):
         "related_items",
         "complete_basket_personal",
     }
+    personal = next(
+        l.predict_log.request for l in logs if l.predict_log.request.model_spec.signature_name.endswith("personal")
+    )
+    assert set(personal.inputs) == {"items", "history", "history_counts", "history_days"}
     card = json.loads((exported["deep"] / "model_card.json").read_text())
     assert card["data_version"] == "test" and card["vocabulary_size"] > 100 and card["k"] == 20
+    # the personal prior's choice and its validation search travel with the model
+    assert card["network_history_decay"] == 60.0 and card["history_decay"] in (0.0, 60.0)
+    trace = card["params"]["prior_search_val_ndcg@10"]
+    assert len(trace) == 2 * 11 and max(trace.values()) > 0
+    assert card["params"]["prior_weight"] == card["history_weight"]
 
 
 def test_comparison_and_gate_on_real_candidates(trained, tmp_path):
