@@ -267,6 +267,12 @@ def test_query_cli_prints_titles_and_version(served, trained, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "version 2 (complete_basket_personal)" in out and "Product" in out and out.count("\n") == 4
+    # --history-days: one value per history item, checked before anything is sent
+    base = ["query", "--server", f"127.0.0.1:{served['port']}", "--items", vocab[0], "--history", vocab[3], vocab[4]]
+    assert main(base + ["--history-days", "3", "40", "--k", "3"]) == 0
+    assert "complete_basket_personal" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--history-days needs one value per --history item"):
+        main(base + ["--history-days", "3"])
     code = main(
         [
             "query",
