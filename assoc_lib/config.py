@@ -77,7 +77,7 @@ class ModelsConfig:
     rules_min_confidence: float = 0.0
     knn_k: int = 200
     ease_l2: float = 100.0
-    ease_max_items: int = 15000  # dense Gram matrix: 15k items ~ 1.8 GB while inverting
+    ease_max_items: int = 30000  # dense Gram matrix: 26k items ~ 2.7 GB (float32), inverted in place
     export_top_n: int = 200  # neighbours per item kept in exported tables
     # Reference: full-rank EASE on every item (up to this many), scored with its dense matrix, never sparsified:
     # the strongest classical model in every comparison and verdict; evaluated, not served (0 turns it off).

@@ -327,7 +327,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     val = holdouts["validation"]  # personalised when the data has users
     popularity = baselines.popularity_counts(X)
     evidence = evidence_table(X, cfg.models.evidence_top_n)
-    entries, ease_table = [], None
+    entries, ease_table, ease_fit = [], None, None
 
     def save(model, entry: dict, decays=prior_decays, weights=HISTORY_GRID) -> None:
         model.evidence = evidence
@@ -363,12 +363,16 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         save(model, {"name": scorer.name, "kind": ModelKind.CLASSICAL, "train_seconds": seconds})
         if scorer.name == "ease":
             ease_table = model.table
+            ease_fit = scorer if scorer.m == n_items else None  # the full matrix: ease_dense reuses it
         del scorer
     dense_max = cfg.models.ease_dense_max_items
     if dense_max and n_items <= dense_max:
         # the strongest classical reference: full-rank EASE on every item, scored with its dense matrix
-        ease_dense = baselines.EASE(l2=cfg.models.ease_l2, max_items=n_items)
-        seconds = baselines.fit_timed(ease_dense, X)
+        if ease_fit is not None:
+            ease_dense, seconds = ease_fit, next(e["train_seconds"] for e in entries if e["name"] == "ease")
+        else:
+            ease_dense = baselines.EASE(l2=cfg.models.ease_l2, max_items=n_items)
+            seconds = baselines.fit_timed(ease_dense, X)
         model = ServableModel(
             "ease_dense",
             ModelKind.CLASSICAL,
@@ -380,7 +384,8 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         )
         save(model, {"name": "ease_dense", "kind": ModelKind.CLASSICAL, "train_seconds": seconds, "servable": False})
         del ease_dense, model
-    elif dense_max:
+    ease_fit = None
+    if dense_max and n_items > dense_max:
         log.info("ease_dense skipped: %d items > ease_dense_max_items %d", n_items, dense_max)
     if personal:
         frequency = ServableModel(

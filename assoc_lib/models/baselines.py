@@ -76,8 +76,12 @@ class NeighbourTable:
         return out + self.bias[None, :]
 
 
-def top_n_table(matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top-n (by value, positive only) of a dense or sparse square matrix."""
+def top_n_table(matrix, n: int, by_magnitude: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-n of a dense or sparse square matrix: by value, positive only; or, with
+    ``by_magnitude`` (dense only), the n largest |weights| of either sign (what a linear model such as
+    EASE needs: its negative weights carry as much as the positive ones)."""
+    if by_magnitude:
+        return _top_n_by_magnitude(np.asarray(matrix), n)
     v = matrix.shape[0]
     n = min(n, v)
     idx = np.full((v, n), -1, dtype=np.int32)
@@ -104,6 +108,24 @@ def top_n_table(matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
             keep = vals > 0
             idx[start : start + len(block)] = np.where(keep, top, -1)
             w[start : start + len(block)] = np.where(keep, vals, 0.0)
+    return idx, w
+
+
+def _top_n_by_magnitude(dense: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    v = dense.shape[0]
+    n = min(n, v)
+    idx = np.full((v, n), -1, dtype=np.int32)
+    w = np.zeros((v, n), dtype=np.float32)
+    for start in range(0, v, 1024):
+        block = np.asarray(dense[start : start + 1024], dtype=np.float32)
+        mag = np.abs(block)
+        top = np.argpartition(-mag, n - 1, axis=1)[:, :n] if n < v else np.tile(np.arange(v), (len(block), 1))
+        order = np.argsort(-np.take_along_axis(mag, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        vals = np.take_along_axis(block, top, axis=1)
+        keep = vals != 0
+        idx[start : start + len(block)] = np.where(keep, top, -1)
+        w[start : start + len(block)] = np.where(keep, vals, 0.0)
     return idx, w
 
 
@@ -253,7 +275,10 @@ class EASE(Scorer):
 
     The Gram matrix is dense [m, m]; above ``max_items`` only the most frequent
     ``max_items`` items get EASE scores (the vocabulary is frequency-ordered),
-    the rest fall back to popularity, and the log says so.
+    the rest fall back to popularity, and the log says so. The served form keeps each
+    item's ``top_n`` largest |weights|, negative ones included: on Complete Journey
+    (25,857 items) that scores NDCG@10 0.0867 against 0.0875 for the full matrix, where the
+    200 largest positive weights alone score 0.0837 (benchmarks/ease_tables.py).
     """
 
     name = "ease"
@@ -296,7 +321,7 @@ class EASE(Scorer):
     def neighbour_table(self):
         if getattr(self, "_table", None) is None:
             v = len(self.pop)
-            idx, w = top_n_table(self.B, self.top_n)
+            idx, w = top_n_table(self.B, self.top_n, by_magnitude=True)
             full_idx = np.full((v, idx.shape[1]), -1, np.int32)
             full_w = np.zeros((v, idx.shape[1]), np.float32)
             full_idx[: self.m], full_w[: self.m] = idx, w

@@ -82,6 +82,26 @@ def test_dense_reference_round_trips_and_scores_with_the_full_matrix(tmp_path):
     assert not loaded.servable and (tmp_path / "ease_dense.npz.dense.npy").exists()
     expected = np.asarray(X[:7] @ ease.B) + baselines.TIE_BREAK * pop
     np.testing.assert_allclose(loaded.score(X[:7]), expected, rtol=1e-6, atol=1e-7)
-    # the served form keeps positive weights only: the dense scores (negative weights too) differ from it
-    assert (ease.B < 0).any()
+    # a served table of 5 neighbours per item drops weights: the dense scores differ from it
+    ease.top_n, ease._table = 5, None
     assert not np.allclose(ease.neighbour_table().score(X[:7]), expected)
+
+
+def test_top_n_by_magnitude_keeps_negative_weights():
+    M = np.array([[0.0, 0.5, -0.9, 0.1], [0.3, 0.0, -0.2, 0.0], [0.0, 0.0, 0.0, 0.0], [0.2, -0.4, 0.6, 0.0]])
+    idx, w = baselines.top_n_table(M, 2, by_magnitude=True)
+    assert idx[0].tolist() == [2, 1] and w[0] == pytest.approx([-0.9, 0.5])
+    assert idx[1].tolist() == [0, 2] and w[1] == pytest.approx([0.3, -0.2])
+    assert idx[2].tolist() == [-1, -1] and w[2].tolist() == [0.0, 0.0]  # zeros are not neighbours
+    assert idx[3].tolist() == [2, 1] and w[3] == pytest.approx([0.6, -0.4])
+    pos_idx, _ = baselines.top_n_table(M, 2)
+    assert pos_idx[0].tolist() == [1, 3]  # the positive-only form drops -0.9
+
+
+def test_served_ease_table_is_the_full_matrix_when_n_covers_every_item():
+    rng = np.random.default_rng(1)
+    X = sp.csr_matrix((rng.random((200, 12)) < 0.3).astype(np.float32))
+    ease = baselines.EASE(l2=5.0, max_items=12, top_n=12).fit(X)
+    np.testing.assert_allclose(
+        ease.neighbour_table().score(X[:9]), np.asarray(X[:9] @ ease.B) + ease.neighbour_table().bias, atol=1e-5
+    )
