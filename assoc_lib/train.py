@@ -241,6 +241,7 @@ def train_deep(
 CANDIDATES_DIR = "candidates"
 SUMMARY_FILE = "train_summary.json"
 MIX_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # weight of EASE; 1.0 = EASE alone
+MIX_PRIOR_EXTRA = (20.0,)  # the mix is on z-scores: its prior weight can need more than HISTORY_GRID
 
 
 def peak_rss_mb() -> float:
@@ -264,7 +265,7 @@ def _grid_summary(scores: dict[float, float], top: int = 3) -> str:
     )
 
 
-HISTORY_GRID = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+HISTORY_GRID = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 def _tune_history_weight(
@@ -329,10 +330,12 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     evidence = evidence_table(X, cfg.models.evidence_top_n)
     entries, ease_table, ease_fit = [], None, None
 
-    def save(model, entry: dict, decays=prior_decays, weights=HISTORY_GRID) -> None:
+    def save(model, entry: dict, decays=prior_decays, weights=HISTORY_GRID, tuned: bool = False) -> None:
         model.evidence = evidence
         entry["peak_rss_mb"] = peak_rss_mb()
-        if personal:
+        if personal and tuned:
+            entry["history_weight"], entry["history_decay"] = model.history_weight, model.history_decay
+        elif personal:
             (model.history_decay, model.history_weight), grid = _tune_history_weight(
                 model, val, n_items, decays, weights
             )
@@ -424,14 +427,23 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     )
     if cfg.models.deep_mix_with_ease and ease_table is not None and val.n:
         started = time.perf_counter()
+        # the mix weight and the personal prior are chosen together: (EASE weight w, decay τ, prior weight β);
+        # w = 1 is EASE alone (+ prior), so on validation deep+ease is never worse than EASE
+        grid = (
+            [(w, t, b) for w in (0.0,) + MIX_GRID for t in deep_decays for b in HISTORY_GRID + MIX_PRIOR_EXTRA]
+            if personal
+            else [(w, 0.0, 0.0) for w in MIX_GRID]
+        )
         scores = evaluate.tune_on_validation(
             val,
             n_items,
             lambda Xb, Hb: (standardise(result.score(Xb, Hb)), standardise(ease_table.score(Xb))),
-            lambda parts, priors, w: (1 - w) * parts[0] + w * parts[1],
-            MIX_GRID,
+            lambda parts, priors, g: (1 - g[0]) * parts[0] + g[0] * parts[1] + g[2] * priors[g[1]],
+            grid,
+            decays=deep_decays,
         )
-        weight = max(scores, key=lambda w: (scores[w], -w))
+        weight, decay, beta = max(scores, key=lambda g: (scores[g], -g[2], g[0]))
+        trace = {f"w={w:g} tau={t:g} beta={b:g}": round(v, 5) for (w, t, b), v in scores.items()}
         hybrid = ServableModel(
             "deep+ease",
             ModelKind.DEEP,
@@ -440,12 +452,23 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             table=ease_table,
             deep=result.spec,
             mix_weight=weight,
-            params={**params.to_dict(), "mix_weight": weight, "mix_val_ndcg@10": scores},
+            history_weight=beta if personal else 0.0,
+            history_decay=decay if personal else 0.0,
+            params={
+                **params.to_dict(),
+                "mix_weight": weight,
+                "prior_decay_days": decay,
+                "prior_weight": beta,
+                "mix_and_prior_search_val_ndcg@10": trace,
+            },
         )
         log.info(
-            "deep+ease mix: weight of EASE %.1f chosen on validation (NDCG@10 %s)",
+            "deep+ease: weight of EASE %.1f, personal prior decay %g days, weight %g chosen together on validation "
+            "(NDCG@10 %s)",
             weight,
-            _grid_summary(scores),
+            decay,
+            beta,
+            _grid_summary(trace),
         )
         save(
             hybrid,
@@ -453,9 +476,10 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
                 "name": "deep+ease",
                 "kind": ModelKind.DEEP,
                 "mix_weight": weight,
+                "history_weight_grid": trace,
                 "train_seconds": result.train_seconds + time.perf_counter() - started,
             },
-            decays=deep_decays,
+            tuned=True,
         )
     summary = {
         "prep_dir": str(prep_dir),

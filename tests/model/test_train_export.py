@@ -12,6 +12,7 @@ from assoc_lib.data.preprocess import load_split
 from assoc_lib.models.baselines import baskets_to_csr
 from assoc_lib.models.servable import ServableModel
 from assoc_lib.serving.export import WARMUP_FILE
+from assoc_lib.train import HISTORY_GRID
 
 
 def _load(export_dir):
@@ -106,7 +107,7 @@ def test_warmup_records_and_model_card(exported):
     # the personal prior's choice and its validation search travel with the model
     assert card["network_history_decay"] == 60.0 and card["history_decay"] in (0.0, 60.0)
     trace = card["params"]["prior_search_val_ndcg@10"]
-    assert len(trace) == 2 * 11 and max(trace.values()) > 0
+    assert len(trace) == 2 * len(HISTORY_GRID) and max(trace.values()) > 0
     assert card["params"]["prior_weight"] == card["history_weight"]
 
 
