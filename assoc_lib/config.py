@@ -101,6 +101,9 @@ class ModelsConfig:
     # Time-decayed personal prior (TIFU-style): + beta * log(1 + sum over purchases of exp(-days ago / tau)).
     # tau (days) and beta are chosen on validation per model; 0 in the grid is the plain log(1 + count).
     prior_decay_days: str = "0,14,30,60,120,240"
+    # train on the evaluation's task: predict the hidden items of a basket from the rest (masked-item
+    # training); False reconstructs the whole basket (denoising auto-encoder)
+    deep_masked_targets: bool = False
     deep_history_decay: float = 60.0  # decay time (days) of the network's recency feature and of its prior
     seed: int = 1234
     eval_seed: int = 20240101

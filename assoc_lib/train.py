@@ -2,7 +2,9 @@
 
 Denoising objective: each training basket loses a random share of its items
 (``input_dropout``, at least one kept) and the network predicts the whole
-basket with a multinomial (softmax) likelihood; ``sampled_softmax > 0`` swaps
+basket with a multinomial (softmax) likelihood, or with ``masked_targets`` only
+the hidden items (at least one hidden from every basket of two or more: the
+evaluation's hide-one task); ``sampled_softmax > 0`` swaps
 the full softmax for sampled softmax (one positive drawn per basket per step)
 for large vocabularies.
 """
@@ -80,7 +82,13 @@ def _dataset(train: sp.csr_matrix, params: DeepParams, global_batch: int, histor
         n = tf.shape(items)[0]
         r = tf.random.uniform([n], seed=params.seed)
         keep = tf.logical_or(r >= p, tf.equal(tf.range(n), tf.cast(tf.argmax(r), tf.int32)))
-        out = (tf.boolean_mask(items, keep), items)
+        if params.masked_targets:
+            # hide-and-predict, as evaluated: at least one item hidden from a basket of 2+, only hidden ones scored
+            hide_one = tf.logical_and(n >= 2, tf.equal(tf.range(n), tf.cast(tf.argmin(r), tf.int32)))
+            keep = tf.logical_and(keep, tf.logical_not(hide_one))
+            out = (tf.boolean_mask(items, keep), tf.boolean_mask(items, tf.logical_not(keep)))
+        else:
+            out = (tf.boolean_mask(items, keep), items)
         if hist:
             hide = tf.random.uniform([], seed=params.seed + 1) < params.history_dropout
             out += tuple(tf.cond(hide, lambda h=h: h[:0], lambda h=h: h) for h in hist)

@@ -42,6 +42,7 @@ class DeepParams:
     history_dropout: float = _M.deep_history_dropout
     # days: the repeat prior also reads log(1 + sum of exp(-days ago / decay) over each item's purchases)
     history_decay: float = _M.deep_history_decay
+    masked_targets: bool = _M.deep_masked_targets  # score only the hidden items (hide-and-predict training)
     seed: int = _M.seed
 
     @classmethod
@@ -62,6 +63,7 @@ class DeepParams:
             personal=personal,
             history_dropout=m.deep_history_dropout,
             history_decay=m.deep_history_decay,
+            masked_targets=m.deep_masked_targets,
             seed=m.seed,
         )
 
