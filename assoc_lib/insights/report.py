@@ -151,12 +151,39 @@ def build_report(
                 "recall@10",
                 "mrr",
                 "coverage@10",
+                "history_decay",
+                "servable",
                 "n_eval_baskets",
             )
             if c in rows.columns
         ]
-        parts.append(_table(rows[cols], "Model comparison (test; the winner is chosen on validation)"))
+        parts.append(
+            _table(
+                rows[cols],
+                "Model comparison (test; the winner is chosen on validation among servable models; "
+                "history_decay: the personal prior's decay time in days, 0 = plain counts)",
+            )
+        )
         counts["comparison_rows"] = int(len(rows))
+        intervals = comparison.get("deep_minus_classical") or {}
+        if intervals:
+            ci = pd.DataFrame(
+                [
+                    {
+                        "protocol": p,
+                        "best deep (val)": c["deep"],
+                        "best classical (val)": c["classical"],
+                        "test NDCG@10 difference": c["mean"],
+                        "95% low": c["low"],
+                        "95% high": c["high"],
+                        "baskets": c["n"],
+                    }
+                    for p, c in intervals.items()
+                ]
+            )
+            parts.append(
+                _table(ci, "Deep minus classical on the same test baskets (paired bootstrap, 2,000 resamples)")
+            )
 
     fig, ax = plt.subplots(figsize=(7, 3))
     r = runs.sort_values("ds")

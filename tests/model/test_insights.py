@@ -91,7 +91,17 @@ def _report(trained, tmp_path):
                 "coverage@10": 0.4,
                 "n_eval_baskets": 99,
             }
-        ]
+        ],
+        "deep_minus_classical": {
+            "anonymous": {
+                "deep": "deep+ease",
+                "classical": "ease_dense",
+                "mean": 0.012,
+                "low": 0.004,
+                "high": 0.02,
+                "n": 99,
+            }
+        },
     }
     catalog = tables.load_catalog(trained["cfg"].paths.catalog_path)
     return report.build_report(tmp_path / "report.html", "2024-03-05", baskets, vocab, daily, catalog, comparison, runs)
@@ -108,6 +118,8 @@ def test_report_has_data_in_every_plot(trained, tmp_path):
         img = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("L"), dtype=float)
         assert img.std() > 5  # not a blank canvas
     assert rep["counts"]["comparison_rows"] == 1 and "Gate decisions and served versions" in page
+    interval = page[page.index("Deep minus classical") :]
+    assert "ease_dense" in interval and "0.0040" in interval and "0.0200" in interval
 
 
 def test_report_renders_in_headless_chromium(trained, tmp_path):
