@@ -440,7 +440,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         grid = (
             [(w, t, b) for w in (0.0,) + MIX_GRID for t in deep_decays for b in HISTORY_GRID + MIX_PRIOR_EXTRA]
             if personal
-            else [(w, 0.0, 0.0) for w in MIX_GRID]
+            else [(w, 0.0, 0.0) for w in (0.0,) + MIX_GRID]
         )
         scores = evaluate.tune_on_validation(
             val,
@@ -452,6 +452,17 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         )
         weight, decay, beta = max(scores, key=lambda g: (scores[g], -g[2], g[0]))
         trace = {f"w={w:g} tau={t:g} beta={b:g}": round(v, 5) for (w, t, b), v in scores.items()}
+        weight_anonymous, anonymous_trace = None, {}
+        if personal:  # a basket without history gets its own mix, chosen on the anonymous validation protocol
+            anon = evaluate.tune_on_validation(
+                val.anonymous(),
+                n_items,
+                lambda Xb, Hb: (standardise(result.score(Xb)), standardise(ease_table.score(Xb))),
+                lambda parts, priors, w: (1 - w) * parts[0] + w * parts[1],
+                (0.0,) + MIX_GRID,
+            )
+            weight_anonymous = max(anon, key=lambda w: (anon[w], w))
+            anonymous_trace = {f"w={w:g}": round(v, 5) for w, v in anon.items()}
         hybrid = ServableModel(
             "deep+ease",
             ModelKind.DEEP,
@@ -460,6 +471,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             table=ease_table,
             deep=result.spec,
             mix_weight=weight,
+            mix_weight_anonymous=weight_anonymous,
             history_weight=beta if personal else 0.0,
             history_decay=decay if personal else 0.0,
             params={
@@ -468,15 +480,20 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
                 "prior_decay_days": decay,
                 "prior_weight": beta,
                 "mix_and_prior_search_val_ndcg@10": trace,
+                "mix_weight_anonymous": weight_anonymous,
+                "anonymous_mix_search_val_ndcg@10": anonymous_trace,
             },
         )
         log.info(
             "deep+ease: weight of EASE %.1f, personal prior decay %g days, weight %g chosen together on validation "
-            "(NDCG@10 %s)",
+            "(NDCG@10 %s)%s",
             weight,
             decay,
             beta,
             _grid_summary(trace),
+            f"; without history: weight of EASE {weight_anonymous:g} ({_grid_summary(anonymous_trace)})"
+            if personal
+            else "",
         )
         save(
             hybrid,
@@ -484,6 +501,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
                 "name": "deep+ease",
                 "kind": ModelKind.DEEP,
                 "mix_weight": weight,
+                "mix_weight_anonymous": weight_anonymous,
                 "history_weight_grid": trace,
                 "train_seconds": result.train_seconds + time.perf_counter() - started,
             },

@@ -33,6 +33,9 @@ class ServableModel:
     table: NeighbourTable | None = None
     deep: dict | None = None  # model.forward_spec
     mix_weight: float = 0.0  # weight of the table when both parts exist
+    # weight of the table for a basket without history (None: mix_weight); the personal and the anonymous
+    # task want different mixes (the network carries the repeat purchases, EASE the basket alone)
+    mix_weight_anonymous: float | None = None
     params: dict = field(default_factory=dict)
     history_weight: float = 0.0  # personalised protocol: + history_weight · log(1 + (decayed) purchase count)
     history_decay: float = 0.0  # days: the prior counts each purchase as exp(-days ago / decay); 0: plain counts
@@ -57,7 +60,7 @@ class ServableModel:
         """Scores [rows, vocabulary]; ``H`` (a :class:`History`, or purchase counts) switches on personalisation."""
         H = as_history(H)
         if self.deep is not None and self.table is not None:
-            out = mix(numpy_logits(self.deep, X, H), self.table.score(X), self.mix_weight)
+            out = mix(numpy_logits(self.deep, X, H), self.table.score(X), self.row_mix_weights(X.shape[0], H))
         elif self.deep is not None:
             out = numpy_logits(self.deep, X, H)
         else:
@@ -72,6 +75,16 @@ class ServableModel:
             out += self.history_weight * np.log1p(H.weights(self.history_decay).toarray())
         return out
 
+    def row_mix_weights(self, n: int, H=None):
+        """The table's weight in the mix for each of ``n`` baskets: ``mix_weight_anonymous`` where the basket
+        has no history, ``mix_weight`` where it has one (a scalar when every row gets the same)."""
+        if self.mix_weight_anonymous is None or self.mix_weight_anonymous == self.mix_weight:
+            return self.mix_weight
+        if H is None:
+            return self.mix_weight_anonymous
+        empty = np.diff(as_history(H).counts.tocsr().indptr) == 0
+        return np.where(empty, self.mix_weight_anonymous, self.mix_weight).astype(np.float32)[:, None]
+
     # ---------------------------------------------------------------- persistence between tasks
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -81,6 +94,7 @@ class ServableModel:
             "name": self.name,
             "kind": self.kind,
             "mix_weight": self.mix_weight,
+            "mix_weight_anonymous": self.mix_weight_anonymous,
             "params": self.params,
             "history_weight": self.history_weight,
             "history_decay": self.history_decay,
@@ -178,6 +192,7 @@ class ServableModel:
             table=table,
             deep=deep,
             mix_weight=meta["mix_weight"],
+            mix_weight_anonymous=meta.get("mix_weight_anonymous"),
             params=meta["params"],
             history_weight=meta.get("history_weight", 0.0),
             history_decay=meta.get("history_decay", 0.0),

@@ -161,6 +161,16 @@ def _build_module(model: ServableModel, k: int):
                 )
             )
 
+        def _mix_weights(self, hist):
+            """``ServableModel.row_mix_weights``: the anonymous weight for rows without history."""
+            w, w_anon = model.mix_weight, model.mix_weight_anonymous
+            if w_anon is None or w_anon == w:
+                return w
+            if hist is None:
+                return w_anon
+            empty = tf.reduce_sum(hist[0.0], axis=1, keepdims=True) <= 0.0
+            return tf.where(empty, tf.constant(w_anon, tf.float32), tf.constant(w, tf.float32))
+
         def _complete(self, items, history=None, history_counts=None, history_days=None):
             ids = self.lookup.lookup(items)  # unknown ids and "" padding -> -1, ignored
             valid = ids >= 0
@@ -170,7 +180,7 @@ def _build_module(model: ServableModel, k: int):
             if self.spec is not None and self.table is not None:
                 deep = deep_scores(tf, self.spec, ids, valid, hist)
                 table = table_scores(tf, self.table, model.table.aggregation, ids, valid, V)
-                scores = mix(deep, table, model.mix_weight, tf_ops())
+                scores = mix(deep, table, self._mix_weights(hist), tf_ops())
             elif self.spec is not None:
                 scores = deep_scores(tf, self.spec, ids, valid, hist)
             else:
@@ -271,6 +281,7 @@ def export_saved_model(
             "k": min(k, model.n_items),
             "params": model.params,
             "mix_weight": model.mix_weight,
+            "mix_weight_anonymous": model.mix_weight_anonymous,
             "history_weight": model.history_weight,
             "history_decay": model.history_decay,
             "network_history_decay": float(model.deep["history_decay"]) if model.personal else None,

@@ -109,3 +109,68 @@ def test_keras_numpy_and_saved_model_agree(personal, tmp_path):
         assert set(served) == set(expected) | {k for k, v in served.items() if v == -np.inf}
         for item, score in expected.items():
             assert served[item] == pytest.approx(float(score), rel=1e-4, abs=1e-4)
+
+
+def test_mix_uses_its_own_weight_for_baskets_without_history(tmp_path):
+    """deep+ease with a personal mix weight and an anonymous one: numpy and the SavedModel pick the weight
+    per row (row 1 has no history), and the anonymous signature uses the anonymous weight."""
+    import tensorflow as tf
+
+    from assoc_lib.models.baselines import NeighbourTable
+    from assoc_lib.models.network import mix
+
+    net = _network(True)
+    spec = forward_spec(net)
+    rng = np.random.default_rng(4)
+    table = NeighbourTable(
+        rng.integers(0, N_ITEMS, size=(N_ITEMS, 3)).astype(np.int32),
+        rng.random((N_ITEMS, 3)).astype(np.float32),
+        np.zeros(N_ITEMS, np.float32),
+        "sum",
+    )
+    vocab = [f"i{j}" for j in range(N_ITEMS)]
+    pop = np.linspace(1, 0, N_ITEMS, dtype=np.float32)
+    model = ServableModel(
+        "deep+ease", ModelKind.DEEP, vocab, pop, table=table, deep=spec, mix_weight=0.2, mix_weight_anonymous=0.9
+    )
+    X = sp.csr_matrix(
+        (
+            np.ones(sum(map(len, BASKETS)), np.float32),
+            ([i for i, b in enumerate(BASKETS) for _ in b], [j for b in BASKETS for j in b]),
+        ),
+        shape=(len(BASKETS), N_ITEMS),
+    )
+
+    def csr(rows):
+        return sp.csr_matrix(
+            (
+                [c for h in rows for c in h.values()],
+                ([i for i, h in enumerate(rows) for _ in h], [j for h in rows for j in h]),
+            ),
+            shape=(len(BASKETS), N_ITEMS),
+            dtype=np.float32,
+        )
+
+    H = History(csr(HISTORY), {DECAY: csr(DECAYED)})
+    scores = model.score(X, H)
+    deep, other = numpy_logits(spec, X, H), table.score(X)
+    for row, w in ((0, 0.2), (1, 0.9), (2, 0.2)):  # BASKETS[1] has no history
+        np.testing.assert_allclose(scores[row], mix(deep, other, w)[row], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.score(X), mix(numpy_logits(spec, X), other, 0.9), rtol=1e-5, atol=1e-5)
+
+    export = export_saved_model(model, tmp_path / "export", {}, k=N_ITEMS)
+    loaded = tf.saved_model.load(str(export))
+    items = tf.constant([[vocab[j] for j in b] + [""] * (4 - len(b)) for b in BASKETS])
+    out = loaded.signatures["complete_basket_personal"](
+        items=items,
+        history=tf.constant([[vocab[j] for j, _, _ in e] + [""] * (3 - len(e)) for e in EVENTS]),
+        history_counts=tf.constant([[c for _, c, _ in e] + [0.0] * (3 - len(e)) for e in EVENTS], tf.float32),
+        history_days=tf.constant([[d for _, _, d in e] + [0.0] * (3 - len(e)) for e in EVENTS], tf.float32),
+    )
+    anonymous = loaded.signatures["complete_basket"](items=items)
+    for row, basket in enumerate(BASKETS):
+        expected = -np.sort(-np.delete(scores[row], basket))
+        np.testing.assert_allclose(out["scores"][row].numpy()[: len(expected)], expected, rtol=1e-4, atol=1e-4)
+        expected_anon = -np.sort(-np.delete(model.score(X)[row], basket))
+        got = anonymous["scores"][row].numpy()[: len(expected_anon)]
+        np.testing.assert_allclose(got, expected_anon, rtol=1e-4, atol=1e-4)
