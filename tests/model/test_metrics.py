@@ -107,3 +107,14 @@ def test_fast_hidden_ranks_equal_the_reference_ranks():
     hidden[0] = 8
     reference, _ = evaluate.ranks_of_hidden(scores, inputs, hidden)
     assert evaluate.hidden_ranks(scores.copy(), inputs, hidden).tolist() == reference.tolist()
+
+
+def test_request_days_reproduce_the_decayed_counts():
+    """Production is evaluated with one history row per item: count · exp(-days / decay) must give back the
+    decayed count exactly (a decayed count of 0 — every purchase long ago — included)."""
+    counts = np.array([2.0, 3.0, 1.0, 4.0])
+    decayed = np.array([2.0 * np.exp(-1.0), 0.5, 0.0, 4.0])
+    days = evaluate.request_days(counts, decayed, 10.0)
+    np.testing.assert_allclose(counts * np.exp(-days / 10.0), decayed, atol=1e-12)
+    assert days[3] == 0.0 and days[2] == 1e6
+    assert evaluate.request_days(counts, None, 0.0).tolist() == [0.0] * 4  # plain counts: bought "today"
