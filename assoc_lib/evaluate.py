@@ -311,12 +311,7 @@ def evaluate_topk(
         else:
             hist = holdout.history[start : start + batch_size]
             H = hist.counts.tocsr()
-            decayed = None
-            if decay:
-                from assoc_lib.models.network import aligned
-
-                decayed = aligned(hist.weights(decay), H)
-            days = request_days(H.data, decayed, decay)
+            days = request_days(H.data, hist.weights_at_counts(decay) if decay else None, decay)
             histories = [
                 (
                     [vocab[i] for i in H.indices[H.indptr[r] : H.indptr[r + 1]]],

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from assoc_lib import evaluate
 from assoc_lib.config import decay_list
-from assoc_lib.models.network import DeepParams, aligned, build_network, forward_spec, numpy_logits
+from assoc_lib.models.network import DeepParams, build_network, forward_spec, numpy_logits
 from assoc_lib.records import ModelKind
 from assoc_lib.tfrt import tensorflow
 
@@ -70,7 +70,7 @@ def _dataset(train: sp.csr_matrix, params: DeepParams, global_batch: int, histor
         W = history.counts.tocsr()
         hist_ids = ragged(W.indices, W.indptr, np.int32)
         hist_w = ragged(np.log1p(W.data), W.indptr, np.float32)
-        decayed = np.log1p(aligned(history.weights(params.history_decay), W))
+        decayed = np.log1p(history.weights_at_counts(params.history_decay))
         hist_dw = ragged(decayed, W.indptr, np.float32)
         ds = tf.data.Dataset.from_tensor_slices((items, hist_ids, hist_w, hist_dw))
     else:

@@ -52,6 +52,13 @@ class History:
             raise KeyError(f"history has no decay {tau:g} days (has {sorted(self.decayed)})")
         return self.decayed[tau]
 
+    def weights_at_counts(self, tau: float) -> np.ndarray:
+        """``weights(tau)`` read at the stored entries of ``counts``, in ``counts.data`` order (the
+        decayed count of each history item as the counts list them)."""
+        counts = self.counts.tocsr()
+        rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+        return np.asarray(self.weights(tau).tocsr()[rows, counts.indices]).ravel().astype(np.float32)
+
 
 def as_history(H) -> History | None:
     """A :class:`History` from a History, a counts CSR matrix, or None."""
@@ -124,28 +131,17 @@ def _histories(baskets, n_items, with_recency, max_items, taus=(), tau_rows=None
                 out_decayed,
                 tau_rows,
             )
-    idx = (
-        np.concatenate(out_rows) if out_rows else np.zeros(0, np.int32),
-        np.concatenate(out_cols) if out_cols else np.zeros(0, np.int32),
-    )
-    counts = sp.csr_matrix(
-        (np.concatenate(out_counts) if out_counts else np.zeros(0, np.float32), idx), shape=(n, n_items)
-    )
-    decayed = {}
-    for t, (r, c, v) in out_decayed.items():
-        decayed[t] = sp.csr_matrix(
-            (
-                np.concatenate(v) if v else np.zeros(0, np.float32),
-                (np.concatenate(r) if r else np.zeros(0, np.int32), np.concatenate(c) if c else np.zeros(0, np.int32)),
-            ),
-            shape=(n, n_items),
-        )
-    if not with_recency:
-        return counts, None, decayed
-    recency = sp.csr_matrix(
-        (np.concatenate(out_recency) if out_recency else np.zeros(0, np.float32), idx), shape=(n, n_items)
-    )
+    shape = (n, n_items)
+    counts = _csr(out_rows, out_cols, out_counts, shape)
+    decayed = {t: _csr(r, c, v, shape) for t, (r, c, v) in out_decayed.items()}
+    recency = _csr(out_rows, out_cols, out_recency, shape) if with_recency else None
     return counts, recency, decayed
+
+
+def _csr(rows: list, cols: list, values: list, shape) -> sp.csr_matrix:
+    """CSR from per-user pieces of (row, column, value) arrays (none: an empty matrix)."""
+    cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)
+    return sp.csr_matrix((cat(values, np.float32), (cat(rows, np.int32), cat(cols, np.int32))), shape=shape)
 
 
 def _user_history(

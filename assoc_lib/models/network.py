@@ -265,13 +265,6 @@ def history_weights(H: sp.csr_matrix) -> sp.csr_matrix:
     return W
 
 
-def aligned(values: sp.csr_matrix, like: sp.csr_matrix) -> np.ndarray:
-    """``values`` read at the stored entries of ``like`` (CSR, same shape), in ``like.data`` order."""
-    like = like.tocsr()
-    rows = np.repeat(np.arange(like.shape[0]), np.diff(like.indptr))
-    return np.asarray(values.tocsr()[rows, like.indices]).ravel().astype(np.float32)
-
-
 def numpy_logits(spec: dict, X: sp.csr_matrix, H=None) -> np.ndarray:
     """The network's logits computed from ``forward_spec`` with numpy (reference for the export).
 

@@ -78,6 +78,27 @@ def test_decayed_history_by_hand():
     assert (masked.counts != h.counts).nnz == 0
 
 
+def test_decayed_counts_follow_the_counts_visibility_rules():
+    """Counts (running sums) and decayed counts (a visibility matrix per user) implement the same rules
+    twice: with no decay they must agree on every basket, including baskets at one instant and caps."""
+    from assoc_lib.data.history import build_history
+
+    rng = np.random.default_rng(11)
+    rows = [
+        (
+            f"u{rng.integers(4)}",
+            f"2024-01-{1 + i // 3:02d}",  # three baskets per day: same-instant baskets share a timestamp
+            ["train", "validation", "test"][min(i // 40, 2)],
+            sorted(set(rng.integers(0, 25, size=5).tolist())),
+        )
+        for i in range(90)
+    ]
+    h = build_history(_frame(rows), 25, max_items=6, taus=(1e9,))
+    assert h.counts.nnz > 0
+    np.testing.assert_allclose(h.decayed[1e9].toarray(), h.counts.toarray(), rtol=1e-6)
+    np.testing.assert_allclose(h.weights_at_counts(1e9), h.counts.tocsr().data, rtol=1e-6)
+
+
 def test_time_decayed_prior_by_hand():
     """ServableModel's prior: + beta · log(1 + decayed count) at its decay time; plain counts at decay 0."""
     import scipy.sparse as sp
@@ -178,7 +199,6 @@ def test_two_input_export_matches_in_memory_scores(trained, exported):
 
     from assoc_lib import evaluate
     from assoc_lib.config import decay_list
-    from assoc_lib.models.network import aligned
 
     baskets, vocab = load_split(trained["prep_dir"])
     cfg = trained["cfg"]
@@ -199,7 +219,7 @@ def test_two_input_export_matches_in_memory_scores(trained, exported):
         cnt = pad([C[r].data.tolist() for r in range(C.shape[0])], 0.0)
         # one row per item, with the days that make the served decayed count exact
         decay = evaluate.served_decay(exported[name])
-        days_flat = evaluate.request_days(C.data, aligned(H.weights(decay), C) if decay else None, decay)
+        days_flat = evaluate.request_days(C.data, H.weights_at_counts(decay) if decay else None, decay)
         days = pad([days_flat[C.indptr[r] : C.indptr[r + 1]].tolist() for r in range(C.shape[0])], 0.0)
         fn = tf.saved_model.load(str(exported[name])).signatures["complete_basket_personal"]
         out = fn(
