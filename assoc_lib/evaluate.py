@@ -78,10 +78,7 @@ def hold_out(baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0, hist
 def ranks_of_hidden(scores: np.ndarray, inputs: sp.csr_matrix, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """1-based rank of each hidden item among non-input items, and each row's top-10 items."""
     scores = np.array(scores, dtype=np.float64, copy=True)
-    rows, cols = inputs.nonzero()
-    scores[rows, cols] = -np.inf
-    target = scores[np.arange(len(hidden)), hidden]
-    ranks = (scores >= target[:, None]).sum(axis=1)  # pessimistic: ties count above (incl. itself)
+    ranks = hidden_ranks(scores, inputs, hidden)  # marks the inputs -inf in ``scores``
     k = min(10, scores.shape[1])
     top10 = np.argpartition(-scores, k - 1, axis=1)[:, :k].copy()  # a copy: a view would pin the whole array
     return ranks.astype(np.int64), top10
@@ -96,7 +93,8 @@ def metrics_from_ranks(ranks: np.ndarray, top_items: np.ndarray | None, n_items:
         out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean()) if len(ranks) else 0.0
     out["hitrate@10"] = out["recall@10"]
     out["mrr"] = float((1.0 / ranks).mean()) if len(ranks) else 0.0
-    out["coverage@10"] = float(len(np.unique(top_items)) / n_items) if top_items is not None and n_items else 0.0
+    covered = len(np.unique(top_items)) if top_items is not None and len(top_items) else 0
+    out["coverage@10"] = float(covered / n_items) if n_items else 0.0
     out["n_eval_baskets"] = int(len(ranks))
     return out
 
@@ -105,8 +103,7 @@ def evaluate_scores(
     score_fn: Callable[..., np.ndarray], holdout: HoldOut, n_items: int, batch_size: int = 512
 ) -> dict[str, float]:
     """Run ``score_fn(X)`` (anonymous) or ``score_fn(X, H)`` (personalised) in batches; every metric."""
-    ranks, top = score_ranks(score_fn, holdout, batch_size)
-    return metrics_from_ranks(ranks, top if len(ranks) else None, n_items)
+    return metrics_from_ranks(*score_ranks(score_fn, holdout, batch_size), n_items)
 
 
 def score_ranks(
@@ -150,19 +147,20 @@ def tune_on_validation(
             for t in decays
         }
         for g in grid:
-            r = hidden_ranks(combine(parts, priors, g), X, holdout.hidden[start : start + batch_size])
+            scores = np.asarray(combine(parts, priors, g), dtype=np.float32)
+            r = hidden_ranks(scores, X, holdout.hidden[start : start + batch_size])
             gains[g] += float(ndcg10_per_basket(r).sum())
     return {g: (gains[g] / holdout.n if holdout.n else 0.0) for g in grid}
 
 
 def hidden_ranks(scores: np.ndarray, inputs: sp.csr_matrix, hidden: np.ndarray) -> np.ndarray:
-    """The ranks of :func:`ranks_of_hidden` without the top-10, in float32 and in place (``scores`` is
-    overwritten): the inner loop of every grid search."""
-    scores = np.asarray(scores, dtype=np.float32)
+    """1-based rank of each hidden item among the non-input items, pessimistic on ties (an item tied with
+    the hidden one ranks above it). In place: the inputs of ``scores`` become -inf (grid searches pass
+    fresh float32 arrays and skip the copy and the top-10 of :func:`ranks_of_hidden`)."""
     rows, cols = inputs.nonzero()
     scores[rows, cols] = -np.inf
     target = scores[np.arange(len(hidden)), hidden]
-    return (scores >= target[:, None]).sum(axis=1)
+    return (scores >= target[:, None]).sum(axis=1).astype(np.int64)
 
 
 def make_holdouts(
@@ -239,7 +237,7 @@ def per_basket_frame(baskets, vocab: list[str], holdout: HoldOut, split: str, pr
     and the hidden item's rank under every model (``rank:<model>``)."""
     import pandas as pd
 
-    frame_rows = holdout.frame_rows if holdout.frame_rows is not None else holdout.basket_rows
+    frame_rows = holdout.frame_rows  # set by make_holdouts
     out = pd.DataFrame(
         {
             "split": split,
@@ -384,11 +382,8 @@ def evaluate_candidates(
     baskets, vocab = load_split(prep_dir)
     n_items = len(vocab)
     models = [ServableModel.load(c["path"]) for c in candidates]
-    decays = {m.history_decay for m in models} | {
-        float(m.deep["history_decay"]) for m in models if m.deep and "history_decay" in m.deep
-    }
     production_decay = served_decay(production["path"]) if production else 0.0
-    decays.add(production_decay)
+    decays = {d for m in models for d in m.decays} | {production_decay}
     holdouts, history = make_holdouts(
         baskets, n_items, cfg.models.eval_seed, cfg.models.history_max_items, decays=sorted(decays)
     )
@@ -407,7 +402,7 @@ def evaluate_candidates(
                 continue
             val = evaluate_scores(model.score, view("validation", protocol), n_items)
             ranks, top = score_ranks(model.score, view("test", protocol))
-            test = metrics_from_ranks(ranks, top if len(ranks) else None, n_items)
+            test = metrics_from_ranks(ranks, top, n_items)
             test_ranks[protocol][cand["name"]] = ranks
             rows.append(
                 {

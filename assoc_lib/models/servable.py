@@ -23,6 +23,18 @@ from assoc_lib.models.explain import EvidenceTable
 from assoc_lib.models.network import mix, numpy_logits
 from assoc_lib.records import ModelKind
 
+# the network's arrays besides its layers (network.forward_spec), as saved and loaded
+DEEP_ARRAYS = (
+    "embeddings",
+    "bag_bias",
+    "out_kernel",
+    "out_bias",
+    "hist_embeddings",
+    "repeat_weight",
+    "recency_weight",
+    "history_decay",
+)
+
 
 @dataclass
 class ServableModel:
@@ -41,6 +53,16 @@ class ServableModel:
     history_decay: float = 0.0  # days: the prior counts each purchase as exp(-days ago / decay); 0: plain counts
     evidence: EvidenceTable | None = None  # pairwise evidence that explains each recommendation
     dense: np.ndarray | None = None  # reference models only: a dense item-item matrix added to the table's scores
+
+    @property
+    def network_decay(self) -> float:
+        """Decay time (days) of the network's recency feature; 0 when the network reads no history."""
+        return float(self.deep["history_decay"]) if self.personal and "history_decay" in self.deep else 0.0
+
+    @property
+    def decays(self) -> tuple[float, ...]:
+        """Every decay time its scores read from a history: the prior's and the network's (0: plain counts)."""
+        return tuple(sorted({self.history_decay, self.network_decay}))
 
     @property
     def servable(self) -> bool:
@@ -115,16 +137,7 @@ class ServableModel:
                 ev_lift=self.evidence.lift,
             )
         if self.deep is not None:
-            for key in (
-                "embeddings",
-                "bag_bias",
-                "out_kernel",
-                "out_bias",
-                "hist_embeddings",
-                "repeat_weight",
-                "recency_weight",
-                "history_decay",
-            ):
+            for key in DEEP_ARRAYS:
                 if key in self.deep:
                     arrays[f"deep_{key}"] = self.deep[key]
             for i, layer in enumerate(self.deep["layers"]):
@@ -149,20 +162,7 @@ class ServableModel:
         if meta["table_aggregation"]:
             table = NeighbourTable(z["table_indices"], z["table_weights"], z["table_bias"], meta["table_aggregation"])
         if meta["deep_layers"] is not None:
-            deep = {
-                k: z[f"deep_{k}"]
-                for k in (
-                    "embeddings",
-                    "bag_bias",
-                    "out_kernel",
-                    "out_bias",
-                    "hist_embeddings",
-                    "repeat_weight",
-                    "recency_weight",
-                    "history_decay",
-                )
-                if f"deep_{k}" in z
-            }
+            deep = {k: z[f"deep_{k}"] for k in DEEP_ARRAYS if f"deep_{k}" in z}
             deep["layers"] = []
             for i, (kind, eps) in enumerate(zip(meta["deep_layers"], meta["deep_eps"])):
                 if kind == "dense_tanh":

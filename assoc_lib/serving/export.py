@@ -138,7 +138,6 @@ def _build_module(model: ServableModel, k: int):
     """A tf.Module whose signatures compose the pieces above for ``model``."""
     tf = tensorflow()
     V, k = model.n_items, min(k, model.n_items)
-    decays = [model.history_decay] + ([float(model.deep["history_decay"])] if model.personal else [])
 
     class BasketModule(tf.Module):
         def __init__(self):
@@ -176,7 +175,7 @@ def _build_module(model: ServableModel, k: int):
             valid = ids >= 0
             hist = None
             if history is not None:
-                hist = history_matrices(tf, self.lookup.lookup(history), history_counts, history_days, decays, V)
+                hist = history_matrices(tf, self.lookup.lookup(history), history_counts, history_days, model.decays, V)
             if self.spec is not None and self.table is not None:
                 deep = deep_scores(tf, self.spec, ids, valid, hist)
                 table = table_scores(tf, self.table, model.table.aggregation, ids, valid, V)
@@ -284,7 +283,7 @@ def export_saved_model(
             "mix_weight_anonymous": model.mix_weight_anonymous,
             "history_weight": model.history_weight,
             "history_decay": model.history_decay,
-            "network_history_decay": float(model.deep["history_decay"]) if model.personal else None,
+            "network_history_decay": model.network_decay or None,
             "personal_network": model.personal,
             "signatures": {
                 "complete_basket": {
