@@ -263,14 +263,11 @@ def deep_params(cfg) -> DeepParams:
     return DeepParams.from_config(cfg.models)
 
 
-def _grid_summary(scores: dict[float, float], top: int = 3) -> str:
+def _grid_summary(scores: dict[str, float], top: int = 3) -> str:
     """A grid search in one short log line: the best few settings and the range (the full grid is in the
     candidate's params and the train summary)."""
     best = sorted(scores.items(), key=lambda kv: -kv[1])[:top]
-    return (
-        ", ".join(f"{k if isinstance(k, str) else format(k, 'g')}: {v:.4f}" for k, v in best)
-        + f"; {len(scores)} tried, worst {min(scores.values()):.4f}"
-    )
+    return ", ".join(f"{k}: {v:.4f}" for k, v in best) + f"; {len(scores)} tried, worst {min(scores.values()):.4f}"
 
 
 HISTORY_GRID = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -335,34 +332,35 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     log.info("split loaded, histories built: peak RSS %.0f MB", peak_rss_mb())
     val = holdouts["validation"]  # personalised when the data has users
     popularity = baselines.popularity_counts(X)
+    popularity_only = baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * popularity)  # ties, empty baskets
     evidence = evidence_table(X, cfg.models.evidence_top_n)
     entries, ease_table, ease_fit = [], None, None
 
     def save(model, entry: dict, decays=prior_decays, weights=HISTORY_GRID, tuned: bool = False) -> None:
         model.evidence = evidence
         entry["peak_rss_mb"] = peak_rss_mb()
-        if personal and tuned:
-            entry["history_weight"], entry["history_decay"] = model.history_weight, model.history_decay
-        elif personal:
+        if personal and not tuned:
             (model.history_decay, model.history_weight), grid = _tune_history_weight(
                 model, val, n_items, decays, weights
             )
-            entry["history_weight"], entry["history_decay"] = model.history_weight, model.history_decay
-            entry["history_weight_grid"] = {f"tau={t:g} beta={b:g}": round(v, 5) for (t, b), v in grid.items()}
+            trace = {f"tau={t:g} beta={b:g}": round(v, 5) for (t, b), v in grid.items()}
+            entry["history_weight_grid"] = trace
             # the choice and its search trace travel with the model (and into the export's model card)
             model.params = {
                 **model.params,
                 "prior_decay_days": model.history_decay,
                 "prior_weight": model.history_weight,
-                "prior_search_val_ndcg@10": entry["history_weight_grid"],
+                "prior_search_val_ndcg@10": trace,
             }
             log.info(
                 "%s: personal prior decay %g days, weight %.3g chosen on validation (personalised NDCG@10 %s)",
                 model.name,
                 model.history_decay,
                 model.history_weight,
-                _grid_summary({f"tau={t:g} beta={b:g}": v for (t, b), v in grid.items()}),
+                _grid_summary(trace),
             )
+        if personal:
+            entry["history_weight"], entry["history_decay"] = model.history_weight, model.history_decay
         entry["path"] = str(model.save(cand_dir / f"{model.name}.npz"))
         entries.append(entry)
 
@@ -389,22 +387,22 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             ModelKind.CLASSICAL,
             vocab,
             popularity,
-            table=baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * popularity),
+            table=popularity_only,
             dense=ease_dense.B,
             params={**ease_dense.params(), "dense": True, "served": False},
         )
         save(model, {"name": "ease_dense", "kind": ModelKind.CLASSICAL, "train_seconds": seconds, "servable": False})
         del ease_dense, model
-    ease_fit = None
-    if dense_max and n_items > dense_max:
+    elif dense_max:
         log.info("ease_dense skipped: %d items > ease_dense_max_items %d", n_items, dense_max)
+    ease_fit = None  # the full matrix is saved: free it before the network trains
     if personal:
         frequency = ServableModel(
             "personal_frequency",
             ModelKind.CLASSICAL,
             vocab,
             popularity,
-            table=baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * popularity),
+            table=popularity_only,
             history_weight=1.0,
             params={"score": "log(1 + decayed purchase count), decay chosen on validation; ties by popularity"},
         )
@@ -503,6 +501,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
                 "mix_weight": weight,
                 "mix_weight_anonymous": weight_anonymous,
                 "history_weight_grid": trace,
+                "anonymous_mix_grid": anonymous_trace,
                 "train_seconds": result.train_seconds + time.perf_counter() - started,
             },
             tuned=True,

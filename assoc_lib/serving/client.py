@@ -162,9 +162,8 @@ class AssocClient:
 
         if days is None:
             days = [[0.0] * len(h) for h in histories]
-        if [len(d) for d in days] != [len(h) for h in histories] or [len(c) for c in counts] != [
-            len(h) for h in histories
-        ]:
+        lengths = [len(h) for h in histories]
+        if [len(c) for c in counts] != lengths or [len(d) for d in days] != lengths:
             raise ValueError("history, counts and days need one value per history item")
         return self.predict(
             "complete_basket_personal",

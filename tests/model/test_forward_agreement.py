@@ -47,6 +47,26 @@ def _padded(rows, width, fill, dtype):
     return out
 
 
+def _csr(rows: list[dict]) -> sp.csr_matrix:
+    """[len(rows), N_ITEMS] from one {item: value} dict per row."""
+    return sp.csr_matrix(
+        (
+            [v for r in rows for v in r.values()],
+            ([i for i, r in enumerate(rows) for _ in r], [j for r in rows for j in r]),
+        ),
+        shape=(len(rows), N_ITEMS),
+        dtype=np.float32,
+    )
+
+
+def _baskets() -> sp.csr_matrix:
+    return _csr([{j: 1.0 for j in b} for b in BASKETS])
+
+
+def _history() -> History:
+    return History(_csr(HISTORY), {DECAY: _csr(DECAYED)})
+
+
 @pytest.mark.parametrize("personal", [False, True])
 def test_keras_numpy_and_saved_model_agree(personal, tmp_path):
     import tensorflow as tf
@@ -54,25 +74,7 @@ def test_keras_numpy_and_saved_model_agree(personal, tmp_path):
     net = _network(personal)
     spec = forward_spec(net)
     assert len(spec["layers"]) == 4  # two dense + two layer norms, found by type
-    X = sp.csr_matrix(
-        (
-            np.ones(sum(map(len, BASKETS)), np.float32),
-            ([i for i, b in enumerate(BASKETS) for _ in b], [j for b in BASKETS for j in b]),
-        ),
-        shape=(len(BASKETS), N_ITEMS),
-    )
-
-    def csr(rows):
-        return sp.csr_matrix(
-            (
-                [c for h in rows for c in h.values()],
-                ([i for i, h in enumerate(rows) for _ in h], [j for h in rows for j in h]),
-            ),
-            shape=(len(BASKETS), N_ITEMS),
-            dtype=np.float32,
-        )
-
-    H = History(csr(HISTORY), {DECAY: csr(DECAYED)})
+    X, H = _baskets(), _history()
     assert H.counts[0, 8] == 5.0 and H.decayed[DECAY][0, 8] == pytest.approx(3 * np.exp(-1.5) + 2 * np.exp(-0.1))
     # Keras (training path)
     ids = _padded(BASKETS, 4, -1, np.int32)
@@ -133,25 +135,7 @@ def test_mix_uses_its_own_weight_for_baskets_without_history(tmp_path):
     model = ServableModel(
         "deep+ease", ModelKind.DEEP, vocab, pop, table=table, deep=spec, mix_weight=0.2, mix_weight_anonymous=0.9
     )
-    X = sp.csr_matrix(
-        (
-            np.ones(sum(map(len, BASKETS)), np.float32),
-            ([i for i, b in enumerate(BASKETS) for _ in b], [j for b in BASKETS for j in b]),
-        ),
-        shape=(len(BASKETS), N_ITEMS),
-    )
-
-    def csr(rows):
-        return sp.csr_matrix(
-            (
-                [c for h in rows for c in h.values()],
-                ([i for i, h in enumerate(rows) for _ in h], [j for h in rows for j in h]),
-            ),
-            shape=(len(BASKETS), N_ITEMS),
-            dtype=np.float32,
-        )
-
-    H = History(csr(HISTORY), {DECAY: csr(DECAYED)})
+    X, H = _baskets(), _history()
     scores = model.score(X, H)
     deep, other = numpy_logits(spec, X, H), table.score(X)
     for row, w in ((0, 0.2), (1, 0.9), (2, 0.2)):  # BASKETS[1] has no history

@@ -210,6 +210,8 @@ def test_personalised_signature_over_grpc(served, trained):
         favourite = vocab[-1]
         personal = c.complete_basket_personal([[vocab[5]]], [[favourite]], [[25.0]], [[14.0]], version=1)
         # one item in two rows (purchases 10 and 40 days ago) adds up: count 2, decayed e^(-10/τ) + e^(-40/τ)
+        with pytest.raises(ValueError, match="one value per history item"):  # refused before anything is sent
+            c.complete_basket_personal([[vocab[5]]], [[favourite]], [[1.0]], [[1.0, 2.0]])
         split = c.complete_basket_personal(
             [[vocab[5]]], [[favourite, favourite]], [[1.0, 1.0]], [[10.0, 40.0]], version=1
         )
