@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         }
     ]
     for n in (int(x) for x in args.sizes.split(",")):
-        for label, magnitude in (("largest positive", False), ("largest |w|", True)):
+        for label, magnitude in (("largest positive", False), ("largest abs(w)", True)):
             table = baselines.NeighbourTable(*baselines.top_n_table(B, n, magnitude), baselines.TIE_BREAK * pop, "sum")
             size = (table.indices.nbytes + table.weights.nbytes) / 2**20
             rows.append({"form": f"{label} {n}", "n": n, "size_mb": size, **ndcg(table.score)})
