@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from assoc_lib import evaluate
 from assoc_lib.config import decay_list
-from assoc_lib.models.network import DeepParams, build_network, forward_spec, numpy_logits
+from assoc_lib.models.network import DeepParams, build_network, forward_spec, logits_at, numpy_logits
 from assoc_lib.records import ModelKind
 from assoc_lib.tfrt import tensorflow
 
@@ -131,26 +131,34 @@ def train_deep(
         if keras.mixed_precision.global_policy().name == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(network.trainable_variables)
-    out_layer = network.get_layer("item_logits")
+
+    encoder = keras.Model(network.inputs, network.outputs[1])  # the same layers, up to the hidden vector
 
     def per_example_loss(items_in, targets, hist, training):
-        logits, hidden = network([items_in, *hist] if hist else items_in, training=training)
         mask = tf.cast(targets >= 0, tf.float32)
         if params.sampled_softmax and training:
-            # One positive per basket per step, drawn from the full basket.
-            r = tf.random.uniform(tf.shape(mask)) * mask
-            label = tf.gather(targets, tf.argmax(r, axis=1), batch_dims=1)[:, None]
-            loss = tf.nn.sampled_softmax_loss(
-                weights=tf.transpose(tf.cast(out_layer.kernel, tf.float32)),
-                biases=tf.cast(out_layer.bias, tf.float32),
-                labels=tf.cast(label, tf.int64),
-                inputs=tf.cast(hidden, tf.float32),
-                num_sampled=params.sampled_softmax,
-                num_classes=n_items,
-            )
-            return loss * tf.reduce_sum(mask, axis=1)
+            return sampled_loss(encoder([items_in, *hist] if hist else items_in, training=True), targets, mask, hist)
+        logits, _ = network([items_in, *hist] if hist else items_in, training=training)
         logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
         picked = tf.gather(logp, tf.maximum(targets, 0), batch_dims=1)
+        return -tf.reduce_sum(picked * mask, axis=1)
+
+    def sampled_loss(hidden, targets, mask, hist):
+        """The multinomial likelihood over the batch's own items (every basket's targets) plus
+        ``sampled_softmax`` items drawn uniformly; the drawn ones stand for all the others through the
+        log-Q correction log(others / drawn), so the softmax's normaliser is estimated without bias."""
+        positives = tf.boolean_mask(targets, targets >= 0)
+        drawn = tf.random.uniform([params.sampled_softmax], 0, n_items, dtype=tf.int32)
+        cols, where = tf.unique(tf.concat([positives, drawn], 0))
+        n_cols = tf.shape(cols)[0]
+        is_positive = tf.math.unsorted_segment_max(tf.ones_like(positives), where[: tf.size(positives)], n_cols) > 0
+        n_pos = tf.reduce_sum(tf.cast(is_positive, tf.float32))
+        others = tf.cast(n_items, tf.float32) - n_pos
+        correction = tf.math.log(others / tf.maximum(tf.cast(n_cols, tf.float32) - n_pos, 1.0))
+        logits = logits_at(network, tf.cast(hidden, tf.float32), cols, hist)
+        logp = tf.nn.log_softmax(logits + tf.where(is_positive, 0.0, correction)[None, :])
+        column_of = tf.tensor_scatter_nd_update(tf.fill([n_items], -1), cols[:, None], tf.range(n_cols))
+        picked = tf.gather(logp, tf.gather(column_of, tf.maximum(targets, 0)), batch_dims=1)
         return -tf.reduce_sum(picked * mask, axis=1)
 
     dataset = strategy.experimental_distribute_dataset(_dataset(train, params, global_batch, history))

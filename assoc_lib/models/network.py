@@ -250,12 +250,34 @@ def scatter_rows(ids, weights, n_items: int):
     tf = tensorflow()
 
     ids = tf.cast(ids, tf.int64)
+    n_items = tf.cast(n_items, tf.int64)  # a Python int or a tensor (the sampled columns of a training step)
     batch = tf.shape(ids, out_type=tf.int64)[0]
     valid = ids >= 0
     rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(ids, out_type=tf.int64))
     seg = tf.boolean_mask(rows * n_items + ids, valid)
     flat = tf.math.unsorted_segment_sum(tf.boolean_mask(tf.cast(weights, tf.float32), valid), seg, batch * n_items)
-    return tf.reshape(flat, tf.stack([batch, tf.constant(n_items, tf.int64)]))
+    return tf.reshape(flat, tf.stack([batch, n_items]))
+
+
+def logits_at(network, hidden, cols, hist=()):
+    """The network's logits at the item columns ``cols`` only: equal to ``tf.gather(logits, cols, axis=1)``
+    without computing the other columns (sampled softmax in training; tested against the full logits).
+
+    ``hidden`` is the network's second output; ``hist`` its (history ids, weights, decayed weights) inputs,
+    whose repeat prior is added at the columns it names."""
+    tf = tensorflow()
+
+    out = network.get_layer("item_logits")
+    logits = tf.matmul(hidden, tf.gather(out.kernel, cols, axis=1)) + tf.gather(out.bias, cols)
+    if hist:
+        ids, weights, decayed = hist
+        prior = network.get_layer("repeat_prior")
+        n = tf.shape(cols)[0]
+        column_of = tf.tensor_scatter_nd_update(tf.fill([prior.n_items], -1), cols[:, None], tf.range(n))
+        ids = tf.where(ids >= 0, tf.gather(column_of, tf.maximum(ids, 0)), -1)
+        logits += scatter_rows(ids, weights, n) * tf.gather(prior.gamma + prior.repeat_bias, cols)[None, :]
+        logits += scatter_rows(ids, decayed, n) * tf.gather(prior.delta + prior.recency_bias, cols)[None, :]
+    return logits
 
 
 def history_weights(H: sp.csr_matrix) -> sp.csr_matrix:

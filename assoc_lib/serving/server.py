@@ -38,7 +38,6 @@ from assoc_lib.serving.registry import (  # noqa: F401  (re-exported: the server
     parse_model_config,
     predict,
 )
-from assoc_lib.serving.tensors import to_proto
 from assoc_lib.tfrt import tensorflow
 
 log = logging.getLogger(__name__)
@@ -64,15 +63,15 @@ def make_servicers(registry: ModelRegistry):
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
             try:
-                model, lv, outputs = predict(registry, request, "grpc")
+                model, lv, outputs = predict(registry, request, "grpc", wire=True)
             except ServingError as exc:
                 return _abort(context, exc)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = model.name
             response.model_spec.version.value = lv.version
             response.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
-            for key, value in outputs.items():
-                response.outputs[key].CopyFrom(to_proto(value))
+            for key, value in outputs.items():  # serialized TensorProtos (registry.run_signature)
+                response.outputs[key].ParseFromString(value)
             return response
 
         def GetModelMetadata(self, request, context):

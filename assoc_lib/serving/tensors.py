@@ -6,6 +6,7 @@ about 0.3 ms through ``make_tensor_proto``, more than the graph's arithmetic."""
 from __future__ import annotations
 
 import functools
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -61,7 +62,7 @@ def from_proto(proto) -> np.ndarray:
     """A TensorProto as a numpy array (strings: an object array of bytes)."""
     pb = _pb()
     shape = [d.size for d in proto.tensor_shape.dim]
-    n = int(np.prod(shape)) if shape else 1
+    n = math.prod(shape)  # 1 for a scalar
     if proto.dtype == pb.DT_STRING and len(proto.string_val) == n and not proto.tensor_shape.unknown_rank:
         out = np.empty(n, dtype=object)
         out[:] = list(proto.string_val)

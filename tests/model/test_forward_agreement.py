@@ -113,6 +113,26 @@ def test_keras_numpy_and_saved_model_agree(personal, tmp_path):
             assert served[item] == pytest.approx(float(score), rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.parametrize("personal", [False, True])
+def test_logits_at_columns_equal_the_full_logits_there(personal):
+    """Sampled-softmax training scores a subset of the columns: the same numbers as the full forward pass
+    there, the repeat prior included (a history item outside the subset is dropped, not moved)."""
+    from assoc_lib.models.network import logits_at
+
+    net = _network(personal)
+    inputs = [_padded(BASKETS, 4, -1, np.int32)]
+    if personal:
+        inputs += [
+            _padded([list(h) for h in HISTORY], 3, -1, np.int32),
+            _padded([list(np.log1p(list(h.values()))) for h in HISTORY], 3, 0.0, np.float32),
+            _padded([list(np.log1p(list(h.values()))) for h in DECAYED], 3, 0.0, np.float32),
+        ]
+    full, hidden = net(inputs, training=False)
+    cols = np.array([8, 0, 12, 3, 6], np.int32)  # history items 8, 3, 6 in; 0's history item 0 in, 9/10 out
+    sub = logits_at(net, hidden, cols, tuple(inputs[1:]))
+    np.testing.assert_allclose(np.asarray(sub), np.asarray(full)[:, cols], rtol=1e-5, atol=1e-5)
+
+
 def test_mix_uses_its_own_weight_for_baskets_without_history(tmp_path):
     """deep+ease with a personal mix weight and an anonymous one: numpy and the SavedModel pick the weight
     per row (row 1 has no history), and the anonymous signature uses the anonymous weight."""

@@ -137,6 +137,56 @@ def test_wrong_dtype_is_invalid_argument(served):
         )
 
 
+def test_wire_path_answers_as_the_checked_path(served, trained):
+    """gRPC runs each request as one TensorFlow call on serialized tensors (registry.run_signature with
+    ``wire``); it must give the checked path's exact answers, on every signature, and be traced by the
+    warm-up (not by the first live request)."""
+    from tensorflow.core.framework.tensor_pb2 import TensorProto
+    from tensorflow_serving.apis import predict_pb2
+
+    from assoc_lib.data.preprocess import load_split
+    from assoc_lib.serving.registry import ServingError, run_signature
+    from assoc_lib.serving.tensors import from_proto, to_proto
+
+    _, vocab = load_split(trained["prep_dir"])
+    lv = served["registry"].get("assoc").versions[2]  # the deep canary: every signature, personal included
+    assert {"complete_basket", "complete_basket_personal", "related_items"} <= set(lv.wire)
+
+    def request(signature, **inputs):
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name, req.model_spec.signature_name = "assoc", signature
+        for key, value in inputs.items():
+            req.inputs[key].CopyFrom(to_proto(value))
+        return req
+
+    strings = lambda rows: np.asarray(rows, dtype=object)  # noqa: E731
+    requests = [
+        request("complete_basket", items=strings([[vocab[0], vocab[1]], ["unknown-id", ""]])),
+        request("related_items", item=strings([vocab[2], vocab[3]])),
+        request(
+            "complete_basket_personal",
+            items=strings([[vocab[0]], [""]]),
+            history=strings([[vocab[4], vocab[5]], [vocab[6], ""]]),
+            history_counts=np.asarray([[3.0, 1.0], [2.0, 0.0]], np.float32),
+            history_days=np.asarray([[4.0, 30.0], [1.0, 0.0]], np.float32),
+        ),
+    ]
+    for req in requests:
+        checked = run_signature(lv, req)
+        wire = run_signature(lv, req, wire=True)
+        assert set(wire) == set(checked)
+        for key, value in wire.items():
+            parsed = from_proto(TensorProto.FromString(value))
+            if parsed.dtype == object:
+                assert parsed.tolist() == checked[key].tolist(), key
+            else:
+                np.testing.assert_array_equal(parsed, checked[key])
+    # a request the one-call path cannot take goes the checked path and gets its message
+    bad = request("complete_basket", items=np.asarray([[1.0, 2.0]], np.float32))
+    with pytest.raises(ServingError, match="Expects arg\\[items\\] to be string"):
+        run_signature(lv, bad, wire=True)
+
+
 def test_metadata_status_and_unimplemented(served):
     from tensorflow_serving.apis import classification_pb2
 
