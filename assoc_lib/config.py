@@ -83,17 +83,19 @@ class ModelsConfig:
     # the strongest classical model in every comparison and verdict; evaluated, not served (0 turns it off).
     ease_dense_max_items: int = 30000
     evidence_top_n: int = 50  # partners per item kept as explanation evidence in every export
-    deep_embedding_dim: int = 256
+    deep_embedding_dim: int = 200
     deep_hidden: str = ""  # comma-separated widths of extra hidden layers, e.g. "600,600"
     deep_layer_norm: bool = False
     deep_input_dropout: float = 0.5
     deep_dropout: float = 0.0
-    deep_epochs: int = 20
+    deep_epochs: int = 10
     deep_batch_size: int = 512
-    deep_learning_rate: float = 0.005
-    deep_patience: int = 3
+    deep_learning_rate: float = 0.002
+    deep_patience: int = 2
     deep_selection_tolerance: float = 0.01
-    deep_sampled_softmax: int = 0  # >0: negatives per step for sampled softmax; 0: full softmax
+    # >0: each step's softmax runs over the batch's own items plus this many uniform draws (log-Q corrected),
+    # when the vocabulary has more than twice as many items; 0: the full softmax
+    deep_sampled_softmax: int = 8192
     deep_l2: float = 0.0  # L2 penalty on the item embeddings
     deep_history_dropout: float = 0.2  # share of training baskets whose history is hidden (learn the anonymous case)
     deep_mix_with_ease: bool = True  # also offer the score-level deep+EASE mix as a deep candidate
@@ -105,6 +107,13 @@ class ModelsConfig:
     # training); False reconstructs the whole basket (denoising auto-encoder)
     deep_masked_targets: bool = False
     deep_history_decay: float = 60.0  # decay time (days) of the network's recency feature and of its prior
+    # Hyperparameter search before the final training (assoc_lib/tuning.py): width, learning rate and
+    # dropouts chosen on validation; the values above are trial 0. 0 seconds or 0 trials: no search.
+    deep_tune_seconds: float = 120.0  # no new trial starts after this budget
+    deep_tune_trials: int = 8
+    deep_tune_epochs: int = 2  # epochs per trial
+    deep_tune_max_baskets: int = 40000  # trials train on the most recent train baskets, at most this many
+    deep_tune_max_val: int = 5000  # ...and are scored on a sample of at most this many validation baskets
     seed: int = 1234
     eval_seed: int = 20240101
 

@@ -49,6 +49,16 @@ class HoldOut:
     def anonymous(self) -> "HoldOut":
         return HoldOut(self.inputs, self.hidden, self.basket_rows, None, self.frame_rows)
 
+    def subset(self, rows: np.ndarray) -> "HoldOut":
+        """The evaluated baskets at positions ``rows`` (with their histories)."""
+        return HoldOut(
+            self.inputs[rows],
+            self.hidden[rows],
+            self.basket_rows[rows],
+            None if self.history is None else self.history[rows],
+            None if self.frame_rows is None else self.frame_rows[rows],
+        )
+
 
 def hold_out(baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0, history=None) -> HoldOut:
     """Hide one seeded item from every basket with >= 2 items.

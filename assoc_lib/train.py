@@ -11,6 +11,7 @@ for large vocabularies.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from assoc_lib import evaluate
+from assoc_lib import evaluate, tuning
 from assoc_lib.config import decay_list
 from assoc_lib.models.network import DeepParams, build_network, forward_spec, logits_at, numpy_logits
 from assoc_lib.records import ModelKind
@@ -107,12 +108,17 @@ def train_deep(
     params: DeepParams,
     out_dir: str | os.PathLike | None = None,
     history=None,
+    on_epoch=None,
+    verbose: bool = True,
 ) -> DeepResult:
     """Train on binary train baskets; keep the epoch with the best validation NDCG@10.
 
     ``params.personal``: ``history`` holds each train basket's earlier purchase counts (CSR aligned
     with ``train``) and ``val`` carries its history; validation is then on the personalised protocol.
+    ``on_epoch(epoch, val_ndcg) -> bool``: called after each epoch; True stops training (a pruned trial).
+    ``verbose=False`` logs the epochs at DEBUG (tuning trials log one line each instead).
     """
+    say = log.info if verbose else log.debug
     if params.personal and history is None:
         raise ValueError("a personal network needs the train baskets' history")
     tensorflow()  # keras imports TF: import it quietly first (tfrt)
@@ -133,10 +139,12 @@ def train_deep(
         optimizer.build(network.trainable_variables)
 
     encoder = keras.Model(network.inputs, network.outputs[1])  # the same layers, up to the hidden vector
+    # sampling pays only when the vocabulary is well above the draws; below that the full softmax is as cheap
+    sampled = 0 < 2 * params.sampled_softmax < n_items
 
     def per_example_loss(items_in, targets, hist, training):
         mask = tf.cast(targets >= 0, tf.float32)
-        if params.sampled_softmax and training:
+        if sampled and training:
             return sampled_loss(encoder([items_in, *hist] if hist else items_in, training=True), targets, mask, hist)
         logits, _ = network([items_in, *hist] if hist else items_in, training=training)
         logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
@@ -193,7 +201,7 @@ def train_deep(
         )
 
     result = DeepResult(spec={}, placement=placement)
-    log.info(
+    say(
         "training deep model: %d baskets, %d items, %s, params %s",
         train.shape[0],
         n_items,
@@ -227,7 +235,7 @@ def train_deep(
             best_spec, best_epoch, best_ndcg_selected = forward_spec(network), epoch, ndcg
             if ckpt_manager:
                 ckpt_manager.save(checkpoint_number=epoch)
-        log.info(
+        say(
             "epoch %d/%d loss %.4f val NDCG@10 %.4f%s %.0f examples/s",
             epoch,
             params.epochs,
@@ -242,7 +250,9 @@ def train_deep(
                 tf.summary.scalar("val_ndcg@10", ndcg, step=epoch)
                 tf.summary.scalar("examples_per_second", eps, step=epoch)
         if waited >= params.patience:
-            log.info("early stop: no better validation NDCG@10 for %d epochs", params.patience)
+            say("early stop: no better validation NDCG@10 for %d epochs", params.patience)
+            break
+        if on_epoch is not None and on_epoch(epoch, ndcg):
             break
     result.train_seconds = time.perf_counter() - started
     result.examples_per_second = examples / max(result.train_seconds, 1e-9)
@@ -421,13 +431,29 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         )
     params.personal = personal
     train_rows = np.flatnonzero((baskets["split"] == "train").to_numpy())
+    train_history = history[train_rows] if personal else None
     log.info("classical candidates done: peak RSS %.0f MB", peak_rss_mb())
-    result = train_deep(X, val, params, out_dir / "deep", history=history[train_rows] if personal else None)
+    m, search = cfg.models, {}
+    if m.deep_tune_seconds > 0 and m.deep_tune_trials > 0 and val.n:
+        tuned = tuning.tune_deep(
+            X,
+            val,
+            params,
+            functools.partial(train_deep, verbose=False),
+            seconds=m.deep_tune_seconds,
+            trials=m.deep_tune_trials,
+            epochs=m.deep_tune_epochs,
+            max_baskets=m.deep_tune_max_baskets,
+            max_val=m.deep_tune_max_val,
+            history=train_history,
+        )
+        params, search = tuned.params, {"hyperparameter_search": tuned.trace()}
+    result = train_deep(X, val, params, out_dir / "deep", history=train_history)
     log.info("deep training done: peak RSS %.0f MB", peak_rss_mb())
     # a deep model's own prior uses the network's decay (or plain counts): one decay per served model, so a
     # request with one row per item (count, days) reproduces it exactly
     deep_decays = (0.0, params.history_decay)
-    deep = ServableModel("deep", ModelKind.DEEP, vocab, popularity, deep=result.spec, params=params.to_dict())
+    deep = ServableModel("deep", ModelKind.DEEP, vocab, popularity, deep=result.spec, params=params.to_dict() | search)
     save(
         deep,
         {
@@ -482,6 +508,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             history_decay=decay if personal else 0.0,
             params={
                 **params.to_dict(),
+                **search,
                 "mix_weight": weight,
                 "prior_decay_days": decay,
                 "prior_weight": beta,
@@ -523,6 +550,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         "candidates": entries,
         "protocol": "personalised" if personal else "anonymous",
         "deep_history": result.history,
+        **search,
     }
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary

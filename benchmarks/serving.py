@@ -266,6 +266,17 @@ def main(argv: list[str] | None = None) -> int:
         result["runs"].append(measure(args, processes, clients, batches, result))
     for batch, ref in result["in_process"].items():
         print(f"in-process complete_basket, batch {batch}: p50 {ref['p50_ms']:.3f} ms, p99 {ref['p99_ms']:.3f} ms")
+    if 1 in result["in_process"]:  # the serving issue's target: one client, batch 1, p50 <= 2 x in-process + 0.5 ms
+        target = 2 * result["in_process"][1]["p50_ms"] + 0.5
+        result["one_client_target_ms"] = target
+        for run in result["runs"]:
+            cell = next((c for c in run["cells"] if c["batch"] == 1 and c["clients"] == 1), None)
+            if cell is not None:
+                cell["target_ms"], cell["target_met"] = target, cell["p50_ms"] <= target
+                print(
+                    f"{run['processes']} process(es), one client, batch 1: gRPC p50 {cell['p50_ms']:.2f} ms against "
+                    f"2 x in-process + 0.5 = {target:.2f} ms: {'met' if cell['target_met'] else 'missed'}"
+                )
     if len(result["runs"]) > 1:
         base = result["runs"][0]["hot_swap"]["requests_per_s"]
         for run in result["runs"][1:]:

@@ -68,6 +68,9 @@ class AssocClient:
         if not self.rest:
             self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
             self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+            from tensorflow_serving.apis.predict_pb2 import PredictRequest
+
+            self._request_type = PredictRequest
             self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
     def close(self) -> None:
@@ -128,10 +131,7 @@ class AssocClient:
         return Answer(answered_version, [[x.decode() for x in row] for row in ids], scores.tolist(), outputs)
 
     def _predict_grpc(self, signature, inputs, version, label) -> tuple[int, dict]:
-        tensorflow()
-        from tensorflow_serving.apis import predict_pb2
-
-        request = predict_pb2.PredictRequest()
+        request = self._request_type()
         self._spec(request.model_spec, signature, version, label)
         for key, value in inputs.items():  # strings are UTF-8 encoded by to_proto
             dtype = np.float32 if key in ("history_counts", "history_days") else object

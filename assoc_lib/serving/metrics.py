@@ -49,6 +49,7 @@ class ServingMetrics:
             buckets=LOAD_BUCKETS,
             registry=self.registry,
         )
+        self._children: dict[tuple, tuple] = {}  # label values -> (counter, histogram) children: one lookup
 
     @contextmanager
     def request(self, api: str, labels: dict):
@@ -58,9 +59,13 @@ class ServingMetrics:
         try:
             yield labels
         finally:
-            values = {k: str(labels.get(k, "")) for k in ("model", "version", "signature", "status")}
-            self.requests.labels(api=api, **values).inc()
-            self.latency.labels(api=api, **values).observe(time.perf_counter() - started)
+            key = (api, *(str(labels.get(k, "")) for k in ("model", "version", "signature", "status")))
+            children = self._children.get(key)
+            if children is None:
+                values = dict(zip(("api", "model", "version", "signature", "status"), key))
+                children = self._children[key] = (self.requests.labels(**values), self.latency.labels(**values))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,73 @@
+"""The deep network's hyperparameter search (assoc_lib/tuning.py): trial 0 is the configuration, the
+budget is kept, a bad configured value is replaced, and the trace reaches the summary and model card."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+
+from assoc_lib.data.preprocess import load_split, split_baskets
+from assoc_lib.evaluate import hold_out
+from assoc_lib.models.baselines import baskets_to_csr
+from assoc_lib.models.network import DeepParams
+from assoc_lib.train import train_deep
+from assoc_lib.tuning import SEARCHED, proxy_split, tune_deep
+
+
+@pytest.fixture(scope="module")
+def split(trained):
+    baskets, vocab = load_split(trained["prep_dir"])
+    splits = split_baskets(baskets)
+    return baskets_to_csr(splits["train"], len(vocab)), hold_out(splits["validation"], len(vocab), 0)
+
+
+def _tune(split, params, **kw):
+    X, val = split
+    settings = {"seconds": 120.0, "trials": 6, "epochs": 2, "max_baskets": 100_000, "max_val": 100_000} | kw
+    return tune_deep(X, val, params, functools.partial(train_deep, verbose=False), **settings)
+
+
+def test_a_useless_learning_rate_is_replaced(split):
+    """Configured learning rate 1e-6 learns nothing in two epochs: the search must find a better one, and
+    the chosen values are those of the best complete trial in the trace."""
+    params = DeepParams(embedding_dim=32, batch_size=128, learning_rate=1e-6, input_dropout=0.5, seed=5)
+    result = _tune(split, params)
+    first = result.trials[0]
+    assert first["trial"] == 0 and first["learning_rate"] == pytest.approx(1e-6) and first["embedding_dim"] == 32
+    assert result.best_trial != 0 and result.params.learning_rate > 1e-4
+    best = next(t for t in result.trials if t["trial"] == result.best_trial)
+    assert best["state"] == "complete"
+    assert all(getattr(result.params, k) == pytest.approx(best[k]) for k in SEARCHED if k in best)
+    complete = [max(t["val_ndcg@10_by_epoch"]) for t in result.trials if t["state"] == "complete"]
+    assert max(best["val_ndcg@10_by_epoch"]) == max(complete) > max(first["val_ndcg@10_by_epoch"]) + 0.05
+    # what was not searched stays as configured
+    assert result.params.batch_size == 128 and result.params.epochs == params.epochs
+
+
+def test_budget_and_trial_count_are_kept(split):
+    """No trial starts after the time budget (a budget of 0 s runs none and keeps the configured values);
+    the trial count is a cap."""
+    params = DeepParams(embedding_dim=32, batch_size=128, learning_rate=0.01, seed=5)
+    result = _tune(split, params, seconds=0.0)
+    assert result.trials == [] and result.best_trial == 0 and result.params == params
+    assert len(_tune(split, params, trials=3).trials) == 3
+
+
+def test_proxy_split_takes_the_latest_baskets_and_a_sample_of_validation(split):
+    X, val = split
+    sub_X, sub_val, _ = proxy_split(X, val, None, max_baskets=50, max_val=40, seed=1)
+    assert sub_X.shape == (50, X.shape[1]) and (sub_X != X[-50:]).nnz == 0
+    assert sub_val.n == 40 and set(sub_val.basket_rows) <= set(val.basket_rows)
+    assert proxy_split(X, val, None, max_baskets=10**6, max_val=10**6, seed=1)[1] is val
+
+
+def test_search_trace_in_summary_and_model_card(trained, exported):
+    search = trained["summary"]["hyperparameter_search"]
+    assert search["trials"][0]["trial"] == 0 and len(search["trials"]) >= 1
+    chosen = search["chosen"]
+    deep = json.loads((exported["deep"] / "model_card.json").read_text())
+    params = deep.get("params", deep)
+    assert params["hyperparameter_search"]["chosen"] == chosen
+    assert all(params[k] == pytest.approx(chosen[k]) for k in SEARCHED)
