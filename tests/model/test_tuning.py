@@ -71,3 +71,26 @@ def test_search_trace_in_summary_and_model_card(trained, exported):
     params = deep.get("params", deep)
     assert params["hyperparameter_search"]["chosen"] == chosen
     assert all(params[k] == pytest.approx(chosen[k]) for k in SEARCHED)
+
+
+def test_deep_training_benchmark_reports_the_breakdown(trained, tmp_path):
+    """benchmarks/deep_training.py runs the deep stage as the pipeline does and its figures add up."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "deep_training.py"
+    spec = importlib.util.spec_from_file_location("deep_training_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "deep.json"
+    settings = ["deep_tune_trials=2", "deep_epochs=2", "deep_embedding_dim=16", "deep_batch_size=128"]
+    args = ["--prep", str(trained["prep_dir"]), "--out", str(out)]
+    assert bench.main(args + [a for s in settings for a in ("--set", f"models.{s}")]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["search_trials"] == 2 and len(figures["search"]["trials"]) == 2
+    assert figures["final_epochs"] <= 2 and figures["train_baskets"] > 0 and figures["peak_rss_mb"] > 0
+    assert figures["deep_stage_seconds"] == pytest.approx(figures["search_seconds"] + figures["final_train_seconds"])
+    assert figures["final_train_seconds"] == pytest.approx(
+        figures["final_epoch_train_seconds"] + figures["final_validation_seconds"]
+    )
+    assert figures["examples_per_second_training_only"] >= figures["examples_per_second"] > 0
