@@ -279,6 +279,7 @@ def fit_deep(X: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams, m, out
             epochs=m.deep_tune_epochs,
             max_baskets=m.deep_tune_max_baskets,
             max_val=m.deep_tune_max_val,
+            min_gain=m.deep_tune_min_gain,
             history=history,
         )
         params, search = tuned.params, {"hyperparameter_search": tuned.trace()}

@@ -5,7 +5,9 @@ network trains on the most recent train baskets (at most ``deep_tune_max_baskets
 ``deep_tune_epochs`` epochs and is scored by validation NDCG@10 on at most ``deep_tune_max_val``
 held-out baskets, after every epoch (a trial below the median of earlier trials at the same epoch
 is pruned). The configured values are trial 0, so the search only replaces them with values that
-did better on the same proxy. Trials stop starting once ``deep_tune_seconds`` have passed or
+did better on the same proxy, by more than ``deep_tune_min_gain`` (relative): short trials on a sample
+favour fast learners (a learning rate that wins two short epochs can overfit the full data in one) and
+small wins are noise. Trials stop starting once ``deep_tune_seconds`` have passed or
 ``deep_tune_trials`` have run. The final network then trains on every basket with the chosen
 values and early stopping (``train.train_deep``). Searched: width, learning rate, input dropout,
 and with shoppers' histories the share of baskets trained without one. The trace (every trial's
@@ -40,11 +42,13 @@ class TuneResult:
     trials: list[dict] = field(default_factory=list)  # number, values, val NDCG@10 per epoch, state, seconds
     best_trial: int = 0
     seconds: float = 0.0
+    min_gain: float = 0.0
 
     def trace(self) -> dict:
         """The search in the model card: what was tried and what it scored."""
         return {
             "best_trial": self.best_trial,
+            "min_gain": self.min_gain,
             "seconds": round(self.seconds, 1),
             "chosen": {k: getattr(self.params, k) for k in SEARCHED},
             "trials": self.trials,
@@ -72,6 +76,7 @@ def tune_deep(
     epochs: int,
     max_baskets: int,
     max_val: int,
+    min_gain: float = 0.0,
     history=None,
 ) -> TuneResult:
     """Search around ``params`` (trial 0); returns the best values found (see the module docstring).
@@ -89,7 +94,7 @@ def tune_deep(
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
     )
     study.enqueue_trial({k: getattr(params, k) for k in SEARCHED if params.personal or k != "history_dropout"})
-    result = TuneResult(params=params)
+    result = TuneResult(params=params, min_gain=min_gain)
 
     def around(bounds, value):  # the ranges always hold the configured value (trial 0)
         return min(bounds[0], value), max(bounds[1], value)
@@ -143,8 +148,12 @@ def tune_deep(
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         best = max(complete, key=lambda t: (t.value, -t.number))  # ties keep the earlier (trial 0: the config)
-        result.best_trial = best.number
-        result.params = replace(params, **best.params)
+        configured = next((t.value for t in complete if t.number == 0), None)
+        # a proxy's small win is noise (and short trials favour fast learners): the configured values give
+        # way only to a trial better by more than min_gain
+        if configured is None or best.value > configured * (1.0 + min_gain):
+            result.best_trial = best.number
+            result.params = replace(params, **best.params)
     result.seconds = time.perf_counter() - started
     log.info(
         "tuning: %d trials in %.0fs on %d baskets (validation %d); chose trial %d: %s",

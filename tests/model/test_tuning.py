@@ -46,13 +46,14 @@ def test_a_useless_learning_rate_is_replaced(split):
     assert result.params.batch_size == 128 and result.params.epochs == params.epochs
 
 
-def test_budget_and_trial_count_are_kept(split):
+def test_budget_trial_count_and_min_gain_are_kept(split):
     """No trial starts after the time budget (a budget of 0 s runs none and keeps the configured values);
-    the trial count is a cap."""
+    the trial count is a cap; the configured values stay unless a trial beats them by more than min_gain."""
     params = DeepParams(embedding_dim=32, batch_size=128, learning_rate=0.01, seed=5)
     result = _tune(split, params, seconds=0.0)
     assert result.trials == [] and result.best_trial == 0 and result.params == params
-    assert len(_tune(split, params, trials=3).trials) == 3
+    capped = _tune(split, params, trials=3, min_gain=100.0)  # and no trial can beat the configuration by 100x
+    assert len(capped.trials) == 3 and capped.best_trial == 0 and capped.params == params
 
 
 def test_proxy_split_takes_the_latest_baskets_and_a_sample_of_validation(split):
