@@ -233,8 +233,8 @@ def run_signature(lv: LoadedVersion, request, wire: bool = False):
     sig_name = request.model_spec.signature_name or "serving_default"
     if sig_name not in lv.loaded.signatures:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature key "{sig_name}" not found.')
-    if wire and set(request.inputs.keys()) == set(lv.wire_function(sig_name)[0]):
-        names, call = lv.wire_function(sig_name)
+    names, call = lv.wire_function(sig_name) if wire else ((), None)
+    if wire and set(request.inputs.keys()) == set(names):
         try:
             outputs = call(*[request.inputs[n].SerializeToString() for n in names])
         except tf.errors.OpError:

@@ -69,7 +69,7 @@ def test_search_trace_in_summary_and_model_card(trained, exported):
     assert search["trials"][0]["trial"] == 0 and len(search["trials"]) >= 1
     chosen = search["chosen"]
     deep = json.loads((exported["deep"] / "model_card.json").read_text())
-    params = deep.get("params", deep)
+    params = deep["params"]
     assert params["hyperparameter_search"]["chosen"] == chosen
     assert all(params[k] == pytest.approx(chosen[k]) for k in SEARCHED)
 
