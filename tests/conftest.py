@@ -74,6 +74,10 @@ def small_model_overrides() -> dict:
         "models.deep_batch_size": 128,
         "models.deep_patience": 10,
         "models.ease_l2": 10.0,
+        # the planted-structure tests check this network: the search runs (its trace is tested) but keeps it;
+        # the search's own choices are tested in tests/model/test_tuning.py
+        "models.deep_tune_trials": 2,
+        "models.deep_tune_min_gain": 100.0,
     }
 
 
