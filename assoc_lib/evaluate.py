@@ -174,15 +174,22 @@ def hidden_ranks(scores: np.ndarray, inputs: sp.csr_matrix, hidden: np.ndarray) 
 
 
 def make_holdouts(
-    baskets, n_items: int, seed: int, history_max_items: int = 200, decays: Sequence[float] = (), train_decays=()
+    baskets,
+    n_items: int,
+    seed: int,
+    history_max_items: int = 200,
+    decays: Sequence[float] = (),
+    train_decays=(),
+    past: bool = False,
 ) -> tuple[dict[str, HoldOut], History | None]:
     """Validation and test hold-outs (with history when the data has user ids) and the full history.
 
     Each history keeps the shopper's ``history_max_items`` most-bought items, with decayed counts for
     every decay time in ``decays`` on validation and test baskets, and for ``train_decays`` on every
-    basket (what the network trains on).
+    basket (what the network trains on). ``past``: the evaluation baskets' histories also hold the earlier
+    baskets themselves (personal co-occurrence, :class:`~assoc_lib.data.history.PastBaskets`).
     """
-    from assoc_lib.data.history import build_history
+    from assoc_lib.data.history import build_history, build_past_baskets
     from assoc_lib.data.preprocess import split_baskets
 
     has_users = bool(baskets["user_id"].notna().any()) if len(baskets) else False
@@ -192,6 +199,8 @@ def make_holdouts(
         masks = {float(t): evaluated for t in decays if t}
         masks.update({float(t): None for t in train_decays if t})
         H = build_history(baskets, n_items, history_max_items, sorted(masks), masks)
+        if past:
+            H.past = build_past_baskets(baskets, n_items)
     splits = split_baskets(baskets)
     out = {}
     for offset, name in enumerate(("validation", "test")):
@@ -395,7 +404,12 @@ def evaluate_candidates(
     production_decay = served_decay(production["path"]) if production else 0.0
     decays = {d for m in models for d in m.decays} | {production_decay}
     holdouts, history = make_holdouts(
-        baskets, n_items, cfg.models.eval_seed, cfg.models.history_max_items, decays=sorted(decays)
+        baskets,
+        n_items,
+        cfg.models.eval_seed,
+        cfg.models.history_max_items,
+        decays=sorted(decays),
+        past=any(m.cooc_weight for m in models),
     )
     protocols = [Protocol.ANONYMOUS] + ([Protocol.PERSONALISED] if history is not None else [])
 

@@ -346,6 +346,60 @@ def _tune_history_weight(
     return best, scores
 
 
+COOC_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def _tune_cooc_weight(model, holdout: evaluate.HoldOut, n_items: int, decays) -> tuple[tuple[float, float], dict]:
+    """(τ, γ) for score + γ·log(1 + personal co-occurrence at decay τ), chosen on the personalised validation
+    hold-out with the model's own score (its prior included) fixed; ties go to the smaller γ, then smaller τ."""
+
+    def parts(X, H):
+        return model.score(X, H), {t: np.log1p(H.past.cooc(X, t).toarray()).astype(np.float32) for t in decays}
+
+    grid = [(t, g) for t in decays for g in COOC_GRID]
+    scores = evaluate.tune_on_validation(holdout, n_items, parts, lambda p, _priors, g: p[0] + g[1] * p[1][g[0]], grid)
+    return max(scores, key=lambda g: (scores[g], -g[1], -g[0])), scores
+
+
+def _save_cooc_reference(entry: dict, val: evaluate.HoldOut, n_items: int, decays, save) -> None:
+    """``<model>+personal_cooc``: a saved candidate plus its personal co-occurrence (PerNIR-style), a
+    reference row of the comparison and the verdict (evaluated, never served: a request carries the
+    shopper's items, not their past baskets)."""
+    from assoc_lib.models.servable import ServableModel
+
+    started = time.perf_counter()
+    model = ServableModel.load(entry["path"])
+    base = model.name
+    (model.cooc_decay, model.cooc_weight), scores = _tune_cooc_weight(model, val, n_items, decays)
+    trace = {f"tau={t:g} gamma={g:g}": round(v, 5) for (t, g), v in scores.items()}
+    model.name = f"{base}+personal_cooc"
+    model.params = {
+        **model.params,
+        "served": False,
+        "cooc_decay_days": model.cooc_decay,
+        "cooc_weight": model.cooc_weight,
+        "cooc_search_val_ndcg@10": trace,
+    }
+    log.info(
+        "%s: personal co-occurrence decay %g days, weight %g chosen on validation (NDCG@10 %s)",
+        model.name,
+        model.cooc_decay,
+        model.cooc_weight,
+        _grid_summary(trace),
+    )
+    save(
+        model,
+        {
+            "name": model.name,
+            "kind": entry["kind"],
+            "train_seconds": (entry.get("train_seconds") or 0.0) + time.perf_counter() - started,
+            "servable": False,
+            "personal_only": True,
+            "cooc_weight_grid": trace,
+        },
+    )
+
+
 def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLike) -> dict:
     """Fit every classical scorer and the deep network on the same train split; save each as a candidate.
 
@@ -368,6 +422,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     X = baselines.baskets_to_csr(splits["train"], n_items)
     params = deep_params(cfg)
     prior_decays = decay_list(cfg.models.prior_decay_days) or (0.0,)
+    cooc_decays = decay_list(cfg.models.personal_cooc_decay_days)  # personal co-occurrence references
     holdouts, history = evaluate.make_holdouts(
         baskets,
         n_items,
@@ -375,8 +430,10 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         cfg.models.history_max_items,
         decays=prior_decays,
         train_decays=(params.history_decay,),
+        past=bool(cooc_decays),
     )
     personal = history is not None
+    cooc_decays = cooc_decays if personal else ()
     log.info("split loaded, histories built: peak RSS %.0f MB", peak_rss_mb())
     val = holdouts["validation"]  # personalised when the data has users
     popularity = baselines.popularity_counts(X)
@@ -560,6 +617,10 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             },
             tuned=True,
         )
+    for base in ("ease_dense", "deep+ease") if cooc_decays and val.n else ():
+        entry = next((e for e in entries if e["name"] == base), None)
+        if entry is not None:
+            _save_cooc_reference(entry, val, n_items, cooc_decays, lambda model, e: save(model, e, tuned=True))
     summary = {
         "prep_dir": str(prep_dir),
         "out_dir": str(out_dir),

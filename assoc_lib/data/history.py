@@ -36,13 +36,15 @@ class History:
 
     counts: sp.csr_matrix
     decayed: dict[float, sp.csr_matrix] = field(default_factory=dict)
+    past: "PastBaskets | None" = None  # the shopper's earlier baskets themselves (personal co-occurrence)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.counts.shape
 
     def __getitem__(self, rows) -> "History":
-        return History(self.counts[rows], {t: m[rows] for t, m in self.decayed.items()})
+        past = None if self.past is None else self.past[rows]
+        return History(self.counts[rows], {t: m[rows] for t, m in self.decayed.items()}, past)
 
     def weights(self, tau: float = 0.0) -> sp.csr_matrix:
         """The prior's input: counts (``tau`` 0) or decayed counts, as CSR."""
@@ -58,6 +60,78 @@ class History:
         counts = self.counts.tocsr()
         rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
         return np.asarray(self.weights(tau).tocsr()[rows, counts.indices]).ravel().astype(np.float32)
+
+
+@dataclass
+class PastBaskets:
+    """The shopper's earlier baskets, for scores that need them whole: personal co-occurrence
+    (PerNIR-style, docs/design.md §5), what *this* shopper bought together with the items now in the basket.
+
+    Evaluation baskets only (validation and test), with the history's visibility rules: a validation
+    basket sees the user's train baskets, a test basket the user's train and validation baskets. Every
+    basket of one user in one split sees the same past, so the baskets are stored once, sorted by user and
+    split, and each row keeps the range ``[start, stop)`` of its past in ``baskets``.
+    """
+
+    baskets: sp.csr_matrix  # [past baskets, items] multi-hot
+    days: np.ndarray  # float64 [past baskets]: when each was bought (days since the epoch)
+    start: np.ndarray  # int64 [rows]
+    stop: np.ndarray  # int64 [rows]
+    now: np.ndarray  # float64 [rows]: when the row's own basket was bought
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def __getitem__(self, rows) -> "PastBaskets":
+        return PastBaskets(self.baskets, self.days, self.start[rows], self.stop[rows], self.now[rows])
+
+    def cooc(self, X: sp.csr_matrix, tau: float = 0.0) -> sp.csr_matrix:
+        """[rows, items]: sum over the row's past baskets b of w_b · |x ∩ b| · b, where x is the row of ``X``
+        (the visible basket) and w_b = exp(-(days between b and now) / tau) (tau 0: 1). An item scores by
+        how often this shopper bought it together with the items in the basket."""
+        X = sp.csr_matrix(X, dtype=np.float32)
+        if X.shape[0] != len(self):
+            raise ValueError(f"{X.shape[0]} baskets but {len(self)} history rows")
+        lengths = self.stop - self.start
+        row = np.repeat(np.arange(len(self)), lengths)
+        basket = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + self.start[row]
+        past = self.baskets[basket]
+        overlap = np.asarray(past.multiply(X[row]).sum(axis=1), dtype=np.float64).ravel()
+        if tau:
+            overlap *= np.exp(-np.maximum(self.now[row] - self.days[basket], 0.0) / tau)
+        keep = np.flatnonzero(overlap > 0)
+        pick = sp.csr_matrix((overlap[keep], (row[keep], np.arange(len(keep)))), shape=(len(self), len(keep)))
+        return sp.csr_matrix(pick @ past[keep], dtype=np.float32)
+
+
+def build_past_baskets(baskets: pd.DataFrame, n_items: int) -> PastBaskets:
+    """:class:`PastBaskets` for every row of ``baskets`` (train rows get an empty past: the personal
+    co-occurrence is an evaluation reference, never a training input)."""
+    n = len(baskets)
+    users = baskets["user_id"].to_numpy(dtype=object)
+    known = np.array([isinstance(u, str) and bool(u) for u in users], dtype=bool)
+    split = baskets["split"].map(SPLIT_RANK).to_numpy() if n else np.zeros(0, np.int64)
+    days = ((baskets["ts"] - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds() / 86_400.0).to_numpy()
+    codes = pd.factorize(pd.Series(users).where(known, None))[0] if n else np.zeros(0, np.int64)
+    seen = np.flatnonzero(known & (split <= 1))  # train and validation baskets: someone's past
+    order = seen[np.lexsort((days[seen], split[seen], codes[seen]))]
+    items = baskets["items"].to_numpy()
+    lengths = np.fromiter((len(items[r]) for r in order), np.int64, len(order))
+    flat = np.concatenate([np.asarray(items[r], np.int64) for r in order]) if lengths.sum() else np.zeros(0, np.int64)
+    B = sp.csr_matrix(
+        (np.ones(len(flat), np.float32), (np.repeat(np.arange(len(order)), lengths), flat)),
+        shape=(len(order), n_items),
+    )
+    B.sum_duplicates()
+    B.data[:] = 1.0
+    # where each user's train and validation baskets begin and end in ``order``
+    key = codes[order] * 3 + split[order]
+    start = np.zeros(n, np.int64)
+    stop = np.zeros(n, np.int64)
+    rows = np.flatnonzero(known & (split >= 1))
+    start[rows] = np.searchsorted(key, codes[rows] * 3, side="left")
+    stop[rows] = np.searchsorted(key, codes[rows] * 3 + split[rows] - 1, side="right")  # val: train; test: +val
+    return PastBaskets(B, days[order].astype(np.float64), start, stop, days.astype(np.float64))
 
 
 def as_history(H) -> History | None:

@@ -53,6 +53,10 @@ class ServableModel:
     history_decay: float = 0.0  # days: the prior counts each purchase as exp(-days ago / decay); 0: plain counts
     evidence: EvidenceTable | None = None  # pairwise evidence that explains each recommendation
     dense: np.ndarray | None = None  # reference models only: a dense item-item matrix added to the table's scores
+    # reference models only: + cooc_weight · log(1 + personal co-occurrence with the basket), the shopper's
+    # earlier baskets weighted by their overlap with it and by exp(-days ago / cooc_decay) (0: no decay)
+    cooc_weight: float = 0.0
+    cooc_decay: float = 0.0
 
     @property
     def network_decay(self) -> float:
@@ -66,8 +70,9 @@ class ServableModel:
 
     @property
     def servable(self) -> bool:
-        """Whether the export can serve it (a dense [V, V] matrix is evaluated, never exported)."""
-        return self.dense is None
+        """Whether the export can serve it (a dense [V, V] matrix and the personal co-occurrence, which needs
+        the shopper's whole past baskets, are evaluated, never exported)."""
+        return self.dense is None and not self.cooc_weight
 
     @property
     def n_items(self) -> int:
@@ -95,6 +100,10 @@ class ServableModel:
             out[empty] = self.popularity
         if H is not None and self.history_weight:
             out += self.history_weight * np.log1p(H.weights(self.history_decay).toarray())
+        if H is not None and self.cooc_weight:
+            if H.past is None:
+                raise ValueError(f"{self.name} scores personal co-occurrence: the history needs the past baskets")
+            out += self.cooc_weight * np.log1p(H.past.cooc(X, self.cooc_decay).toarray())
         return out
 
     def row_mix_weights(self, n: int, H=None):
@@ -120,6 +129,8 @@ class ServableModel:
             "params": self.params,
             "history_weight": self.history_weight,
             "history_decay": self.history_decay,
+            "cooc_weight": self.cooc_weight,
+            "cooc_decay": self.cooc_decay,
             "dense": self.dense is not None,
             "table_aggregation": self.table.aggregation if self.table else None,
             "deep_layers": [l["type"] for l in self.deep["layers"]] if self.deep else None,
@@ -196,5 +207,7 @@ class ServableModel:
             params=meta["params"],
             history_weight=meta.get("history_weight", 0.0),
             history_decay=meta.get("history_decay", 0.0),
+            cooc_weight=meta.get("cooc_weight", 0.0),
+            cooc_decay=meta.get("cooc_decay", 0.0),
             dense=np.load(f"{path}.dense.npy", mmap_mode="r") if meta.get("dense") else None,
         )

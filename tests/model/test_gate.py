@@ -65,6 +65,10 @@ def test_reference_model_is_in_the_verdict_but_never_the_winner(cfg):
     assert d["winner"] == "deep"  # the dense reference has the best validation score but cannot be served
     assert d["verdict"]["best_classical"] == "ease_dense"  # ...and it is what the deep model is measured against
     assert d["verdict"]["deep_over_classical"] == pytest.approx(0.30 / 0.32)
+    # a deep reference (deep+ease plus the personal co-occurrence) counts for the verdict, never for serving
+    deep_ref = {**row("deep+ease+personal_cooc", "deep", 0.33, 0.45), "servable": False}
+    d = gate.decide({"models": comp["models"] + [deep_ref]}, cfg)
+    assert d["winner"] == "deep" and d["verdict"]["best_deep"] == "deep+ease+personal_cooc"
 
 
 def test_export_refuses_a_reference_model(tmp_path):
@@ -83,6 +87,10 @@ def test_export_refuses_a_reference_model(tmp_path):
         table=NeighbourTable.bias_only(pop),
         dense=np.eye(2, dtype=np.float32),
     )
+    with pytest.raises(ValueError, match="not exported"):
+        export_saved_model(model, tmp_path / "x", {})
+    assert not (tmp_path / "x").exists()
+    model.dense, model.cooc_weight = None, 0.1  # the personal co-occurrence reference: no export either
     with pytest.raises(ValueError, match="not exported"):
         export_saved_model(model, tmp_path / "x", {})
     assert not (tmp_path / "x").exists()

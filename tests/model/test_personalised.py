@@ -125,6 +125,56 @@ def test_time_decayed_prior_by_hand():
         model.score(X, H)
 
 
+def test_personal_cooccurrence_by_hand():
+    """PerNIR-style reference: sum over the shopper's visible past baskets b of exp(-days ago / tau) · |x ∩ b| · b,
+    with the history's visibility rules (validation sees train, test sees train + validation, never another
+    evaluation basket, never another shopper), and the reference model that adds it is never servable."""
+    import scipy.sparse as sp
+
+    from assoc_lib.data.history import History, build_past_baskets
+    from assoc_lib.models.baselines import NeighbourTable
+    from assoc_lib.records import ModelKind
+
+    b = _frame(
+        [
+            ("u1", "2024-01-01", "train", [0, 1, 2]),
+            ("u1", "2024-01-11", "train", [0, 3]),
+            ("u1", "2024-01-16", "train", [4]),  # shares nothing with the baskets below: never counts
+            ("u1", "2024-01-21", "validation", [0, 1, 5]),
+            ("u1", "2024-01-31", "test", [0, 1, 6]),
+            ("u1", "2024-02-05", "test", [5, 6, 7]),  # a later test basket: never in the other's past
+            ("u2", "2024-01-05", "train", [0, 1, 7]),  # another shopper: never in u1's past
+            ("", "2024-01-25", "test", [0, 1]),  # guest: no past
+        ]
+    )
+    past = build_past_baskets(b, 8)
+    X = sp.csr_matrix(np.array([[1, 1, 0, 0, 0, 0, 0, 0]] * 8, np.float32))  # each row's visible basket {0, 1}
+    C = past.cooc(X, 0.0).toarray()
+    assert C[:3].sum() == 0 and C[6].sum() == 0  # train rows and u2's train basket: no past (evaluation only)
+    # validation: train baskets {0,1,2} (overlap 2) and {0,3} (overlap 1); {4}: overlap 0
+    assert C[3].tolist() == [3, 2, 2, 1, 0, 0, 0, 0]
+    # test: also the validation basket {0,1,5} (overlap 2); never the other test basket, never u2's {0,1,7}
+    assert C[4].tolist() == [5, 4, 2, 1, 0, 2, 0, 0] and C[5].tolist() == C[4].tolist()
+    assert C[7].sum() == 0
+    e = lambda days: float(np.exp(-days / 10.0))
+    D = past.cooc(X, 10.0).toarray()
+    assert D[3] == pytest.approx([2 * e(20) + e(10), 2 * e(20), 2 * e(20), e(10), 0, 0, 0, 0])
+    assert D[4][5] == pytest.approx(2 * e(10)) and D[5][5] == pytest.approx(2 * e(15))  # each at its own time
+    assert past[[4, 3]].cooc(X[:2], 0.0).toarray().tolist() == [C[4].tolist(), C[3].tolist()]  # slices align
+
+    pop = np.linspace(0.8, 0.1, 8).astype(np.float32)
+    model = ServableModel(
+        "ref", ModelKind.CLASSICAL, [str(i) for i in range(8)], pop, table=NeighbourTable.bias_only(pop)
+    )
+    H = History(sp.csr_matrix((8, 8), dtype=np.float32), {}, past)
+    assert model.servable
+    model.cooc_weight, model.cooc_decay = 0.5, 0.0
+    assert not model.servable  # a request carries the shopper's items, not their past baskets
+    assert model.score(X, H)[3] == pytest.approx(pop + 0.5 * np.log1p(C[3]))
+    with pytest.raises(ValueError, match="needs the past baskets"):
+        model.score(X, History(H.counts))
+
+
 def test_repeat_counts_accumulate():
     b = _frame(
         [("u", "2024-01-01", "train", [0]), ("u", "2024-01-02", "train", [0, 1]), ("u", "2024-01-05", "test", [2, 3])]

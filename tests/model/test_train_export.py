@@ -129,8 +129,21 @@ def test_comparison_and_gate_on_real_candidates(trained, tmp_path):
         "personal_frequency",
         "deep",
         "deep+ease",
+        "ease_dense+personal_cooc",
+        "deep+ease+personal_cooc",
     ]
-    assert [r["name"] for r in payload["models"] if not r["servable"]] == ["ease_dense", "ease_dense"]
+    assert [r["name"] for r in payload["models"] if not r["servable"]] == [
+        "ease_dense",
+        "ease_dense",
+        "ease_dense+personal_cooc",
+        "deep+ease+personal_cooc",
+    ]
+    by_name = {r["name"]: r for r in payload["models"] if r["protocol"] == "personalised"}
+    for base in ("ease_dense", "deep+ease"):
+        # the reference's weight was chosen on validation, with weight 0 (the base model itself) in the grid
+        assert by_name[f"{base}+personal_cooc"]["val_ndcg@10"] >= by_name[base]["val_ndcg@10"] - 1e-9
+        ref = ServableModel.load(by_name[f"{base}+personal_cooc"]["path"])
+        assert ref.params["cooc_weight"] == ref.cooc_weight and len(ref.params["cooc_search_val_ndcg@10"]) == 30
     assert (tmp_path / "comparison.md").read_text().count("\n") == len(payload["models"]) + 2
     by = {r["name"]: r for r in payload["models"] if r["protocol"] == "anonymous"}
     assert by["ease"]["ndcg@10"] > by["popularity"]["ndcg@10"]  # planted structure beats popularity
