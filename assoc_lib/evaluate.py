@@ -231,14 +231,24 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int
     return {"mean": float(d.mean()), "low": float(low), "high": float(high), "n": int(n), "n_boot": int(n_boot)}
 
 
-def deep_vs_classical_interval(rows: list[dict], ranks: dict, n_boot: int = 2000, seed: int = 0) -> dict:
+def deep_vs_classical_interval(
+    rows: list[dict], ranks: dict, n_boot: int = 2000, seed: int = 0, servable_only: bool = False
+) -> dict:
     """Per protocol: the paired bootstrap interval of (best deep - best classical) test NDCG@10, each
-    side the model with the best *validation* NDCG@10 of its kind (no selection on test)."""
+    side the model with the best *validation* NDCG@10 of its kind (no selection on test); ``servable_only``
+    leaves the evaluation references out (what a shop can be served)."""
     out = {}
     for protocol in sorted({r["protocol"] for r in rows}):
         pick = {}
         for kind in (ModelKind.DEEP, ModelKind.CLASSICAL):
-            pool = [r for r in rows if r["protocol"] == protocol and r["kind"] == kind and r["name"] in ranks[protocol]]
+            pool = [
+                r
+                for r in rows
+                if r["protocol"] == protocol
+                and r["kind"] == kind
+                and r["name"] in ranks[protocol]
+                and (r.get("servable", True) or not servable_only)
+            ]
             if pool:
                 pick[kind] = max(pool, key=lambda r: r["val_ndcg@10"])["name"]
         if len(pick) < 2:
@@ -469,6 +479,7 @@ def evaluate_candidates(
         ignore_index=True,
     ).to_parquet(Path(out_dir) / PER_BASKET_FILE, index=False)
     interval = deep_vs_classical_interval(rows, test_ranks, seed=cfg.models.eval_seed)
+    served_interval = deep_vs_classical_interval(rows, test_ranks, seed=cfg.models.eval_seed, servable_only=True)
     for protocol, ci in interval.items():
         log.info(
             "%s: %s - %s test NDCG@10 %+.4f, paired bootstrap 95%% interval [%+.4f, %+.4f] over %d baskets",
@@ -490,6 +501,7 @@ def evaluate_candidates(
             "n_val_baskets": holdouts["validation"].n,
             "n_items": n_items,
             "deep_minus_classical": interval,
+            "deep_minus_classical_servable": served_interval,
             "per_basket": str(Path(out_dir) / PER_BASKET_FILE),
         },
     )

@@ -137,6 +137,8 @@ def main(argv=None) -> int:
         "models": payload["models"],
         # paired bootstrap over test baskets; each side is its kind's best model on validation
         "deep_minus_classical": payload["deep_minus_classical"],
+        # the same between servable models only (the evaluation references left out)
+        "deep_minus_classical_servable": payload["deep_minus_classical_servable"],
         "per_basket": payload["per_basket"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -146,11 +148,12 @@ def main(argv=None) -> int:
         f"\n{payload['n_eval_baskets']} test baskets, vocabulary {len(vocab)}, split {split_method}; "
         f"peak RSS {memory['after_training_mb']:.0f} MB; JSON: {args.out}; per basket: {payload['per_basket']}"
     )
-    for protocol, ci in payload["deep_minus_classical"].items():
-        print(
-            f"{protocol}: {ci['deep']} - {ci['classical']} test NDCG@10 {ci['mean']:+.4f}, "
-            f"95% paired bootstrap interval [{ci['low']:+.4f}, {ci['high']:+.4f}] ({ci['n']} baskets)"
-        )
+    for key, what in (("deep_minus_classical", ""), ("deep_minus_classical_servable", ", servable models")):
+        for protocol, ci in payload[key].items():
+            print(
+                f"{protocol}{what}: {ci['deep']} - {ci['classical']} test NDCG@10 {ci['mean']:+.4f}, "
+                f"95% paired bootstrap interval [{ci['low']:+.4f}, {ci['high']:+.4f}] ({ci['n']} baskets)"
+            )
     return 0
 
 

@@ -242,6 +242,15 @@ def test_personal_frequency_and_tuned_prior_beat_anonymous(trained, tmp_path):
     ci = payload["deep_minus_classical"]["personalised"]
     assert ci["low"] <= ci["mean"] <= ci["high"] and ci["n"] == payload["n_eval_baskets"]
     assert {ci["deep"], ci["classical"]} <= {r["name"] for r in payload["models"]}
+    # between servable models only: the references (dense EASE, personal co-occurrence) left out
+    served = payload["deep_minus_classical_servable"]["personalised"]
+    servable = {r["name"] for r in payload["models"] if r["servable"]}
+    assert {served["deep"], served["classical"]} <= servable and served["low"] <= served["mean"] <= served["high"]
+    pick = lambda kind: max(
+        (r for r in payload["models"] if r["protocol"] == "personalised" and r["kind"] == kind and r["servable"]),
+        key=lambda r: r["val_ndcg@10"],
+    )["name"]
+    assert (served["deep"], served["classical"]) == (pick("deep"), pick("classical"))
 
 
 def test_two_input_export_matches_in_memory_scores(trained, exported):
