@@ -346,7 +346,8 @@ def _tune_history_weight(
     return best, scores
 
 
-COOC_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+# the deep mix is on z-scores (plus its prior): on Complete Journey its best weight was 5, the old grid's end
+COOC_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 
 
 def _tune_cooc_weight(model, holdout: evaluate.HoldOut, n_items: int, decays) -> tuple[tuple[float, float], dict]:

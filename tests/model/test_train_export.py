@@ -12,7 +12,7 @@ from assoc_lib.data.preprocess import load_split
 from assoc_lib.models.baselines import baskets_to_csr
 from assoc_lib.models.servable import ServableModel
 from assoc_lib.serving.export import WARMUP_FILE
-from assoc_lib.train import HISTORY_GRID
+from assoc_lib.train import COOC_GRID, HISTORY_GRID
 
 
 def _load(export_dir):
@@ -143,7 +143,9 @@ def test_comparison_and_gate_on_real_candidates(trained, tmp_path):
         # the reference's weight was chosen on validation, with weight 0 (the base model itself) in the grid
         assert by_name[f"{base}+personal_cooc"]["val_ndcg@10"] >= by_name[base]["val_ndcg@10"] - 1e-9
         ref = ServableModel.load(by_name[f"{base}+personal_cooc"]["path"])
-        assert ref.params["cooc_weight"] == ref.cooc_weight and len(ref.params["cooc_search_val_ndcg@10"]) == 30
+        assert ref.params["cooc_weight"] == ref.cooc_weight and len(ref.params["cooc_search_val_ndcg@10"]) == 3 * len(
+            COOC_GRID
+        )
     assert (tmp_path / "comparison.md").read_text().count("\n") == len(payload["models"]) + 2
     by = {r["name"]: r for r in payload["models"] if r["protocol"] == "anonymous"}
     assert by["ease"]["ndcg@10"] > by["popularity"]["ndcg@10"]  # planted structure beats popularity
