@@ -122,6 +122,10 @@ class ModelsConfig:
     # the configured values give way only to a trial better by more than this (relative): measured on Complete
     # Journey, a trial 0.3% better on the proxy (learning rate 0.006) was 7% worse on the full data
     deep_tune_min_gain: float = 0.02
+    # wall-clock budget of the deep stage, search included: no new epoch of the final training starts when the
+    # last one would not fit (the selected epoch is kept; at least one runs). 0: no budget. On Complete Journey
+    # the stage took 477-672 s without it, depending on early stopping and the machine's speed.
+    deep_max_seconds: float = 600.0
     seed: int = 1234
     eval_seed: int = 20240101
 

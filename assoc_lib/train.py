@@ -54,6 +54,7 @@ class DeepResult:
     train_seconds: float = 0.0
     examples_per_second: float = 0.0
     placement: str = ""
+    stopped_by_time_budget: bool = False
 
     def score(self, X: sp.csr_matrix, H=None) -> np.ndarray:
         return numpy_logits(self.spec, X, H)
@@ -110,6 +111,7 @@ def train_deep(
     history=None,
     on_epoch=None,
     verbose: bool = True,
+    max_seconds: float = 0.0,
 ) -> DeepResult:
     """Train on binary train baskets; keep the epoch with the best validation NDCG@10.
 
@@ -117,7 +119,10 @@ def train_deep(
     with ``train``) and ``val`` carries its history; validation is then on the personalised protocol.
     ``on_epoch(epoch, val_ndcg) -> bool``: called after each epoch; True stops training (a pruned trial).
     ``verbose=False`` logs the epochs at DEBUG (tuning trials log one line each instead).
+    ``max_seconds`` > 0: no new epoch starts when the last one (training and validation) would not fit in
+    what is left of this many seconds since the call; at least one epoch runs.
     """
+    entered = time.perf_counter()
     say = log.info if verbose else log.debug
     if params.personal and history is None:
         raise ValueError("a personal network needs the train baskets' history")
@@ -254,6 +259,17 @@ def train_deep(
             break
         if on_epoch is not None and on_epoch(epoch, ndcg):
             break
+        now = time.perf_counter()
+        if max_seconds > 0 and epoch < params.epochs and (now - entered) + (now - t0) > max_seconds:
+            result.stopped_by_time_budget = True
+            say(
+                "time budget: %.0fs used of %.0fs, another epoch (%.0fs) would not fit; keeping epoch %d",
+                now - entered,
+                max_seconds,
+                now - t0,
+                best_epoch,
+            )
+            break
     result.train_seconds = time.perf_counter() - started
     result.examples_per_second = examples / max(result.train_seconds, 1e-9)
     result.spec, result.best_epoch, result.best_val_ndcg10 = best_spec, best_epoch, best_ndcg_selected
@@ -283,7 +299,9 @@ def fit_deep(X: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams, m, out
             history=history,
         )
         params, search = tuned.params, {"hyperparameter_search": tuned.trace()}
-    result = train_deep(X, val, params, out_dir, history=history)
+    budget = m.deep_max_seconds
+    left = max(budget - (time.perf_counter() - started), 1e-3) if budget > 0 else 0.0  # the search's time counts
+    result = train_deep(X, val, params, out_dir, history=history, max_seconds=left)
     log.info(
         "deep stage: %.0fs (search %.0fs, final training %.0fs)",
         time.perf_counter() - started,
@@ -539,6 +557,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             "search_seconds": search_seconds,
             "best_epoch": result.best_epoch,
             "examples_per_second": result.examples_per_second,
+            "stopped_by_time_budget": result.stopped_by_time_budget,
         },
         decays=deep_decays,
     )

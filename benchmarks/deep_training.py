@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         "examples_per_second_training_only": X.shape[0] * len(result.history) / max(epochs_train, 1e-9),
         "best_epoch": result.best_epoch,
         "best_val_ndcg@10": result.best_val_ndcg10,
+        "deep_max_seconds": cfg.models.deep_max_seconds,
+        "stopped_by_time_budget": result.stopped_by_time_budget,
         "chosen": trace.get("chosen", {}),
         "search": trace,
         "history": result.history,
@@ -85,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         f"+ final training {result.train_seconds:.0f} s ({out['final_epochs']} epochs: "
         f"{epochs_train:.0f} s training, {out['final_validation_seconds']:.0f} s validation); "
         f"{out['examples_per_second_training_only']:,.0f} examples/s while training; best epoch "
-        f"{result.best_epoch}, val NDCG@10 {result.best_val_ndcg10:.4f}; peak RSS {out['peak_rss_mb']:,.0f} MB "
+        f"{result.best_epoch}, val NDCG@10 {result.best_val_ndcg10:.4f}"
+        f"{' (stopped by the time budget)' if result.stopped_by_time_budget else ''}; "
+        f"peak RSS {out['peak_rss_mb']:,.0f} MB "
         f"(data loading {data_seconds:.0f} s, not counted)"
     )
     if args.out:

@@ -95,3 +95,29 @@ def test_deep_training_benchmark_reports_the_breakdown(trained, tmp_path):
         figures["final_epoch_train_seconds"] + figures["final_validation_seconds"]
     )
     assert figures["examples_per_second_training_only"] >= figures["examples_per_second"] > 0
+    assert figures["stopped_by_time_budget"] is False and figures["deep_max_seconds"] > 0
+
+
+def test_time_budget_stops_between_epochs(split):
+    """With a budget smaller than one epoch, training stops after the first epoch and keeps it; without a
+    budget the same network runs every epoch (patience high enough never to stop it)."""
+    X, val = split
+    params = DeepParams(embedding_dim=16, batch_size=128, epochs=3, patience=10, seed=5)
+    short = train_deep(X, val, params, verbose=False, max_seconds=1e-3)
+    assert short.stopped_by_time_budget and len(short.history) == 1 and short.best_epoch == 1
+    assert short.spec  # the kept epoch's weights
+    full = train_deep(X, val, params, verbose=False)
+    assert not full.stopped_by_time_budget and len(full.history) == 3
+
+
+def test_fit_deep_counts_the_search_in_the_budget(split):
+    """fit_deep gives the final training only what the search left of ``deep_max_seconds``."""
+    from assoc_lib.config import ModelsConfig
+    from assoc_lib.train import fit_deep
+
+    X, val = split
+    m = ModelsConfig(deep_tune_seconds=1.0, deep_tune_trials=1, deep_tune_epochs=1, deep_max_seconds=1e-3)
+    params = DeepParams(embedding_dim=16, batch_size=128, epochs=3, patience=10, seed=5)
+    _, result, search = fit_deep(X, val, params, m)
+    assert len(search["hyperparameter_search"]["trials"]) == 1
+    assert result.stopped_by_time_budget and len(result.history) == 1
