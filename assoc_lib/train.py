@@ -392,6 +392,7 @@ def _save_cooc_reference(entry: dict, val: evaluate.HoldOut, n_items: int, decay
     (model.cooc_decay, model.cooc_weight), scores = _tune_cooc_weight(model, val, n_items, decays)
     trace = {f"tau={t:g} gamma={g:g}": round(v, 5) for (t, g), v in scores.items()}
     model.name = f"{base}+personal_cooc"
+    model.reference = True  # even when validation chose γ = 0 (then it scores as its base, and is still not served)
     model.params = {
         **model.params,
         "served": False,

@@ -57,6 +57,7 @@ class ServableModel:
     # earlier baskets weighted by their overlap with it and by exp(-days ago / cooc_decay) (0: no decay)
     cooc_weight: float = 0.0
     cooc_decay: float = 0.0
+    reference: bool = False  # an evaluation reference whatever its weights (e.g. a co-occurrence weight tuned to 0)
 
     @property
     def network_decay(self) -> float:
@@ -72,7 +73,7 @@ class ServableModel:
     def servable(self) -> bool:
         """Whether the export can serve it (a dense [V, V] matrix and the personal co-occurrence, which needs
         the shopper's whole past baskets, are evaluated, never exported)."""
-        return self.dense is None and not self.cooc_weight
+        return self.dense is None and not self.cooc_weight and not self.reference
 
     @property
     def n_items(self) -> int:
@@ -131,6 +132,7 @@ class ServableModel:
             "history_decay": self.history_decay,
             "cooc_weight": self.cooc_weight,
             "cooc_decay": self.cooc_decay,
+            "reference": self.reference,
             "dense": self.dense is not None,
             "table_aggregation": self.table.aggregation if self.table else None,
             "deep_layers": [l["type"] for l in self.deep["layers"]] if self.deep else None,
@@ -209,5 +211,6 @@ class ServableModel:
             history_decay=meta.get("history_decay", 0.0),
             cooc_weight=meta.get("cooc_weight", 0.0),
             cooc_decay=meta.get("cooc_decay", 0.0),
+            reference=meta.get("reference", False),
             dense=np.load(f"{path}.dense.npy", mmap_mode="r") if meta.get("dense") else None,
         )

@@ -251,7 +251,13 @@ def export_saved_model(
 ) -> Path:
     """Write the SavedModel (+ warm-up file + model card) to ``out_dir`` atomically."""
     if not model.servable:
-        what = "a dense [V, V] matrix" if model.dense is not None else "scored with the shopper's past baskets"
+        what = (
+            "a dense [V, V] matrix"
+            if model.dense is not None
+            else "scored with the shopper's past baskets"
+            if model.cooc_weight
+            else "a reference row of the comparison"
+        )
         raise ValueError(f"{model.name} is an evaluation reference ({what}): it is not exported")
     tf = tensorflow()
 

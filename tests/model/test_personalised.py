@@ -173,6 +173,9 @@ def test_personal_cooccurrence_by_hand():
     assert model.score(X, H)[3] == pytest.approx(pop + 0.5 * np.log1p(C[3]))
     with pytest.raises(ValueError, match="needs the past baskets"):
         model.score(X, History(H.counts))
+    # a reference whose weight was tuned to 0 scores as its base model and is still never served
+    model.cooc_weight, model.reference = 0.0, True
+    assert not model.servable and model.score(X, H)[3] == pytest.approx(pop)
 
 
 def test_repeat_counts_accumulate():
