@@ -103,10 +103,10 @@ class ModelsConfig:
     # Time-decayed personal prior (TIFU-style): + beta * log(1 + sum over purchases of exp(-days ago / tau)).
     # tau (days) and beta are chosen on validation per model; 0 in the grid is the plain log(1 + count).
     prior_decay_days: str = "0,14,30,60,120,240"
-    # Reference rows (evaluated, never served): the strongest classical model and the best deep model plus
-    # gamma * log(1 + personal co-occurrence), PerNIR-style: the shopper's earlier baskets weighted by their
-    # overlap with the basket and by exp(-days ago / tau); tau over this list and gamma chosen on validation.
-    # Empty: no such rows.
+    # Candidates ease, ease_dense and deep+ease plus gamma * log(1 + personal co-occurrence), PerNIR-style:
+    # the shopper's earlier baskets weighted by their overlap with the basket and by exp(-days ago / tau);
+    # tau over this list and gamma chosen on validation. Served from the request's history rows (the dense
+    # EASE one stays an evaluation reference). Empty: no such candidates.
     personal_cooc_decay_days: str = "0,60,240"
     # train on the evaluation's task: predict the hidden items of a basket from the rest (masked-item
     # training); False reconstructs the whole basket (denoising auto-encoder)

@@ -322,12 +322,15 @@ def evaluate_topk(
     vocab: list[str],
     batch_size: int = 256,
     decay: float = 0.0,
+    per_purchase: bool = False,
 ) -> dict[str, float]:
     """Metrics for a model that only returns its top-K ids (a served SavedModel).
 
     A hidden item outside the returned K counts as rank K+1: Recall/NDCG@10/20 are
     exact when K >= 20; MRR is truncated at K (misses add 0). ``decay``: the served model's decay time;
     each history row carries the days that make its decayed count exact (:func:`request_days`).
+    ``per_purchase`` (the history holds its past baskets): one history row per purchase instead, count 1
+    and the days since it, as a shop sends them (the served personal co-occurrence needs the baskets).
     """
     ranks, tops, k_seen = [], [], 0
     for start in range(0, holdout.n, batch_size):
@@ -335,6 +338,13 @@ def evaluate_topk(
         baskets = [[vocab[i] for i in X.indices[X.indptr[r] : X.indptr[r + 1]]] for r in range(X.shape[0])]
         if holdout.history is None:
             returned = topk_fn(baskets)
+        elif per_purchase and holdout.history.past is not None:
+            past = holdout.history.past
+            histories = []
+            for r in range(start, start + X.shape[0]):
+                items, ago = past.purchases(r)
+                histories.append(([vocab[i] for i in items], [1.0] * len(items), ago.tolist()))
+            returned = topk_fn(baskets, histories)
         else:
             hist = holdout.history[start : start + batch_size]
             H = hist.counts.tocsr()
@@ -397,6 +407,12 @@ def served_decay(export_dir: str | Path) -> float:
     return float(c.get("network_history_decay") or c.get("history_decay") or 0.0)
 
 
+def served_cooc(export_dir: str | Path) -> bool:
+    """Whether an export scores the personal co-occurrence (its model card): it needs per-purchase rows."""
+    card = Path(export_dir) / "model_card.json"
+    return card.exists() and bool(json.loads(card.read_text()).get("cooc_weight"))
+
+
 def evaluate_candidates(
     prep_dir: str | Path, candidates: list[dict], cfg, out_dir: str | Path, production: dict | None = None
 ) -> dict:
@@ -412,6 +428,7 @@ def evaluate_candidates(
     n_items = len(vocab)
     models = [ServableModel.load(c["path"]) for c in candidates]
     production_decay = served_decay(production["path"]) if production else 0.0
+    production_cooc = served_cooc(production["path"]) if production else False
     decays = {d for m in models for d in m.decays} | {production_decay}
     holdouts, history = make_holdouts(
         baskets,
@@ -419,7 +436,7 @@ def evaluate_candidates(
         cfg.models.eval_seed,
         cfg.models.history_max_items,
         decays=sorted(decays),
-        past=any(m.cooc_weight for m in models),
+        past=any(m.cooc_weight for m in models) or production_cooc,
     )
     protocols = [Protocol.ANONYMOUS] + ([Protocol.PERSONALISED] if history is not None else [])
 
@@ -456,8 +473,12 @@ def evaluate_candidates(
     if production:
         for protocol in protocols:
             topk = saved_model_topk(production["path"], personal=protocol == Protocol.PERSONALISED)
-            val = evaluate_topk(topk, view("validation", protocol), vocab, decay=production_decay)
-            test = evaluate_topk(topk, view("test", protocol), vocab, decay=production_decay)
+            val = evaluate_topk(
+                topk, view("validation", protocol), vocab, decay=production_decay, per_purchase=production_cooc
+            )
+            test = evaluate_topk(
+                topk, view("test", protocol), vocab, decay=production_decay, per_purchase=production_cooc
+            )
             rows.append(
                 {
                     "name": f"production v{production.get('version')}",

@@ -380,10 +380,11 @@ def _tune_cooc_weight(model, holdout: evaluate.HoldOut, n_items: int, decays) ->
     return max(scores, key=lambda g: (scores[g], -g[1], -g[0])), scores
 
 
-def _save_cooc_reference(entry: dict, val: evaluate.HoldOut, n_items: int, decays, save) -> None:
-    """``<model>+personal_cooc``: a saved candidate plus its personal co-occurrence (PerNIR-style), a
-    reference row of the comparison and the verdict (evaluated, never served: a request carries the
-    shopper's items, not their past baskets)."""
+def _save_cooc_candidate(entry: dict, val: evaluate.HoldOut, n_items: int, decays, save) -> None:
+    """``<model>+personal_cooc``: a saved candidate plus its personal co-occurrence (PerNIR-style, what this
+    shopper bought together with the items now in the basket), τ and γ chosen on validation with the base
+    fixed. Served from the request's history rows (``export.personal_cooc``) when the base is servable; on a
+    dense EASE it stays an evaluation reference."""
     from assoc_lib.models.servable import ServableModel
 
     started = time.perf_counter()
@@ -392,10 +393,9 @@ def _save_cooc_reference(entry: dict, val: evaluate.HoldOut, n_items: int, decay
     (model.cooc_decay, model.cooc_weight), scores = _tune_cooc_weight(model, val, n_items, decays)
     trace = {f"tau={t:g} gamma={g:g}": round(v, 5) for (t, g), v in scores.items()}
     model.name = f"{base}+personal_cooc"
-    model.reference = True  # even when validation chose γ = 0 (then it scores as its base, and is still not served)
     model.params = {
         **model.params,
-        "served": False,
+        "served": model.servable,
         "cooc_decay_days": model.cooc_decay,
         "cooc_weight": model.cooc_weight,
         "cooc_search_val_ndcg@10": trace,
@@ -413,7 +413,7 @@ def _save_cooc_reference(entry: dict, val: evaluate.HoldOut, n_items: int, decay
             "name": model.name,
             "kind": entry["kind"],
             "train_seconds": (entry.get("train_seconds") or 0.0) + time.perf_counter() - started,
-            "servable": False,
+            "servable": model.servable,
             "personal_only": True,
             "cooc_weight_grid": trace,
         },
@@ -442,7 +442,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     X = baselines.baskets_to_csr(splits["train"], n_items)
     params = deep_params(cfg)
     prior_decays = decay_list(cfg.models.prior_decay_days) or (0.0,)
-    cooc_decays = decay_list(cfg.models.personal_cooc_decay_days)  # personal co-occurrence references
+    cooc_decays = decay_list(cfg.models.personal_cooc_decay_days)  # the personal co-occurrence candidates
     holdouts, history = evaluate.make_holdouts(
         baskets,
         n_items,
@@ -638,10 +638,10 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             },
             tuned=True,
         )
-    for base in ("ease_dense", "deep+ease") if cooc_decays and val.n else ():
+    for base in ("ease", "ease_dense", "deep+ease") if cooc_decays and val.n else ():
         entry = next((e for e in entries if e["name"] == base), None)
         if entry is not None:
-            _save_cooc_reference(entry, val, n_items, cooc_decays, lambda model, e: save(model, e, tuned=True))
+            _save_cooc_candidate(entry, val, n_items, cooc_decays, lambda model, e: save(model, e, tuned=True))
     summary = {
         "prep_dir": str(prep_dir),
         "out_dir": str(out_dir),

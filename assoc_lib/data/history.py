@@ -85,6 +85,15 @@ class PastBaskets:
     def __getitem__(self, rows) -> "PastBaskets":
         return PastBaskets(self.baskets, self.days, self.start[rows], self.stop[rows], self.now[rows])
 
+    def purchases(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row ``row``'s past as one (item, days ago) pair per purchase, basket by basket: the history rows a
+        client sends (count 1 each; a basket's rows share its days, which is how the served model finds the
+        baskets again)."""
+        lo, hi = int(self.start[row]), int(self.stop[row])
+        block = self.baskets[lo:hi]
+        ago = np.maximum(self.now[row] - self.days[lo:hi], 0.0)
+        return block.indices.astype(np.int64), np.repeat(ago, np.diff(block.indptr))
+
     def cooc(self, X: sp.csr_matrix, tau: float = 0.0) -> sp.csr_matrix:
         """[rows, items]: sum over the row's past baskets b of w_b · |x ∩ b| · b, where x is the row of ``X``
         (the visible basket) and w_b = exp(-(days between b and now) / tau) (tau 0: 1). An item scores by

@@ -53,8 +53,9 @@ class ServableModel:
     history_decay: float = 0.0  # days: the prior counts each purchase as exp(-days ago / decay); 0: plain counts
     evidence: EvidenceTable | None = None  # pairwise evidence that explains each recommendation
     dense: np.ndarray | None = None  # reference models only: a dense item-item matrix added to the table's scores
-    # reference models only: + cooc_weight · log(1 + personal co-occurrence with the basket), the shopper's
-    # earlier baskets weighted by their overlap with it and by exp(-days ago / cooc_decay) (0: no decay)
+    # + cooc_weight · log(1 + personal co-occurrence with the basket), the shopper's earlier baskets weighted
+    # by their overlap with it and by exp(-days ago / cooc_decay) (0: no decay); served from the request's
+    # history rows, those with the same days being one past basket (export.personal_cooc)
     cooc_weight: float = 0.0
     cooc_decay: float = 0.0
     reference: bool = False  # an evaluation reference whatever its weights (e.g. a co-occurrence weight tuned to 0)
@@ -71,9 +72,8 @@ class ServableModel:
 
     @property
     def servable(self) -> bool:
-        """Whether the export can serve it (a dense [V, V] matrix and the personal co-occurrence, which needs
-        the shopper's whole past baskets, are evaluated, never exported)."""
-        return self.dense is None and not self.cooc_weight and not self.reference
+        """Whether the export can serve it (a dense [V, V] matrix is evaluated, never exported)."""
+        return self.dense is None and not self.reference
 
     @property
     def n_items(self) -> int:

@@ -29,7 +29,8 @@ DEFAULT_K = 100
 # The exported graph, piece by piece. Each piece is the TensorFlow twin of the numpy scorer it names
 # (tests compare them on the same inputs): the neighbour-table scorer (``NeighbourTable.score``), the
 # network (``network.head`` after the bag, the same function numpy evaluation runs), the mix
-# (``network.mix``), the personal prior (``ServableModel.score``) and the explanations (``explain.explain``).
+# (``network.mix``), the personal prior (``ServableModel.score``), the personal co-occurrence
+# (``PastBaskets.cooc``) and the explanations (``explain.explain``).
 
 
 def _constants(tf, arrays: dict) -> dict:
@@ -76,6 +77,26 @@ def history_matrices(tf, hist_ids, counts, days, decays, n_items: int) -> dict:
     for tau in sorted({float(t) for t in decays if t}):
         out[tau] = scatter_rows(hist_ids, counts * tf.exp(-days / tau), n_items)
     return out
+
+
+def personal_cooc(tf, hist_ids, counts, days, ids, valid, tau: float, n_items: int):
+    """``PastBaskets.cooc`` from the request's history rows, [batch, V]: the rows of one request row with the
+    same ``history_days`` are one past basket b (one row per purchase: a basket's rows share its days), and
+    each of b's items scores exp(-days / τ)·|x ∩ b| (τ 0: no decay), x the basket's known items. Rows with a
+    count <= 0 or an unknown item are left out; an empty history scores 0 everywhere."""
+    ok = tf.logical_and(hist_ids >= 0, tf.cast(counts, tf.float32) > 0.0)
+    days = tf.maximum(tf.cast(days, tf.float32), 0.0) + 0.0  # + 0.0 turns -0.0 into 0.0: one key per day value
+    hit = tf.logical_and(tf.equal(hist_ids[:, :, None], ids[:, None, :]), valid[:, None, :])
+    in_x = tf.cast(tf.logical_and(tf.reduce_any(hit, axis=2), ok), tf.float32)  # [batch, h]: row's item in x
+    rows = tf.broadcast_to(tf.range(tf.shape(ids, out_type=tf.int64)[0])[:, None], tf.shape(hist_ids))
+    # one key per (request row, days): the float's bits (days >= 0, so the sign bit is 0) beside the row
+    key = rows * (2**31) + tf.cast(tf.bitcast(days, tf.int32), tf.int64)
+    groups, seg = tf.unique(tf.reshape(key, [-1]), out_idx=tf.int64)
+    overlap = tf.math.unsorted_segment_sum(tf.reshape(in_x, [-1]), seg, tf.size(groups, out_type=tf.int64))
+    weight = tf.reshape(tf.gather(overlap, seg), tf.shape(in_x)) * tf.cast(ok, tf.float32)
+    if tau:
+        weight *= tf.exp(-days / tau)
+    return scatter_rows(tf.where(ok, hist_ids, -1), weight, n_items)
 
 
 def deep_scores(tf, spec: dict, ids, valid, history=None):
@@ -173,9 +194,10 @@ def _build_module(model: ServableModel, k: int):
         def _complete(self, items, history=None, history_counts=None, history_days=None):
             ids = self.lookup.lookup(items)  # unknown ids and "" padding -> -1, ignored
             valid = ids >= 0
-            hist = None
+            hist = hist_ids = None
             if history is not None:
-                hist = history_matrices(tf, self.lookup.lookup(history), history_counts, history_days, model.decays, V)
+                hist_ids = self.lookup.lookup(history)
+                hist = history_matrices(tf, hist_ids, history_counts, history_days, model.decays, V)
             if self.spec is not None and self.table is not None:
                 deep = deep_scores(tf, self.spec, ids, valid, hist)
                 table = table_scores(tf, self.table, model.table.aggregation, ids, valid, V)
@@ -189,6 +211,10 @@ def _build_module(model: ServableModel, k: int):
             if hist is not None and model.history_weight:
                 # the personal prior: + β·log(1 + decayed count)
                 scores += model.history_weight * tf.math.log1p(hist[float(model.history_decay)])
+            if history is not None and model.cooc_weight:
+                # the personal co-occurrence: + γ·log(1 + what this shopper bought together with the basket)
+                cooc = personal_cooc(tf, hist_ids, history_counts, history_days, ids, valid, model.cooc_decay, V)
+                scores += model.cooc_weight * tf.math.log1p(cooc)
             top = tf.math.top_k(exclude_inputs(tf, scores, ids, valid), k=k)
             out = {"item_ids": tf.gather(self.vocab, top.indices), "scores": top.values}
             if self.evidence is not None:
@@ -251,13 +277,7 @@ def export_saved_model(
 ) -> Path:
     """Write the SavedModel (+ warm-up file + model card) to ``out_dir`` atomically."""
     if not model.servable:
-        what = (
-            "a dense [V, V] matrix"
-            if model.dense is not None
-            else "scored with the shopper's past baskets"
-            if model.cooc_weight
-            else "a reference row of the comparison"
-        )
+        what = "a dense [V, V] matrix" if model.dense is not None else "a reference row of the comparison"
         raise ValueError(f"{model.name} is an evaluation reference ({what}): it is not exported")
     tf = tensorflow()
 
@@ -291,6 +311,8 @@ def export_saved_model(
             "history_weight": model.history_weight,
             "history_decay": model.history_decay,
             "network_history_decay": model.network_decay or None,
+            "cooc_weight": model.cooc_weight,
+            "cooc_decay": model.cooc_decay,
             "personal_network": model.personal,
             "signatures": {
                 "complete_basket": {
@@ -302,7 +324,8 @@ def export_saved_model(
                         "items": "string [batch, n]",
                         "history": "string [batch, h]",
                         "history_counts": "float [batch, h]",
-                        "history_days": "float [batch, h]: days since that purchase (or since the item's last)",
+                        "history_days": "float [batch, h]: days since that purchase (or since the item's last); "
+                        "rows with the same days are one past basket (personal co-occurrence)",
                     },
                     "outputs": {"item_ids": "string [batch, K]", "scores": "float [batch, K]"},
                 },

@@ -65,10 +65,14 @@ def test_reference_model_is_in_the_verdict_but_never_the_winner(cfg):
     assert d["winner"] == "deep"  # the dense reference has the best validation score but cannot be served
     assert d["verdict"]["best_classical"] == "ease_dense"  # ...and it is what the deep model is measured against
     assert d["verdict"]["deep_over_classical"] == pytest.approx(0.30 / 0.32)
-    # a deep reference (deep+ease plus the personal co-occurrence) counts for the verdict, never for serving
-    deep_ref = {**row("deep+ease+personal_cooc", "deep", 0.33, 0.45), "servable": False}
+    # a deep reference row counts for the verdict, never for serving
+    deep_ref = {**row("deep_reference", "deep", 0.33, 0.45), "servable": False}
     d = gate.decide({"models": comp["models"] + [deep_ref]}, cfg)
-    assert d["winner"] == "deep" and d["verdict"]["best_deep"] == "deep+ease+personal_cooc"
+    assert d["winner"] == "deep" and d["verdict"]["best_deep"] == "deep_reference"
+    # the served personal co-occurrence candidate is an ordinary candidate: it can win
+    cooc = row("deep+ease+personal_cooc", "deep", 0.31, 0.40)
+    d = gate.decide({"models": comp["models"] + [cooc]}, cfg)
+    assert d["winner"] == "deep+ease+personal_cooc"
 
 
 def test_export_refuses_a_reference_model(tmp_path):
@@ -90,7 +94,7 @@ def test_export_refuses_a_reference_model(tmp_path):
     with pytest.raises(ValueError, match="not exported"):
         export_saved_model(model, tmp_path / "x", {})
     assert not (tmp_path / "x").exists()
-    model.dense, model.cooc_weight = None, 0.1  # the personal co-occurrence reference: no export either
+    model.dense, model.reference = None, True  # a reference row of the comparison: no export either
     with pytest.raises(ValueError, match="not exported"):
         export_saved_model(model, tmp_path / "x", {})
     assert not (tmp_path / "x").exists()

@@ -125,15 +125,11 @@ def test_time_decayed_prior_by_hand():
         model.score(X, H)
 
 
-def test_personal_cooccurrence_by_hand():
-    """PerNIR-style reference: sum over the shopper's visible past baskets b of exp(-days ago / tau) · |x ∩ b| · b,
-    with the history's visibility rules (validation sees train, test sees train + validation, never another
-    evaluation basket, never another shopper), and the reference model that adds it is never servable."""
+def _cooc_world():
+    """One shopper's baskets over 8 items (plus another shopper and a guest) and each row's visible basket {0, 1}."""
     import scipy.sparse as sp
 
-    from assoc_lib.data.history import History, build_past_baskets
-    from assoc_lib.models.baselines import NeighbourTable
-    from assoc_lib.records import ModelKind
+    from assoc_lib.data.history import build_past_baskets
 
     b = _frame(
         [
@@ -147,8 +143,21 @@ def test_personal_cooccurrence_by_hand():
             ("", "2024-01-25", "test", [0, 1]),  # guest: no past
         ]
     )
-    past = build_past_baskets(b, 8)
-    X = sp.csr_matrix(np.array([[1, 1, 0, 0, 0, 0, 0, 0]] * 8, np.float32))  # each row's visible basket {0, 1}
+    X = sp.csr_matrix(np.array([[1, 1, 0, 0, 0, 0, 0, 0]] * 8, np.float32))
+    return build_past_baskets(b, 8), X
+
+
+def test_personal_cooccurrence_by_hand():
+    """PerNIR-style score: sum over the shopper's visible past baskets b of exp(-days ago / tau) · |x ∩ b| · b,
+    with the history's visibility rules (validation sees train, test sees train + validation, never another
+    evaluation basket, never another shopper); the model that adds it is servable unless its base is not."""
+    import scipy.sparse as sp
+
+    from assoc_lib.data.history import History
+    from assoc_lib.models.baselines import NeighbourTable
+    from assoc_lib.records import ModelKind
+
+    past, X = _cooc_world()
     C = past.cooc(X, 0.0).toarray()
     assert C[:3].sum() == 0 and C[6].sum() == 0  # train rows and u2's train basket: no past (evaluation only)
     # validation: train baskets {0,1,2} (overlap 2) and {0,3} (overlap 1); {4}: overlap 0
@@ -161,21 +170,83 @@ def test_personal_cooccurrence_by_hand():
     assert D[3] == pytest.approx([2 * e(20) + e(10), 2 * e(20), 2 * e(20), e(10), 0, 0, 0, 0])
     assert D[4][5] == pytest.approx(2 * e(10)) and D[5][5] == pytest.approx(2 * e(15))  # each at its own time
     assert past[[4, 3]].cooc(X[:2], 0.0).toarray().tolist() == [C[4].tolist(), C[3].tolist()]  # slices align
+    # what a client sends for the validation row: one row per purchase, a basket's rows sharing its days
+    items, ago = past.purchases(3)
+    sent = sorted(zip(items.tolist(), ago.tolist()))
+    assert sent == [(0, 10.0), (0, 20.0), (1, 20.0), (2, 20.0), (3, 10.0), (4, 5.0)]
+    assert len(past.purchases(7)[0]) == 0  # the guest sends no history
 
     pop = np.linspace(0.8, 0.1, 8).astype(np.float32)
     model = ServableModel(
         "ref", ModelKind.CLASSICAL, [str(i) for i in range(8)], pop, table=NeighbourTable.bias_only(pop)
     )
     H = History(sp.csr_matrix((8, 8), dtype=np.float32), {}, past)
-    assert model.servable
     model.cooc_weight, model.cooc_decay = 0.5, 0.0
-    assert not model.servable  # a request carries the shopper's items, not their past baskets
+    assert model.servable  # the request's history rows carry the past baskets
     assert model.score(X, H)[3] == pytest.approx(pop + 0.5 * np.log1p(C[3]))
     with pytest.raises(ValueError, match="needs the past baskets"):
         model.score(X, History(H.counts))
-    # a reference whose weight was tuned to 0 scores as its base model and is still never served
-    model.cooc_weight, model.reference = 0.0, True
-    assert not model.servable and model.score(X, H)[3] == pytest.approx(pop)
+    model.dense = np.eye(8, dtype=np.float32)  # on a dense EASE it stays an evaluation reference
+    assert not model.servable
+    model.dense, model.reference = None, True
+    assert not model.servable
+
+
+def test_served_personal_cooccurrence_by_hand(tmp_path):
+    """The exported graph finds the past baskets again in the request's per-purchase history rows (same days,
+    same basket) and adds γ·log(1 + co-occurrence), as the numpy scorer does with the baskets themselves;
+    padding, unknown items and rows with count 0 change nothing; an empty history is the anonymous answer."""
+    import scipy.sparse as sp
+    import tensorflow as tf
+
+    from assoc_lib.data.history import History
+    from assoc_lib.models.baselines import NeighbourTable
+    from assoc_lib.records import ModelKind
+    from assoc_lib.serving.export import export_saved_model
+
+    past, X = _cooc_world()
+    vocab = [f"i{i}" for i in range(8)]
+    pop = np.linspace(0.8, 0.1, 8).astype(np.float32)
+    e = lambda days: float(np.exp(-days / 10.0))
+    for tau, expected in ((0.0, [0, 0, 2, 1, 0, 0, 0, 0]), (10.0, [0, 0, 2 * e(20), e(10), 0, 0, 0, 0])):
+        model = ServableModel("c", ModelKind.CLASSICAL, vocab, pop, table=NeighbourTable.bias_only(pop))
+        model.cooc_weight, model.cooc_decay = 0.5, tau
+        fn = tf.saved_model.load(str(export_saved_model(model, tmp_path / f"t{tau:g}", {}, k=8))).signatures[
+            "complete_basket_personal"
+        ]
+        rows = [3, 4, 5, 7]
+        reqs = []
+        for r in rows:
+            items, ago = past.purchases(r)
+            reqs.append(([vocab[i] for i in items], [1.0] * len(items), ago.tolist()))
+        # noise the graph must ignore: padding, an unknown item, a known item with count 0 on a basket's day
+        reqs[0] = (reqs[0][0] + ["nope", "i7"], reqs[0][1] + [1.0, 0.0], reqs[0][2] + [20.0, 20.0])
+        width = max(len(h[0]) for h in reqs)
+        pad = lambda seq, fill, width=width: list(seq) + [fill] * (width - len(seq))
+        out = fn(
+            items=tf.constant([["i0", "i1"]] * len(rows)),
+            history=tf.constant([pad(h[0], "") for h in reqs]),
+            history_counts=tf.constant([pad(h[1], 0.0) for h in reqs], tf.float32),
+            history_days=tf.constant([pad(h[2], 0.0) for h in reqs], tf.float32),
+        )
+        H = History(sp.csr_matrix((len(rows), 8), dtype=np.float32), {}, past[rows])
+        want = model.score(X[rows], H)
+        assert want[0][2:] == pytest.approx((pop + 0.5 * np.log1p(expected))[2:])  # the validation row, by hand
+        got = np.full_like(want, np.nan)
+        for k, (ids, scores) in enumerate(zip(out["item_ids"].numpy(), out["scores"].numpy())):
+            # the basket's own items come last, at -inf (K is the whole vocabulary here)
+            assert {x.decode() for x, v in zip(ids, scores) if np.isfinite(v)} == set(vocab[2:])
+            for item, score in zip(ids, scores):
+                got[k, vocab.index(item.decode())] = score
+        np.testing.assert_allclose(got[:, 2:], want[:, 2:], rtol=1e-5, atol=1e-6, err_msg=f"tau {tau}")
+        # no history: the anonymous answer
+        anon = fn(
+            items=tf.constant([["i0", "i1"]]),
+            history=tf.constant([[""]]),
+            history_counts=tf.constant([[0.0]]),
+            history_days=tf.constant([[0.0]]),
+        )
+        np.testing.assert_allclose(anon["scores"].numpy()[0][:6], np.sort(pop[2:])[::-1], rtol=1e-6)
 
 
 def test_repeat_counts_accumulate():
@@ -308,3 +379,49 @@ def test_two_input_export_matches_in_memory_scores(trained, exported):
             history_days=tf.constant([[0.0]] * len(items)),
         )
         assert (anon["item_ids"].numpy() == empty["item_ids"].numpy()).all()
+
+
+def test_personal_cooccurrence_export_matches_in_memory_scores(trained, exported, tmp_path):
+    """The trained co-occurrence candidates, exported: per-purchase history rows (what a shop sends) give the
+    numpy scores (counts, decayed counts and the co-occurrence from the past baskets), and the production
+    path (``evaluate_topk`` with ``per_purchase``) measures what the numpy evaluation measures."""
+    import tensorflow as tf
+
+    from assoc_lib import evaluate
+    from assoc_lib.serving.export import export_saved_model
+
+    baskets, vocab = load_split(trained["prep_dir"])
+    cfg = trained["cfg"]
+    for name in ("ease+personal_cooc", "deep+ease+personal_cooc"):
+        model = ServableModel.load(trained["candidates"][name]["path"])
+        assert model.servable and name in exported
+        path = exported[name]
+        if not model.cooc_weight:  # validation chose γ = 0 on this small world: serve a weight anyway
+            model.cooc_weight, model.cooc_decay = 0.7, 60.0
+            path = export_saved_model(model, tmp_path / name, {}, k=20)
+        holdouts, _ = evaluate.make_holdouts(
+            baskets, len(vocab), cfg.models.eval_seed, cfg.models.history_max_items, decays=model.decays, past=True
+        )
+        test = holdouts["test"]
+        X, H = test.inputs[:30], test.history[:30]
+        assert H.past.cooc(X, model.cooc_decay).nnz > 0  # the co-occurrence is really in play
+        scores = model.score(X, H).astype(np.float64)
+        rows, cols = X.nonzero()
+        scores[rows, cols] = -np.inf
+        pad = lambda seqs, fill: [list(s) + [fill] * (max(map(len, seqs)) - len(s)) for s in seqs]
+        purchases = [H.past.purchases(r) for r in range(X.shape[0])]
+        fn = tf.saved_model.load(str(path)).signatures["complete_basket_personal"]
+        out = fn(
+            items=tf.constant(pad([[vocab[i] for i in X[r].indices] for r in range(X.shape[0])], "")),
+            history=tf.constant(pad([[vocab[i] for i in items] for items, _ in purchases], "")),
+            history_counts=tf.constant(pad([[1.0] * len(items) for items, _ in purchases], 0.0), tf.float32),
+            history_days=tf.constant(pad([ago.tolist() for _, ago in purchases], 0.0), tf.float32),
+        )
+        np.testing.assert_allclose(
+            out["scores"].numpy(), -np.sort(-scores, axis=1)[:, :20], rtol=1e-3, atol=1e-3, err_msg=name
+        )
+        served = evaluate.evaluate_topk(
+            evaluate.saved_model_topk(path, personal=True), test, vocab, decay=model.history_decay, per_purchase=True
+        )
+        in_memory = evaluate.evaluate_scores(model.score, test, len(vocab))
+        assert served["ndcg@10"] == pytest.approx(in_memory["ndcg@10"], abs=0.005), name

@@ -129,18 +129,19 @@ def test_comparison_and_gate_on_real_candidates(trained, tmp_path):
         "personal_frequency",
         "deep",
         "deep+ease",
+        "ease+personal_cooc",
         "ease_dense+personal_cooc",
         "deep+ease+personal_cooc",
     ]
+    # the dense EASE rows are evaluation references; the personal co-occurrence is served on a servable base
     assert [r["name"] for r in payload["models"] if not r["servable"]] == [
         "ease_dense",
         "ease_dense",
         "ease_dense+personal_cooc",
-        "deep+ease+personal_cooc",
     ]
     by_name = {r["name"]: r for r in payload["models"] if r["protocol"] == "personalised"}
-    for base in ("ease_dense", "deep+ease"):
-        # the reference's weight was chosen on validation, with weight 0 (the base model itself) in the grid
+    for base in ("ease", "ease_dense", "deep+ease"):
+        # the co-occurrence weight was chosen on validation, with weight 0 (the base model itself) in the grid
         assert by_name[f"{base}+personal_cooc"]["val_ndcg@10"] >= by_name[base]["val_ndcg@10"] - 1e-9
         ref = ServableModel.load(by_name[f"{base}+personal_cooc"]["path"])
         assert ref.params["cooc_weight"] == ref.cooc_weight and len(ref.params["cooc_search_val_ndcg@10"]) == 3 * len(
