@@ -411,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--history-days",
         nargs="+",
         type=float,
-        help="days since the last purchase of each --history item (default 0: today)",
+        help="days since each --history purchase (default 0: today); items with the same days are one past "
+        "basket, which a model with the personal co-occurrence reads",
     )
     p.set_defaults(func=cmd_query)
     p = sub.add_parser("rollback", parents=[common], help="move the stable label back to VERSION")

@@ -115,7 +115,7 @@ class PastBaskets:
 
 def build_past_baskets(baskets: pd.DataFrame, n_items: int) -> PastBaskets:
     """:class:`PastBaskets` for every row of ``baskets`` (train rows get an empty past: the personal
-    co-occurrence is an evaluation reference, never a training input)."""
+    co-occurrence is added at score level with a weight chosen on validation, never a training input)."""
     n = len(baskets)
     users = baskets["user_id"].to_numpy(dtype=object)
     known = np.array([isinstance(u, str) and bool(u) for u in users], dtype=bool)

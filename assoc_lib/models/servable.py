@@ -58,7 +58,7 @@ class ServableModel:
     # history rows, those with the same days being one past basket (export.personal_cooc)
     cooc_weight: float = 0.0
     cooc_decay: float = 0.0
-    reference: bool = False  # an evaluation reference whatever its weights (e.g. a co-occurrence weight tuned to 0)
+    reference: bool = False  # an evaluation reference row whatever its parts: in the comparison, never exported
 
     @property
     def network_decay(self) -> float:

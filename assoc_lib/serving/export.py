@@ -253,7 +253,8 @@ def warmup_requests(model_name: str, examples: list[list[str]]) -> list:
     padded = [e + [""] * (width - len(e)) for e in examples]
     history = [list(reversed(e)) + [""] * (width - len(e)) for e in examples]
     counts = [[float(len(e) - i) if i < len(e) else 0.0 for i in range(width)] for e in examples]
-    days = [[7.0 * (i + 1) if i < len(e) else 0.0 for i in range(width)] for e in examples]
+    # rows two by two on one day: past baskets of two items, so the warm-up runs the co-occurrence's grouping
+    days = [[7.0 * (i // 2 + 1) if i < len(e) else 0.0 for i in range(width)] for e in examples]
     requests = (
         ("complete_basket", {"items": padded}),
         ("serving_default", {"items": padded}),

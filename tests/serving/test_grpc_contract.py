@@ -345,3 +345,69 @@ def test_query_cli_prints_titles_and_version(served, trained, capsys):
     out = capsys.readouterr().out
     assert code == 0 and out.count("\n") == 11
     assert "because the basket holds" in out and "confidence" in out and "lift" in out
+
+
+def test_personal_cooccurrence_over_grpc(trained, exported, tmp_path):
+    """A served co-occurrence candidate over real gRPC: history rows sharing their days are one past basket,
+    and the answer is the numpy scorer's on those baskets; the same rows on distinct days lose the
+    co-occurrence (nothing else changes)."""
+    import scipy.sparse as sp
+
+    from assoc_lib.data.history import History, PastBaskets
+    from assoc_lib.data.preprocess import load_split
+    from assoc_lib.models.servable import ServableModel
+    from assoc_lib.serving.export import export_saved_model
+
+    _, vocab = load_split(trained["prep_dir"])
+    V = len(vocab)
+    model = ServableModel.load(trained["candidates"]["ease+personal_cooc"]["path"])
+    path = exported["ease+personal_cooc"]
+    if not model.cooc_weight:  # validation chose γ = 0 on this small world: serve a weight anyway
+        model.cooc_weight, model.cooc_decay = 0.7, 60.0
+        path = export_saved_model(model, tmp_path / "export", {}, k=20)
+    root = tmp_path / "serving"
+    push.push(path, root, "assoc")
+    srv, registry, port = server.serve(str(root / "models.config"), port=0, poll_seconds=0.5, block=False)
+    try:
+        # two past baskets: {5, 7, 8} three days ago (shares item 5 with the basket), {9, 10} thirty days ago
+        rows = [(5, 3.0), (7, 3.0), (8, 3.0), (9, 30.0), (10, 30.0)]
+        with AssocClient(f"127.0.0.1:{port}", "assoc") as c:
+            together = c.complete_basket_personal(
+                [[vocab[5]]], [[vocab[i] for i, _ in rows]], [[1.0] * 5], [[d for _, d in rows]]
+            )
+            apart = c.complete_basket_personal(  # the same purchases, each on its own day
+                [[vocab[5]]], [[vocab[i] for i, _ in rows]], [[1.0] * 5], [[3.0, 3.001, 3.002, 30.0, 30.001]]
+            )
+    finally:
+        registry.stop()
+        srv.stop(grace=1).wait()
+
+    def expected(groups):
+        """numpy: the past baskets themselves, with counts and decayed counts from the same purchases."""
+        items = [[i for i, _ in g] for g in groups]
+        flat = [(i, d) for g in groups for i, d in g]
+        B = sp.csr_matrix(
+            ([1.0] * len(flat), ([k for k, g in enumerate(items) for _ in g], [i for g in items for i in g])),
+            shape=(len(groups), V),
+            dtype=np.float32,
+        )
+        days = np.array([-g[0][1] for g in groups])  # bought "days ago" before now = 0
+        past = PastBaskets(B, days, np.array([0]), np.array([len(groups)]), np.array([0.0]))
+        one = lambda vals: sp.csr_matrix(
+            (vals, ([0] * len(flat), [i for i, _ in flat])), shape=(1, V), dtype=np.float32
+        )
+        decayed = {t: one([np.exp(-d / t) for _, d in flat]) for t in model.decays if t}
+        X = sp.csr_matrix(([1.0], ([0], [5])), shape=(1, V), dtype=np.float32)
+        s = model.score(X, History(one([1.0] * len(flat)), decayed, past))[0].astype(np.float64)
+        s[5] = -np.inf
+        return -np.sort(-s)[:20]
+
+    np.testing.assert_allclose(together.scores[0], expected([rows[:3], rows[3:]]), rtol=1e-4, atol=1e-5)
+    days = [3.0, 3.001, 3.002, 30.0, 30.001]
+    np.testing.assert_allclose(
+        apart.scores[0], expected([[(i, d)] for (i, _), d in zip(rows, days)]), rtol=1e-4, atol=1e-5
+    )
+    gained = {i: s for i, s in zip(together.item_ids[0], together.scores[0])}
+    lost = {i: s for i, s in zip(apart.item_ids[0], apart.scores[0])}
+    for item in (vocab[7], vocab[8]):  # bought with item 5: the co-occurrence lifts them
+        assert gained[item] > lost.get(item, -np.inf) + 0.1
