@@ -8,7 +8,9 @@ Cells: batch 1 and 32 (5-item baskets drawn from the model's own popular items) 
 threads, each for ``--seconds``; then 16 clients for ``--swap-seconds`` while the export is pushed
 ``--swaps`` times as new versions (old ones pruned and unloaded). The server runs as a separate process on a
 private copy of the base path; clients are threads of this process (client on the same machine, as in
-production sidecars). Prints a table and writes JSON; figures are ratios against the in-process call.
+production sidecars). Last, ``complete_basket_personal`` in-process with 0, 200 and 2,000 per-purchase
+history rows (``--history-lengths``; the personal co-occurrence reads every row). Prints a table and writes
+JSON; figures are ratios against the in-process ``complete_basket`` call.
 """
 
 from __future__ import annotations
@@ -49,6 +51,31 @@ def in_process(export: Path, popular: list[str], batch: int, repeats: int) -> di
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn(items=items)
+        ms.append((time.perf_counter() - t0) * 1000)
+    return percentiles(ms)
+
+
+def in_process_personal(export: Path, popular: list[str], batch: int, h: int, repeats: int) -> dict:
+    """``complete_basket_personal`` in-process with ``h`` history rows per request, one per purchase, ten
+    purchases per past basket (a basket's rows share their days): the personal co-occurrence's worst case
+    is a long history."""
+    tf = tensorflow()
+    fn = tf.saved_model.load(str(export)).signatures["complete_basket_personal"]
+    rng = np.random.default_rng(1)
+    hist = [list(rng.choice(popular, size=h)) if h else [""] for _ in range(batch)]
+    days = [[float(7 * (j // 10) + 1) for j in range(max(h, 1))] for _ in range(batch)]
+    kwargs = dict(
+        items=tf.constant(baskets(popular, batch, 0)),
+        history=tf.constant(hist),
+        history_counts=tf.constant([[1.0 if h else 0.0] * max(h, 1)] * batch, tf.float32),
+        history_days=tf.constant(days, tf.float32),
+    )
+    for _ in range(10):
+        fn(**kwargs)
+    ms = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(**kwargs)
         ms.append((time.perf_counter() - t0) * 1000)
     return percentiles(ms)
 
@@ -248,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--client-processes", type=int, default=1, help="spread the client threads over this many processes"
     )
+    ap.add_argument(
+        "--history-lengths",
+        default="0,200,2000",
+        help="in-process complete_basket_personal with this many per-purchase history rows (empty: skip)",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     clients = [int(x) for x in args.clients.split(",")]
@@ -266,6 +298,19 @@ def main(argv: list[str] | None = None) -> int:
         result["runs"].append(measure(args, processes, clients, batches, result))
     for batch, ref in result["in_process"].items():
         print(f"in-process complete_basket, batch {batch}: p50 {ref['p50_ms']:.3f} ms, p99 {ref['p99_ms']:.3f} ms")
+    lengths = [int(x) for x in args.history_lengths.split(",") if x.strip()]
+    result["cooc_weight"] = card.get("cooc_weight")
+    result["personal_in_process"] = []
+    for batch in batches if lengths else ():
+        ref = result["in_process"][batch]
+        for h in lengths:
+            cell = in_process_personal(args.export, result["popular"], batch, h, repeats=100 if h < 1000 else 30)
+            cell.update(batch=batch, history_rows=h, p50_over_complete_basket=cell["p50_ms"] / ref["p50_ms"])
+            result["personal_in_process"].append(cell)
+            print(
+                f"in-process complete_basket_personal, batch {batch}, {h} history rows: p50 {cell['p50_ms']:.3f} ms "
+                f"p99 {cell['p99_ms']:.3f} ms (x{cell['p50_over_complete_basket']:.2f} complete_basket)"
+            )
     if 1 in result["in_process"]:  # the serving issue's target: one client, batch 1, p50 <= 2 x in-process + 0.5 ms
         target = 2 * result["in_process"][1]["p50_ms"] + 0.5
         result["one_client_target_ms"] = target
