@@ -118,3 +118,35 @@ def test_request_days_reproduce_the_decayed_counts():
     np.testing.assert_allclose(counts * np.exp(-days / 10.0), decayed, atol=1e-12)
     assert days[3] == 0.0 and days[2] == 1e6
     assert evaluate.request_days(counts, None, 0.0).tolist() == [0.0] * 4  # plain counts: bought "today"
+
+
+def test_intervals_benchmark_from_the_per_basket_file(tmp_path, capsys):
+    """benchmarks/intervals.py: hand-made ranks give the exact means, ratio and a degenerate interval; a model
+    the file does not hold is a clear error (exit 2), not a traceback."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "intervals.py"
+    spec = importlib.util.spec_from_file_location("intervals_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    frame = pd.DataFrame(
+        {
+            "split": ["test"] * 4 + ["test"] * 2,
+            "protocol": ["personalised"] * 4 + ["anonymous"] * 2,
+            "rank:a": [1.0, 1.0, 1.0, 1.0, 50.0, 50.0],
+            "rank:b": [3.0, 3.0, 3.0, 3.0, 1.0, 1.0],  # NDCG@10 of rank 3: 1 / log2(4) = 0.5
+        }
+    )
+    file = tmp_path / "per_basket.parquet"
+    frame.to_parquet(file)
+    out = tmp_path / "i.json"
+    assert bench.main(["--per-basket", str(file), "--pair", "a", "b", "--out", str(out)]) == 0
+    (r,) = json.loads(out.read_text())
+    assert (r["ndcg@10_a"], r["ndcg@10_b"], r["ratio"], r["n"]) == (1.0, 0.5, 2.0, 4)  # anonymous rows left out
+    assert r["mean"] == r["low"] == r["high"] == pytest.approx(0.5)
+    assert bench.main(["--per-basket", str(file), "--pair", "a", "c"]) == 2
+    assert "no ranks for ['c']" in capsys.readouterr().err

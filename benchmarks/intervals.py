@@ -1,0 +1,81 @@
+"""Paired bootstrap intervals between any two models of a comparison, from its per-basket file.
+
+    python benchmarks/intervals.py --per-basket W/evaluation/per_basket.parquet --protocol personalised \
+        --pair deep+ease+personal_cooc ease --pair deep+ease+personal_cooc ease+personal_cooc --out i.json
+
+``benchmarks/quality.py --work-dir W`` (and the DAG's evaluate task) write ``per_basket.parquet``: each test
+basket's hidden item and its rank under every model. For each ``--pair A B`` this prints the test NDCG@10 of
+both, their ratio, and the paired bootstrap 95% interval of (A − B) over the same baskets (the evaluation's
+own ``paired_bootstrap``, seeded with ``models.eval_seed`` as the comparison is), so any comparison in the
+README can be rerun without training again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from assoc_lib.config import load_config
+from assoc_lib.evaluate import ndcg10_per_basket, paired_bootstrap
+
+
+def intervals(frame: pd.DataFrame, protocol: str, pairs: list[tuple[str, str]], seed: int = 0) -> list[dict]:
+    """One record per pair: both models' mean NDCG@10, the ratio and the interval of the difference."""
+    rows = frame[(frame["protocol"] == protocol) & (frame["split"] == "test")]
+    if rows.empty:
+        raise ValueError(f"no test baskets under the {protocol!r} protocol (have {sorted(frame['protocol'].unique())})")
+    out = []
+    for a, b in pairs:
+        missing = [m for m in (a, b) if f"rank:{m}" not in rows.columns]
+        if missing:
+            have = [c.removeprefix("rank:") for c in rows.columns if c.startswith("rank:")]
+            raise ValueError(f"no ranks for {missing} in the per-basket file (models: {have})")
+        na, nb = (ndcg10_per_basket(rows[f"rank:{m}"].to_numpy(float)) for m in (a, b))
+        if pd.isna(na).any() or pd.isna(nb).any():
+            raise ValueError(f"{a} or {b} has no rank for some {protocol} baskets")
+        ci = paired_bootstrap(na, nb, seed=seed)
+        out.append(
+            {
+                "a": a,
+                "b": b,
+                "protocol": protocol,
+                "ndcg@10_a": float(na.mean()),
+                "ndcg@10_b": float(nb.mean()),
+                "ratio": float(na.mean() / nb.mean()) if nb.mean() > 0 else None,
+                **ci,
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--per-basket", required=True, type=Path)
+    ap.add_argument("--protocol", default="personalised", choices=("anonymous", "personalised"))
+    ap.add_argument("--pair", nargs=2, action="append", required=True, metavar=("A", "B"))
+    ap.add_argument("--seed", type=int, help="bootstrap seed (default: models.eval_seed, the comparison's own)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    seed = load_config().models.eval_seed if args.seed is None else args.seed
+    try:
+        result = intervals(pd.read_parquet(args.per_basket), args.protocol, [tuple(p) for p in args.pair], seed)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for r in result:
+        print(
+            f"{r['protocol']}: {r['a']} {r['ndcg@10_a']:.4f} vs {r['b']} {r['ndcg@10_b']:.4f} = {r['ratio']:.3f}x; "
+            f"difference {r['mean']:+.4f}, 95% paired bootstrap interval [{r['low']:+.4f}, {r['high']:+.4f}] "
+            f"({r['n']} baskets)"
+        )
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
