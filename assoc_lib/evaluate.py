@@ -330,7 +330,8 @@ def evaluate_topk(
     exact when K >= 20; MRR is truncated at K (misses add 0). ``decay``: the served model's decay time;
     each history row carries the days that make its decayed count exact (:func:`request_days`).
     ``per_purchase`` (the history holds its past baskets): one history row per purchase instead, count 1
-    and the days since it, as a shop sends them (the served personal co-occurrence needs the baskets).
+    and the days since it, as a shop sends them (the served personal co-occurrence needs the baskets); every
+    visible purchase, not capped at ``history_max_items`` as the candidates' counts are.
     """
     ranks, tops, k_seen = [], [], 0
     for start in range(0, holdout.n, batch_size):
