@@ -263,10 +263,15 @@ def deep_vs_classical_interval(
 
 def per_basket_frame(baskets, vocab: list[str], holdout: HoldOut, split: str, protocol: str, ranks: dict):
     """One row per evaluated basket: split, protocol, order and (pseudonymised) user id, the hidden item,
-    and the hidden item's rank under every model (``rank:<model>``)."""
+    whether the shopper bought it before (``hidden_in_history``: in the history the models read; empty on
+    the anonymous protocol), and the hidden item's rank under every model (``rank:<model>``)."""
     import pandas as pd
 
     frame_rows = holdout.frame_rows  # set by make_holdouts
+    repeat = pd.array([None] * holdout.n, dtype="boolean")
+    if holdout.history is not None:
+        counts = holdout.history.counts.tocsr()
+        repeat = pd.array(np.asarray(counts[np.arange(holdout.n), holdout.hidden]).ravel() > 0, dtype="boolean")
     out = pd.DataFrame(
         {
             "split": split,
@@ -274,6 +279,7 @@ def per_basket_frame(baskets, vocab: list[str], holdout: HoldOut, split: str, pr
             "order_id": baskets["order_id"].to_numpy()[frame_rows].astype(str),
             "user_id": baskets["user_id"].to_numpy(dtype=object)[frame_rows],
             "hidden_item": np.asarray(vocab, dtype=object)[holdout.hidden],
+            "hidden_in_history": repeat,
         }
     )
     for name, r in ranks.items():

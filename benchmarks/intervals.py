@@ -7,7 +7,8 @@
 basket's hidden item and its rank under every model. For each ``--pair A B`` this prints the test NDCG@10 of
 both, their ratio, and the paired bootstrap 95% interval of (A − B) over the same baskets (the evaluation's
 own ``paired_bootstrap``, seeded with ``models.eval_seed`` as the comparison is), so any comparison in the
-README can be rerun without training again.
+README can be rerun without training again. ``--by COLUMN`` also gives them inside each value of a column
+of the file, e.g. ``--by hidden_in_history`` (personalised: was the hidden item bought before?).
 """
 
 from __future__ import annotations
@@ -23,11 +24,25 @@ from assoc_lib.config import load_config
 from assoc_lib.evaluate import ndcg10_per_basket, paired_bootstrap
 
 
-def intervals(frame: pd.DataFrame, protocol: str, pairs: list[tuple[str, str]], seed: int = 0) -> list[dict]:
-    """One record per pair: both models' mean NDCG@10, the ratio and the interval of the difference."""
+def intervals(
+    frame: pd.DataFrame, protocol: str, pairs: list[tuple[str, str]], seed: int = 0, by: str | None = None
+) -> list[dict]:
+    """One record per pair (and per value of the column ``by``): both models' mean NDCG@10, the ratio and the
+    interval of the difference."""
     rows = frame[(frame["protocol"] == protocol) & (frame["split"] == "test")]
     if rows.empty:
         raise ValueError(f"no test baskets under the {protocol!r} protocol (have {sorted(frame['protocol'].unique())})")
+    if by is not None:
+        if by not in rows.columns:
+            raise ValueError(f"no column {by!r} in the per-basket file")
+        groups = rows[by].dropna()
+        if groups.empty:
+            raise ValueError(f"column {by!r} is empty under the {protocol!r} protocol")
+        return [
+            {**r, "by": by, "value": value.item() if hasattr(value, "item") else value}
+            for value in sorted(groups.unique())
+            for r in intervals(rows[rows[by] == value], protocol, pairs, seed)
+        ]
     out = []
     for a, b in pairs:
         missing = [m for m in (a, b) if f"rank:{m}" not in rows.columns]
@@ -57,18 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-basket", required=True, type=Path)
     ap.add_argument("--protocol", default="personalised", choices=("anonymous", "personalised"))
     ap.add_argument("--pair", nargs=2, action="append", required=True, metavar=("A", "B"))
+    ap.add_argument("--by", help="also split the baskets by this column's values (e.g. hidden_in_history)")
     ap.add_argument("--seed", type=int, help="bootstrap seed (default: models.eval_seed, the comparison's own)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     seed = load_config().models.eval_seed if args.seed is None else args.seed
     try:
-        result = intervals(pd.read_parquet(args.per_basket), args.protocol, [tuple(p) for p in args.pair], seed)
+        result = intervals(
+            pd.read_parquet(args.per_basket), args.protocol, [tuple(p) for p in args.pair], seed, args.by
+        )
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for r in result:
+        where = f" ({r['by']} = {r['value']})" if "by" in r else ""
         print(
-            f"{r['protocol']}: {r['a']} {r['ndcg@10_a']:.4f} vs {r['b']} {r['ndcg@10_b']:.4f} = {r['ratio']:.3f}x; "
+            f"{r['protocol']}{where}: {r['a']} {r['ndcg@10_a']:.4f} vs {r['b']} {r['ndcg@10_b']:.4f} "
+            f"= {r['ratio']:.3f}x; "
             f"difference {r['mean']:+.4f}, 95% paired bootstrap interval [{r['low']:+.4f}, {r['high']:+.4f}] "
             f"({r['n']} baskets)"
         )

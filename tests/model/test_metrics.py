@@ -150,3 +150,14 @@ def test_intervals_benchmark_from_the_per_basket_file(tmp_path, capsys):
     assert r["mean"] == r["low"] == r["high"] == pytest.approx(0.5)
     assert bench.main(["--per-basket", str(file), "--pair", "a", "c"]) == 2
     assert "no ranks for ['c']" in capsys.readouterr().err
+    # --by: the same inside each value of a column (rank 1 vs 3 on repeats, rank 11 vs 1 on new items)
+    frame["hidden_in_history"] = pd.array([True, True, False, False, None, None], dtype="boolean")
+    frame.loc[2:3, "rank:a"], frame.loc[2:3, "rank:b"] = 11.0, 1.0
+    frame.to_parquet(file)
+    assert (
+        bench.main(["--per-basket", str(file), "--pair", "a", "b", "--by", "hidden_in_history", "--out", str(out)]) == 0
+    )
+    new, repeat = json.loads(out.read_text())
+    assert (new["value"], new["ndcg@10_a"], new["ndcg@10_b"], new["n"]) == (False, 0.0, 1.0, 2)
+    assert (repeat["value"], repeat["ndcg@10_a"], repeat["ndcg@10_b"], repeat["n"]) == (True, 1.0, 0.5, 2)
+    assert bench.main(["--per-basket", str(file), "--pair", "a", "b", "--by", "nope"]) == 2

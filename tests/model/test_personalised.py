@@ -313,6 +313,14 @@ def test_personal_frequency_and_tuned_prior_beat_anonymous(trained, tmp_path):
         row = part.iloc[0]
         items = baskets.loc[baskets["order_id"].astype(str) == row["order_id"], "items"].iloc[0]
         assert vocab.index(row["hidden_item"]) in list(items)
+    # hidden_in_history: the hidden item is in the basket's visible history (personalised), unknown (anonymous)
+    anon, pers = (per[per["protocol"] == p].reset_index(drop=True) for p in ("anonymous", "personalised"))
+    assert anon["hidden_in_history"].isna().all() and pers["hidden_in_history"].notna().all()
+    cfg = trained["cfg"]
+    test = evaluate.make_holdouts(baskets, len(vocab), cfg.models.eval_seed, cfg.models.history_max_items)[0]["test"]
+    C = test.history.counts.tocsr()
+    bought = [C[r, test.hidden[r]] > 0 for r in range(test.n)]
+    assert pers["hidden_in_history"].tolist() == bought and 0 < sum(bought) < len(bought)
     ci = payload["deep_minus_classical"]["personalised"]
     assert ci["low"] <= ci["mean"] <= ci["high"] and ci["n"] == payload["n_eval_baskets"]
     assert {ci["deep"], ci["classical"]} <= {r["name"] for r in payload["models"]}
