@@ -58,7 +58,6 @@ class ServableModel:
     # history rows, those with the same days being one past basket (export.personal_cooc)
     cooc_weight: float = 0.0
     cooc_decay: float = 0.0
-    reference: bool = False  # an evaluation reference row whatever its parts: in the comparison, never exported
 
     @property
     def network_decay(self) -> float:
@@ -73,7 +72,7 @@ class ServableModel:
     @property
     def servable(self) -> bool:
         """Whether the export can serve it (a dense [V, V] matrix is evaluated, never exported)."""
-        return self.dense is None and not self.reference
+        return self.dense is None
 
     @property
     def n_items(self) -> int:
@@ -132,7 +131,6 @@ class ServableModel:
             "history_decay": self.history_decay,
             "cooc_weight": self.cooc_weight,
             "cooc_decay": self.cooc_decay,
-            "reference": self.reference,
             "dense": self.dense is not None,
             "table_aggregation": self.table.aggregation if self.table else None,
             "deep_layers": [l["type"] for l in self.deep["layers"]] if self.deep else None,
@@ -211,6 +209,5 @@ class ServableModel:
             history_decay=meta.get("history_decay", 0.0),
             cooc_weight=meta.get("cooc_weight", 0.0),
             cooc_decay=meta.get("cooc_decay", 0.0),
-            reference=meta.get("reference", False),
             dense=np.load(f"{path}.dense.npy", mmap_mode="r") if meta.get("dense") else None,
         )

@@ -278,8 +278,7 @@ def export_saved_model(
 ) -> Path:
     """Write the SavedModel (+ warm-up file + model card) to ``out_dir`` atomically."""
     if not model.servable:
-        what = "a dense [V, V] matrix" if model.dense is not None else "a reference row of the comparison"
-        raise ValueError(f"{model.name} is an evaluation reference ({what}): it is not exported")
+        raise ValueError(f"{model.name} is an evaluation reference (a dense [V, V] matrix): it is not exported")
     tf = tensorflow()
 
     out_dir = Path(out_dir)

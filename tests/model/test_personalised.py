@@ -188,8 +188,6 @@ def test_personal_cooccurrence_by_hand():
         model.score(X, History(H.counts))
     model.dense = np.eye(8, dtype=np.float32)  # on a dense EASE it stays an evaluation reference
     assert not model.servable
-    model.dense, model.reference = None, True
-    assert not model.servable
 
 
 def test_served_personal_cooccurrence_by_hand(tmp_path):
