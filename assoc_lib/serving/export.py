@@ -196,6 +196,10 @@ def _build_module(model: ServableModel, k: int):
             valid = ids >= 0
             hist = hist_ids = None
             if history is not None:
+                # NaN or infinite counts or days would turn every score into NaN (and let the basket's own
+                # items through): refuse them, INVALID_ARGUMENT over gRPC and REST as any op error
+                history_counts = tf.debugging.assert_all_finite(history_counts, "history_counts must be finite")
+                history_days = tf.debugging.assert_all_finite(history_days, "history_days must be finite")
                 hist_ids = self.lookup.lookup(history)
                 hist = history_matrices(tf, hist_ids, history_counts, history_days, model.decays, V)
             if self.spec is not None and self.table is not None:

@@ -247,6 +247,16 @@ def run_signature(lv: LoadedVersion, request, wire: bool = False):
     return {k: to_proto(v).SerializeToString() for k, v in outputs.items()} if wire else outputs
 
 
+def _error_text(exc: Exception) -> str:
+    """The line of an error that names the problem: for a TensorFlow op error raised inside the graph (an
+    assertion such as "history_days must be finite : Tensor had NaN values"), not the "Graph execution
+    error:" header, the node trace or the op name."""
+    lines = [line for line in str(getattr(exc, "message", None) or exc).splitlines() if line.strip()]
+    noise = ("Graph execution error", "Detected at node", "<stack traces")
+    useful = [line for line in lines if not line.startswith(noise) and not line[:1].isspace()]
+    return (useful or lines or [type(exc).__name__])[0]
+
+
 def _checked_run(lv: LoadedVersion, request, sig_name: str) -> dict:
     """Every input checked against the signature in Python, with TF Serving's error messages."""
     tf = tensorflow()
@@ -283,7 +293,7 @@ def _checked_run(lv: LoadedVersion, request, sig_name: str) -> dict:
     try:
         outputs = fn(**kwargs)
     except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(exc).splitlines()[0]) from exc
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, _error_text(exc)) from exc
     wanted = list(request.output_filter) or list(outputs)
     unknown = [o for o in wanted if o not in outputs]
     if unknown:

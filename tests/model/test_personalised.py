@@ -245,6 +245,16 @@ def test_served_personal_cooccurrence_by_hand(tmp_path):
             history_days=tf.constant([[0.0]]),
         )
         np.testing.assert_allclose(anon["scores"].numpy()[0][:6], np.sort(pop[2:])[::-1], rtol=1e-6)
+        # NaN or infinite counts or days: refused (they would make every score NaN), not answered
+        for bad in ({"history_days": [[np.nan]]}, {"history_counts": [[np.inf]]}):
+            request = {"history_counts": [[1.0]], "history_days": [[3.0]], **bad}
+            with pytest.raises(tf.errors.InvalidArgumentError, match="must be finite"):
+                fn(
+                    items=tf.constant([["i0"]]),
+                    history=tf.constant([["i2"]]),
+                    history_counts=tf.constant(request["history_counts"], tf.float32),
+                    history_days=tf.constant(request["history_days"], tf.float32),
+                )
 
 
 def test_repeat_counts_accumulate():

@@ -378,6 +378,10 @@ def test_personal_cooccurrence_over_grpc(trained, exported, tmp_path):
             apart = c.complete_basket_personal(  # the same purchases, each on its own day
                 [[vocab[5]]], [[vocab[i] for i, _ in rows]], [[1.0] * 5], [[3.0, 3.001, 3.002, 30.0, 30.001]]
             )
+            with pytest.raises(grpc.RpcError) as err:  # a NaN day is refused, not answered with NaN scores
+                c.complete_basket_personal([[vocab[5]]], [[vocab[7]]], [[1.0]], [[float("nan")]])
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "history_days must be finite" in err.value.details()
     finally:
         registry.stop()
         srv.stop(grace=1).wait()
