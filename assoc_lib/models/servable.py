@@ -158,7 +158,14 @@ class ServableModel:
         arrays["meta"] = np.asarray(json.dumps(meta))
         if self.dense is not None:  # beside the archive, memory-mapped when loaded
             dense_tmp = path.with_name(f".{path.name}.dense.tmp.npy")
-            np.save(dense_tmp, np.asarray(self.dense, np.float32))
+            dense_tmp.unlink(missing_ok=True)
+            source = getattr(self.dense, "filename", None)  # memory-mapped from another model's .npy
+            try:
+                if source is None or self.dense.dtype != np.float32:
+                    raise OSError("no file to link")
+                os.link(source, dense_tmp)  # a model derived from a saved one (+personal_cooc) shares its matrix
+            except OSError:
+                np.save(dense_tmp, np.asarray(self.dense, np.float32))
             dense_tmp.replace(path.with_name(f"{path.name}.dense.npy"))
         tmp = path.with_name(f".{path.name}.tmp.npz")
         np.savez(tmp, **arrays)

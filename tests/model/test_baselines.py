@@ -82,6 +82,13 @@ def test_dense_reference_round_trips_and_scores_with_the_full_matrix(tmp_path):
     assert not loaded.servable and (tmp_path / "ease_dense.npz.dense.npy").exists()
     expected = np.asarray(X[:7] @ ease.B) + baselines.TIE_BREAK * pop
     np.testing.assert_allclose(loaded.score(X[:7]), expected, rtol=1e-6, atol=1e-7)
+    # a model derived from the loaded one (ease_dense+personal_cooc) links the same matrix file, never copies it
+    import os
+
+    derived = ServableModel.load(loaded.save(tmp_path / "derived.npz"))
+    first, second = (os.stat(tmp_path / f"{n}.npz.dense.npy") for n in ("ease_dense", "derived"))
+    assert (first.st_ino, first.st_nlink) == (second.st_ino, 2)
+    np.testing.assert_allclose(derived.score(X[:7]), expected, rtol=1e-6, atol=1e-7)
     # a served table of 5 neighbours per item drops weights: the dense scores differ from it
     ease.top_n, ease._table = 5, None
     assert not np.allclose(ease.neighbour_table().score(X[:7]), expected)
