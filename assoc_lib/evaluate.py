@@ -405,19 +405,21 @@ def saved_model_topk(export_dir: str | Path, personal: bool = False) -> Callable
     return topk
 
 
-def served_decay(export_dir: str | Path) -> float:
-    """The decay time (days) an export's personal signature applies to history rows (its model card)."""
+def _model_card(export_dir: str | Path) -> dict:
+    """An export's model card ({} when it has none)."""
     card = Path(export_dir) / "model_card.json"
-    if not card.exists():
-        return 0.0
-    c = json.loads(card.read_text())
+    return json.loads(card.read_text()) if card.exists() else {}
+
+
+def served_decay(export_dir: str | Path, card: dict | None = None) -> float:
+    """The decay time (days) an export's personal signature applies to history rows (its model card)."""
+    c = _model_card(export_dir) if card is None else card
     return float(c.get("network_history_decay") or c.get("history_decay") or 0.0)
 
 
-def served_cooc(export_dir: str | Path) -> bool:
+def served_cooc(export_dir: str | Path, card: dict | None = None) -> bool:
     """Whether an export scores the personal co-occurrence (its model card): it needs per-purchase rows."""
-    card = Path(export_dir) / "model_card.json"
-    return card.exists() and bool(json.loads(card.read_text()).get("cooc_weight"))
+    return bool((_model_card(export_dir) if card is None else card).get("cooc_weight"))
 
 
 def evaluate_candidates(
@@ -434,8 +436,9 @@ def evaluate_candidates(
     baskets, vocab = load_split(prep_dir)
     n_items = len(vocab)
     models = [ServableModel.load(c["path"]) for c in candidates]
-    production_decay = served_decay(production["path"]) if production else 0.0
-    production_cooc = served_cooc(production["path"]) if production else False
+    card = _model_card(production["path"]) if production else {}  # read once
+    production_decay = served_decay(production["path"], card) if production else 0.0
+    production_cooc = served_cooc(production["path"], card) if production else False
     decays = {d for m in models for d in m.decays} | {production_decay}
     holdouts, history = make_holdouts(
         baskets,

@@ -44,13 +44,17 @@ def baskets(items: list[str], batch: int, seed: int) -> list[list[str]]:
 def in_process(export: Path, popular: list[str], batch: int, repeats: int) -> dict:
     tf = tensorflow()
     fn = tf.saved_model.load(str(export)).signatures["complete_basket"]
-    items = tf.constant(baskets(popular, batch, 0))
-    for _ in range(20):
-        fn(items=items)
+    return timed(fn, {"items": tf.constant(baskets(popular, batch, 0))}, warm=20, repeats=repeats)
+
+
+def timed(fn, kwargs: dict, warm: int, repeats: int) -> dict:
+    """p50 / p99 of ``fn(**kwargs)`` in milliseconds over ``repeats`` calls, after ``warm`` untimed ones."""
+    for _ in range(warm):
+        fn(**kwargs)
     ms = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn(items=items)
+        fn(**kwargs)
         ms.append((time.perf_counter() - t0) * 1000)
     return percentiles(ms)
 
@@ -70,14 +74,7 @@ def in_process_personal(export: Path, popular: list[str], batch: int, h: int, re
         history_counts=tf.constant([[1.0 if h else 0.0] * max(h, 1)] * batch, tf.float32),
         history_days=tf.constant(days, tf.float32),
     )
-    for _ in range(10):
-        fn(**kwargs)
-    ms = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(**kwargs)
-        ms.append((time.perf_counter() - t0) * 1000)
-    return percentiles(ms)
+    return timed(fn, kwargs, warm=10, repeats=repeats)
 
 
 def _client_process(target, popular, batch, clients, offset, ready, start, stop, out) -> None:
