@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from assoc_lib import evaluate, tuning
 from assoc_lib.config import decay_list
 from assoc_lib.models.network import DeepParams, build_network, forward_spec, logits_at, numpy_logits
+from assoc_lib.models.servable import repeat_share
 from assoc_lib.records import ModelKind
 from assoc_lib.tfrt import tensorflow
 
@@ -380,6 +381,52 @@ def _tune_cooc_weight(model, holdout: evaluate.HoldOut, n_items: int, decays) ->
     return max(scores, key=lambda g: (scores[g], -g[1], -g[0])), scores
 
 
+# the repeat/explore gate (ServableModel.personal_scale, repeat_slope); (1, 0) is no gate
+GATE_SCALES = (0.5, 0.75, 1.0, 1.25)
+GATE_SLOPES = (0.0, 0.5, 1.0, 2.0)
+
+
+def _tune_repeat_gate(model, holdout: evaluate.HoldOut, n_items: int) -> dict:
+    """Set ``model``'s repeat/explore gate (scale a, slope b) on the personalised validation hold-out: its
+    personal terms (prior and co-occurrence, weights fixed) times max(a + b·(s - 1/2), 0) per basket, s the
+    share of the basket's items bought before. The scale re-weighs the terms together (their weights were
+    chosen one after the other); ties go to no gate. Returns the search's trace."""
+    if not (model.history_weight or model.cooc_weight):
+        return {}
+    terms = (model.history_weight, model.cooc_weight)
+
+    def parts(X, H):
+        model.history_weight = model.cooc_weight = 0.0
+        try:
+            base = model.score(X, H)
+        finally:
+            model.history_weight, model.cooc_weight = terms
+        share = repeat_share(X, H)[:, None]
+        return base, model.personal_terms(X, H), share
+
+    def combine(p, _priors, g):
+        return p[0] + np.maximum(g[0] + g[1] * (p[2] - 0.5), 0.0) * p[1]
+
+    grid = [(a, b) for a in GATE_SCALES for b in GATE_SLOPES]
+    scores = evaluate.tune_on_validation(holdout, n_items, parts, combine, grid)
+    model.personal_scale, model.repeat_slope = max(scores, key=lambda g: (scores[g], -abs(g[0] - 1.0), -g[1]))
+    trace = {f"scale={a:g} slope={b:g}": round(v, 5) for (a, b), v in scores.items()}
+    model.params = {
+        **model.params,
+        "personal_scale": model.personal_scale,
+        "repeat_slope": model.repeat_slope,
+        "repeat_gate_search_val_ndcg@10": trace,
+    }
+    log.info(
+        "%s: repeat/explore gate scale %g, slope %g chosen on validation (NDCG@10 %s)",
+        model.name,
+        model.personal_scale,
+        model.repeat_slope,
+        _grid_summary(trace),
+    )
+    return trace
+
+
 def _save_cooc_candidate(entry: dict, val: evaluate.HoldOut, n_items: int, decays, save) -> None:
     """``<model>+personal_cooc``: a saved candidate plus its personal co-occurrence (PerNIR-style, what this
     shopper bought together with the items now in the basket), τ and γ chosen on validation with the base
@@ -390,6 +437,7 @@ def _save_cooc_candidate(entry: dict, val: evaluate.HoldOut, n_items: int, decay
     started = time.perf_counter()
     model = ServableModel.load(entry["path"])
     base = model.name
+    model.personal_scale, model.repeat_slope = 1.0, 0.0  # the gate is chosen again over both terms (save)
     (model.cooc_decay, model.cooc_weight), scores = _tune_cooc_weight(model, val, n_items, decays)
     trace = {f"tau={t:g} gamma={g:g}": round(v, 5) for (t, g), v in scores.items()}
     model.name = f"{base}+personal_cooc"
@@ -485,7 +533,9 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
                 _grid_summary(trace),
             )
         if personal:
+            entry["repeat_gate_grid"] = _tune_repeat_gate(model, val, n_items)
             entry["history_weight"], entry["history_decay"] = model.history_weight, model.history_decay
+            entry["personal_scale"], entry["repeat_slope"] = model.personal_scale, model.repeat_slope
         entry["path"] = str(model.save(cand_dir / f"{model.name}.npz"))
         entries.append(entry)
 

@@ -36,6 +36,19 @@ DEEP_ARRAYS = (
 )
 
 
+def repeat_share(X: sp.csr_matrix, H) -> np.ndarray:
+    """float64 [rows]: the share of each basket's items that are in the shopper's history (0 for an empty
+    basket or history), what the repeat/explore gate reads."""
+    X = sp.csr_matrix(X)
+    seen = sp.csr_matrix(as_history(H).counts, dtype=np.float32)
+    seen.data = (seen.data > 0).astype(np.float32)
+    size = np.diff(X.indptr).astype(np.float64)
+    X = X.copy()
+    X.data = np.ones_like(X.data, dtype=np.float32)
+    hits = np.asarray(X.multiply(seen).sum(axis=1), dtype=np.float64).ravel()
+    return hits / np.maximum(size, 1.0)
+
+
 @dataclass
 class ServableModel:
     name: str
@@ -58,6 +71,11 @@ class ServableModel:
     # history rows, those with the same days being one past basket (export.personal_cooc)
     cooc_weight: float = 0.0
     cooc_decay: float = 0.0
+    # the repeat/explore gate: the personal terms (prior + co-occurrence) are multiplied per basket by
+    # max(personal_scale + repeat_slope·(s - 1/2), 0), s the share of the basket's items the shopper bought
+    # before (a basket of things they buy again asks for more of them); (1, 0): no gate
+    personal_scale: float = 1.0
+    repeat_slope: float = 0.0
 
     @property
     def network_decay(self) -> float:
@@ -98,13 +116,29 @@ class ServableModel:
         empty = np.diff(X.indptr) == 0
         if empty.any():
             out[empty] = self.popularity
-        if H is not None and self.history_weight:
+        if H is not None and (self.history_weight or self.cooc_weight):
+            out += self.personal_gate(X, H) * self.personal_terms(X, H)
+        return out
+
+    def personal_terms(self, X: sp.csr_matrix, H) -> np.ndarray:
+        """[rows, items]: β·log(1 + decayed purchase count) + γ·log(1 + personal co-occurrence), before the gate."""
+        H = as_history(H)
+        out = np.zeros((X.shape[0], self.n_items), np.float32)
+        if self.history_weight:
             out += self.history_weight * np.log1p(H.weights(self.history_decay).toarray())
-        if H is not None and self.cooc_weight:
+        if self.cooc_weight:
             if H.past is None:
                 raise ValueError(f"{self.name} scores personal co-occurrence: the history needs the past baskets")
             out += self.cooc_weight * np.log1p(H.past.cooc(X, self.cooc_decay).toarray())
         return out
+
+    def personal_gate(self, X: sp.csr_matrix, H, scale: float | None = None, slope: float | None = None):
+        """The repeat/explore gate per basket, [rows, 1] (a scalar without a gate): see ``personal_scale``."""
+        scale = self.personal_scale if scale is None else scale
+        slope = self.repeat_slope if slope is None else slope
+        if not slope:
+            return np.float32(max(scale, 0.0))
+        return np.maximum(scale + slope * (repeat_share(X, H) - 0.5), 0.0).astype(np.float32)[:, None]
 
     def row_mix_weights(self, n: int, H=None):
         """The table's weight in the mix for each of ``n`` baskets: ``mix_weight_anonymous`` where the basket
@@ -131,6 +165,8 @@ class ServableModel:
             "history_decay": self.history_decay,
             "cooc_weight": self.cooc_weight,
             "cooc_decay": self.cooc_decay,
+            "personal_scale": self.personal_scale,
+            "repeat_slope": self.repeat_slope,
             "dense": self.dense is not None,
             "table_aggregation": self.table.aggregation if self.table else None,
             "deep_layers": [l["type"] for l in self.deep["layers"]] if self.deep else None,
@@ -216,5 +252,7 @@ class ServableModel:
             history_decay=meta.get("history_decay", 0.0),
             cooc_weight=meta.get("cooc_weight", 0.0),
             cooc_decay=meta.get("cooc_decay", 0.0),
+            personal_scale=meta.get("personal_scale", 1.0),
+            repeat_slope=meta.get("repeat_slope", 0.0),
             dense=np.load(f"{path}.dense.npy", mmap_mode="r") if meta.get("dense") else None,
         )

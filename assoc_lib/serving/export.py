@@ -99,6 +99,17 @@ def personal_cooc(tf, hist_ids, counts, days, ids, valid, tau: float, n_items: i
     return scatter_rows(tf.where(ok, hist_ids, -1), weight, n_items)
 
 
+def repeat_gate(tf, counts, ids, valid, scale: float, slope: float):
+    """``ServableModel.personal_gate``, [batch, 1]: max(scale + slope·(s - 1/2), 0), s the share of the
+    basket's known items with a purchase count > 0 in the request's history (``counts``: [batch, V])."""
+    if not slope:
+        return tf.constant(max(float(scale), 0.0), tf.float32)
+    mask = tf.cast(valid, tf.float32)
+    bought = tf.cast(tf.gather(counts, tf.maximum(ids, 0), batch_dims=1) > 0.0, tf.float32) * mask
+    share = tf.reduce_sum(bought, axis=1, keepdims=True) / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+    return tf.maximum(scale + slope * (share - 0.5), 0.0)
+
+
 def deep_scores(tf, spec: dict, ids, valid, history=None):
     """The network's logits: the embedding-bag (plus the history bag), then ``network.head``, then the
     repeat prior. ``history``: :func:`history_matrices` (counts and the network's decayed counts)."""
@@ -212,13 +223,16 @@ def _build_module(model: ServableModel, k: int):
                 scores = table_scores(tf, self.table, model.table.aggregation, ids, valid, V)
             empty = tf.logical_not(tf.reduce_any(valid, axis=1))
             scores = tf.where(empty[:, None], tf.broadcast_to(self.popularity[None, :], tf.shape(scores)), scores)
-            if hist is not None and model.history_weight:
-                # the personal prior: + β·log(1 + decayed count)
-                scores += model.history_weight * tf.math.log1p(hist[float(model.history_decay)])
-            if history is not None and model.cooc_weight:
-                # the personal co-occurrence: + γ·log(1 + what this shopper bought together with the basket)
-                cooc = personal_cooc(tf, hist_ids, history_counts, history_days, ids, valid, model.cooc_decay, V)
-                scores += model.cooc_weight * tf.math.log1p(cooc)
+            if hist is not None and (model.history_weight or model.cooc_weight):
+                personal = tf.zeros_like(scores)
+                if model.history_weight:
+                    # the personal prior: + β·log(1 + decayed count)
+                    personal += model.history_weight * tf.math.log1p(hist[float(model.history_decay)])
+                if model.cooc_weight:
+                    # the personal co-occurrence: + γ·log(1 + what this shopper bought together with the basket)
+                    cooc = personal_cooc(tf, hist_ids, history_counts, history_days, ids, valid, model.cooc_decay, V)
+                    personal += model.cooc_weight * tf.math.log1p(cooc)
+                scores += repeat_gate(tf, hist[0.0], ids, valid, model.personal_scale, model.repeat_slope) * personal
             top = tf.math.top_k(exclude_inputs(tf, scores, ids, valid), k=k)
             out = {"item_ids": tf.gather(self.vocab, top.indices), "scores": top.values}
             if self.evidence is not None:
@@ -317,6 +331,8 @@ def export_saved_model(
             "network_history_decay": model.network_decay or None,
             "cooc_weight": model.cooc_weight,
             "cooc_decay": model.cooc_decay,
+            "personal_scale": model.personal_scale,
+            "repeat_slope": model.repeat_slope,
             "personal_network": model.personal,
             "signatures": {
                 "complete_basket": {
