@@ -350,7 +350,8 @@ def test_query_cli_prints_titles_and_version(served, trained, capsys):
 def test_personal_cooccurrence_over_grpc(trained, exported, tmp_path):
     """A served co-occurrence candidate over real gRPC: history rows sharing their days are one past basket,
     and the answer is the numpy scorer's on those baskets; the same rows on distinct days lose the
-    co-occurrence (nothing else changes)."""
+    co-occurrence (nothing else changes). Served with a repeat/explore gate: a basket item bought before
+    (s = 1) and one never bought (s = 0) weigh the personal terms 1.5× and 0.5×, as numpy does."""
     import scipy.sparse as sp
 
     from assoc_lib.data.history import History, PastBaskets
@@ -361,10 +362,10 @@ def test_personal_cooccurrence_over_grpc(trained, exported, tmp_path):
     _, vocab = load_split(trained["prep_dir"])
     V = len(vocab)
     model = ServableModel.load(trained["candidates"]["ease+personal_cooc"]["path"])
-    path = exported["ease+personal_cooc"]
     if not model.cooc_weight:  # validation chose γ = 0 on this small world: serve a weight anyway
         model.cooc_weight, model.cooc_decay = 0.7, 60.0
-        path = export_saved_model(model, tmp_path / "export", {}, k=20)
+    model.personal_scale, model.repeat_slope = 1.0, 1.0  # the gate: 1 + (s - 1/2)
+    path = export_saved_model(model, tmp_path / "export", {}, k=20)
     root = tmp_path / "serving"
     push.push(path, root, "assoc")
     srv, registry, port = server.serve(str(root / "models.config"), port=0, poll_seconds=0.5, block=False)
@@ -378,6 +379,9 @@ def test_personal_cooccurrence_over_grpc(trained, exported, tmp_path):
             apart = c.complete_basket_personal(  # the same purchases, each on its own day
                 [[vocab[5]]], [[vocab[i] for i, _ in rows]], [[1.0] * 5], [[3.0, 3.001, 3.002, 30.0, 30.001]]
             )
+            fresh = c.complete_basket_personal(  # a basket item never bought before: s = 0
+                [[vocab[6]]], [[vocab[i] for i, _ in rows]], [[1.0] * 5], [[d for _, d in rows]]
+            )
             with pytest.raises(grpc.RpcError) as err:  # a NaN day is refused, not answered with NaN scores
                 c.complete_basket_personal([[vocab[5]]], [[vocab[7]]], [[1.0]], [[float("nan")]])
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -386,7 +390,7 @@ def test_personal_cooccurrence_over_grpc(trained, exported, tmp_path):
         registry.stop()
         srv.stop(grace=1).wait()
 
-    def expected(groups):
+    def expected(groups, item=5):
         """numpy: the past baskets themselves, with counts and decayed counts from the same purchases."""
         items = [[i for i, _ in g] for g in groups]
         flat = [(i, d) for g in groups for i, d in g]
@@ -401,12 +405,15 @@ def test_personal_cooccurrence_over_grpc(trained, exported, tmp_path):
             (vals, ([0] * len(flat), [i for i, _ in flat])), shape=(1, V), dtype=np.float32
         )
         decayed = {t: one([np.exp(-d / t) for _, d in flat]) for t in model.decays if t}
-        X = sp.csr_matrix(([1.0], ([0], [5])), shape=(1, V), dtype=np.float32)
-        s = model.score(X, History(one([1.0] * len(flat)), decayed, past))[0].astype(np.float64)
-        s[5] = -np.inf
+        X = sp.csr_matrix(([1.0], ([0], [item])), shape=(1, V), dtype=np.float32)
+        H = History(one([1.0] * len(flat)), decayed, past)
+        assert model.personal_gate(X, H)[0, 0] == (1.5 if item == 5 else 0.5)
+        s = model.score(X, H)[0].astype(np.float64)
+        s[item] = -np.inf
         return -np.sort(-s)[:20]
 
     np.testing.assert_allclose(together.scores[0], expected([rows[:3], rows[3:]]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fresh.scores[0], expected([rows[:3], rows[3:]], item=6), rtol=1e-4, atol=1e-5)
     days = [3.0, 3.001, 3.002, 30.0, 30.001]
     np.testing.assert_allclose(
         apart.scores[0], expected([[(i, d)] for (i, _), d in zip(rows, days)]), rtol=1e-4, atol=1e-5
