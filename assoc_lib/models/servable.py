@@ -132,13 +132,12 @@ class ServableModel:
             out += self.cooc_weight * np.log1p(H.past.cooc(X, self.cooc_decay).toarray())
         return out
 
-    def personal_gate(self, X: sp.csr_matrix, H, scale: float | None = None, slope: float | None = None):
-        """The repeat/explore gate per basket, [rows, 1] (a scalar without a gate): see ``personal_scale``."""
-        scale = self.personal_scale if scale is None else scale
-        slope = self.repeat_slope if slope is None else slope
-        if not slope:
-            return np.float32(max(scale, 0.0))
-        return np.maximum(scale + slope * (repeat_share(X, H) - 0.5), 0.0).astype(np.float32)[:, None]
+    def personal_gate(self, X: sp.csr_matrix, H):
+        """The repeat/explore gate per basket, [rows, 1] (a scalar without a slope): see ``personal_scale``."""
+        if not self.repeat_slope:
+            return np.float32(max(self.personal_scale, 0.0))
+        gate = self.personal_scale + self.repeat_slope * (repeat_share(X, H) - 0.5)
+        return np.maximum(gate, 0.0).astype(np.float32)[:, None]
 
     def row_mix_weights(self, n: int, H=None):
         """The table's weight in the mix for each of ``n`` baskets: ``mix_weight_anonymous`` where the basket
