@@ -370,14 +370,18 @@ COOC_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 
 
 def _tune_cooc_weight(model, holdout: evaluate.HoldOut, n_items: int, decays) -> tuple[tuple[float, float], dict]:
-    """(τ, γ) for score + γ·log(1 + personal co-occurrence at decay τ), chosen on the personalised validation
-    hold-out with the model's own score (its prior included) fixed; ties go to the smaller γ, then smaller τ."""
+    """(τ, γ) for score + gate·γ·log(1 + personal co-occurrence at decay τ), chosen on the personalised
+    validation hold-out with the model's own score (its gated prior included) and its repeat/explore gate
+    fixed, so γ = 0 is the model itself; ties go to the smaller γ, then smaller τ."""
 
     def parts(X, H):
-        return model.score(X, H), {t: np.log1p(H.past.cooc(X, t).toarray()).astype(np.float32) for t in decays}
+        cooc = {t: np.log1p(H.past.cooc(X, t).toarray()).astype(np.float32) for t in decays}
+        return model.score(X, H), cooc, model.personal_gate(X, H)
 
     grid = [(t, g) for t in decays for g in COOC_GRID]
-    scores = evaluate.tune_on_validation(holdout, n_items, parts, lambda p, _priors, g: p[0] + g[1] * p[1][g[0]], grid)
+    scores = evaluate.tune_on_validation(
+        holdout, n_items, parts, lambda p, _priors, g: p[0] + p[2] * g[1] * p[1][g[0]], grid
+    )
     return max(scores, key=lambda g: (scores[g], -g[1], -g[0])), scores
 
 
@@ -430,14 +434,14 @@ def _tune_repeat_gate(model, holdout: evaluate.HoldOut, n_items: int) -> dict:
 def _save_cooc_candidate(entry: dict, val: evaluate.HoldOut, n_items: int, decays, save) -> None:
     """``<model>+personal_cooc``: a saved candidate plus its personal co-occurrence (PerNIR-style, what this
     shopper bought together with the items now in the basket), τ and γ chosen on validation with the base
-    fixed. Served from the request's history rows (``export.personal_cooc``) when the base is servable; on a
-    dense EASE it stays an evaluation reference."""
+    fixed, then the repeat/explore gate chosen again over both terms (in ``save``; the base's gate is in its
+    grid, so the candidate is never below its base on validation). Served from the request's history rows
+    (``export.personal_cooc``) when the base is servable; on a dense EASE it stays an evaluation reference."""
     from assoc_lib.models.servable import ServableModel
 
     started = time.perf_counter()
     model = ServableModel.load(entry["path"])
     base = model.name
-    model.personal_scale, model.repeat_slope = 1.0, 0.0  # the gate is chosen again over both terms (save)
     (model.cooc_decay, model.cooc_weight), scores = _tune_cooc_weight(model, val, n_items, decays)
     trace = {f"tau={t:g} gamma={g:g}": round(v, 5) for (t, g), v in scores.items()}
     model.name = f"{base}+personal_cooc"
