@@ -405,21 +405,20 @@ def saved_model_topk(export_dir: str | Path, personal: bool = False) -> Callable
     return topk
 
 
-def _model_card(export_dir: str | Path) -> dict:
+def model_card(export_dir: str | Path) -> dict:
     """An export's model card ({} when it has none)."""
     card = Path(export_dir) / "model_card.json"
     return json.loads(card.read_text()) if card.exists() else {}
 
 
-def served_decay(export_dir: str | Path, card: dict | None = None) -> float:
-    """The decay time (days) an export's personal signature applies to history rows (its model card)."""
-    c = _model_card(export_dir) if card is None else card
-    return float(c.get("network_history_decay") or c.get("history_decay") or 0.0)
+def served_decay(card: dict) -> float:
+    """The decay time (days) an export's personal signature applies to history rows (from its model card)."""
+    return float(card.get("network_history_decay") or card.get("history_decay") or 0.0)
 
 
-def served_cooc(export_dir: str | Path, card: dict | None = None) -> bool:
-    """Whether an export scores the personal co-occurrence (its model card): it needs per-purchase rows."""
-    return bool((_model_card(export_dir) if card is None else card).get("cooc_weight"))
+def served_cooc(card: dict) -> bool:
+    """Whether an export scores the personal co-occurrence (from its model card): it needs per-purchase rows."""
+    return bool(card.get("cooc_weight"))
 
 
 def evaluate_candidates(
@@ -436,9 +435,8 @@ def evaluate_candidates(
     baskets, vocab = load_split(prep_dir)
     n_items = len(vocab)
     models = [ServableModel.load(c["path"]) for c in candidates]
-    card = _model_card(production["path"]) if production else {}  # read once
-    production_decay = served_decay(production["path"], card) if production else 0.0
-    production_cooc = served_cooc(production["path"], card) if production else False
+    card = model_card(production["path"]) if production else {}
+    production_decay, production_cooc = served_decay(card), served_cooc(card)
     decays = {d for m in models for d in m.decays} | {production_decay}
     holdouts, history = make_holdouts(
         baskets,

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from assoc_lib import evaluate, tuning
 from assoc_lib.config import decay_list
 from assoc_lib.models.network import DeepParams, build_network, forward_spec, logits_at, numpy_logits
-from assoc_lib.models.servable import repeat_share
+from assoc_lib.models.servable import repeat_gate, repeat_share
 from assoc_lib.records import ModelKind
 from assoc_lib.tfrt import tensorflow
 
@@ -347,20 +347,15 @@ def _tune_history_weight(
 
     τ (days) runs over ``decays`` (0: plain counts), β over ``weights``; ties go to the smaller β, then
     the plain counts."""
-    saved = model.history_weight
-    model.history_weight = 0.0
     grid = [(t, b) for t in decays for b in weights]
-    try:
-        scores = evaluate.tune_on_validation(
-            holdout,
-            n_items,
-            lambda X, H: model.score(X, H),
-            lambda base, priors, g: base + g[1] * priors[g[0]],
-            grid,
-            decays=tuple(decays),
-        )
-    finally:
-        model.history_weight = saved
+    scores = evaluate.tune_on_validation(
+        holdout,
+        n_items,
+        model.base_score,
+        lambda base, priors, g: base + g[1] * priors[g[0]],
+        grid,
+        decays=tuple(decays),
+    )
     best = max(scores, key=lambda g: (scores[g], -g[1], -g[0]))
     return best, scores
 
@@ -397,19 +392,12 @@ def _tune_repeat_gate(model, holdout: evaluate.HoldOut, n_items: int) -> dict:
     chosen one after the other); ties go to no gate. Returns the search's trace."""
     if not (model.history_weight or model.cooc_weight):
         return {}
-    terms = (model.history_weight, model.cooc_weight)
 
     def parts(X, H):
-        model.history_weight = model.cooc_weight = 0.0
-        try:
-            base = model.score(X, H)
-        finally:
-            model.history_weight, model.cooc_weight = terms
-        share = repeat_share(X, H)[:, None]
-        return base, model.personal_terms(X, H), share
+        return model.base_score(X, H), model.personal_terms(X, H), repeat_share(X, H)[:, None]
 
     def combine(p, _priors, g):
-        return p[0] + np.maximum(g[0] + g[1] * (p[2] - 0.5), 0.0) * p[1]
+        return p[0] + repeat_gate(p[2], *g) * p[1]
 
     grid = [(a, b) for a in GATE_SCALES for b in GATE_SLOPES]
     scores = evaluate.tune_on_validation(holdout, n_items, parts, combine, grid)

@@ -40,13 +40,13 @@ def repeat_share(X: sp.csr_matrix, H) -> np.ndarray:
     """float64 [rows]: the share of each basket's items that are in the shopper's history (0 for an empty
     basket or history), what the repeat/explore gate reads."""
     X = sp.csr_matrix(X)
-    seen = sp.csr_matrix(as_history(H).counts, dtype=np.float32)
-    seen.data = (seen.data > 0).astype(np.float32)
-    size = np.diff(X.indptr).astype(np.float64)
-    X = X.copy()
-    X.data = np.ones_like(X.data, dtype=np.float32)
-    hits = np.asarray(X.multiply(seen).sum(axis=1), dtype=np.float64).ravel()
-    return hits / np.maximum(size, 1.0)
+    hits = np.asarray((X != 0).multiply(sp.csr_matrix(as_history(H).counts) > 0).sum(axis=1), np.float64).ravel()
+    return hits / np.maximum(X.getnnz(axis=1), 1)
+
+
+def repeat_gate(share, scale: float, slope: float):
+    """The repeat/explore gate max(scale + slope·(share - 1/2), 0) (``ServableModel.personal_scale``)."""
+    return np.maximum(scale + slope * (share - 0.5), 0.0)
 
 
 @dataclass
@@ -104,6 +104,15 @@ class ServableModel:
     def score(self, X: sp.csr_matrix, H=None) -> np.ndarray:
         """Scores [rows, vocabulary]; ``H`` (a :class:`History`, or purchase counts) switches on personalisation."""
         H = as_history(H)
+        out = self.base_score(X, H)
+        if H is not None and (self.history_weight or self.cooc_weight):
+            out += self.personal_gate(X, H) * self.personal_terms(X, H)
+        return out
+
+    def base_score(self, X: sp.csr_matrix, H=None) -> np.ndarray:
+        """:meth:`score` without the personal terms (the prior and the co-occurrence): the table, the network
+        (which reads ``H`` itself when it is personal) or their mix, popularity for empty baskets."""
+        H = as_history(H)
         if self.deep is not None and self.table is not None:
             out = mix(numpy_logits(self.deep, X, H), self.table.score(X), self.row_mix_weights(X.shape[0], H))
         elif self.deep is not None:
@@ -116,8 +125,6 @@ class ServableModel:
         empty = np.diff(X.indptr) == 0
         if empty.any():
             out[empty] = self.popularity
-        if H is not None and (self.history_weight or self.cooc_weight):
-            out += self.personal_gate(X, H) * self.personal_terms(X, H)
         return out
 
     def personal_terms(self, X: sp.csr_matrix, H) -> np.ndarray:
@@ -136,8 +143,7 @@ class ServableModel:
         """The repeat/explore gate per basket, [rows, 1] (a scalar without a slope): see ``personal_scale``."""
         if not self.repeat_slope:
             return np.float32(max(self.personal_scale, 0.0))
-        gate = self.personal_scale + self.repeat_slope * (repeat_share(X, H) - 0.5)
-        return np.maximum(gate, 0.0).astype(np.float32)[:, None]
+        return repeat_gate(repeat_share(X, H), self.personal_scale, self.repeat_slope).astype(np.float32)[:, None]
 
     def row_mix_weights(self, n: int, H=None):
         """The table's weight in the mix for each of ``n`` baskets: ``mix_weight_anonymous`` where the basket

@@ -312,19 +312,21 @@ def test_repeat_gate_is_chosen_on_validation(trained):
 
     cfg = trained["cfg"]
     baskets, vocab = load_split(trained["prep_dir"])
+    models = {
+        name: ServableModel.load(cand["path"])
+        for name, cand in trained["candidates"].items()
+        if cand.get("repeat_gate_grid")
+    }
+    decays = {d for m in models.values() for d in m.decays} | {m.cooc_decay for m in models.values()}
+    holdouts, _ = evaluate.make_holdouts(
+        baskets, len(vocab), cfg.models.eval_seed, cfg.models.history_max_items, decays=decays, past=True
+    )
     checked = 0
-    for name, cand in trained["candidates"].items():
-        trace = cand.get("repeat_gate_grid")
-        if not trace:
-            continue
+    for name, model in models.items():
+        trace = trained["candidates"][name]["repeat_gate_grid"]
         assert len(trace) == len(GATE_SCALES) * len(GATE_SLOPES) and "scale=1 slope=0" in trace
-        model = ServableModel.load(cand["path"])
         chosen = f"scale={model.personal_scale:g} slope={model.repeat_slope:g}"
         assert trace[chosen] == max(trace.values()) >= trace["scale=1 slope=0"]
-        decays = model.decays + (model.cooc_decay,)
-        holdouts, _ = evaluate.make_holdouts(
-            baskets, len(vocab), cfg.models.eval_seed, cfg.models.history_max_items, decays=decays, past=True
-        )
         got = evaluate.evaluate_scores(model.score, holdouts["validation"], len(vocab))["ndcg@10"]
         assert got == pytest.approx(trace[chosen], abs=1e-5), name
         checked += 1
@@ -441,7 +443,7 @@ def test_two_input_export_matches_in_memory_scores(trained, exported):
         hist = pad([[vocab[i] for i in C[r].indices] for r in range(C.shape[0])], "")
         cnt = pad([C[r].data.tolist() for r in range(C.shape[0])], 0.0)
         # one row per item, with the days that make the served decayed count exact
-        decay = evaluate.served_decay(exported[name])
+        decay = evaluate.served_decay(evaluate.model_card(exported[name]))
         days_flat = evaluate.request_days(C.data, H.weights_at_counts(decay) if decay else None, decay)
         days = pad([days_flat[C.indptr[r] : C.indptr[r + 1]].tolist() for r in range(C.shape[0])], 0.0)
         fn = tf.saved_model.load(str(exported[name])).signatures["complete_basket_personal"]
