@@ -347,7 +347,7 @@ def test_query_cli_prints_titles_and_version(served, trained, capsys):
     assert "because the basket holds" in out and "confidence" in out and "lift" in out
 
 
-def test_personal_cooccurrence_over_grpc(trained, exported, tmp_path):
+def test_personal_cooccurrence_over_grpc(trained, tmp_path):
     """A served co-occurrence candidate over real gRPC: history rows sharing their days are one past basket,
     and the answer is the numpy scorer's on those baskets; the same rows on distinct days lose the
     co-occurrence (nothing else changes). Served with a repeat/explore gate: a basket item bought before
