@@ -104,6 +104,23 @@ def _dataset(train: sp.csr_matrix, params: DeepParams, global_batch: int, histor
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def average_momentum(horizon_epochs: float, steps_per_epoch: int) -> float:
+    """The per-step momentum of a moving average over about ``horizon_epochs`` epochs: 1 - 1 / steps."""
+    return 1.0 - 1.0 / max(horizon_epochs * steps_per_epoch, 1.0)
+
+
+def update_average(averages, variables, step, momentum: float) -> None:
+    """One step of the weights' exponential moving average (Polyak averaging), after the optimizer's step
+    ``step`` (its count of steps taken, so 1 after the first): a ← m·a + (1 - m)·w with
+    m = min(momentum, step / (step + 9)), the warm-up ``tf.train.ExponentialMovingAverage`` uses, so the
+    random initial weights fade out within the first steps."""
+    tf = tensorflow()
+    t = tf.cast(step, tf.float32)
+    m = tf.minimum(tf.constant(momentum, tf.float32), t / (t + 9.0))
+    for average, var in zip(averages, variables):
+        average.assign(m * average + (1.0 - m) * var)
+
+
 def train_deep(
     train: sp.csr_matrix,
     val: evaluate.HoldOut,
@@ -143,6 +160,14 @@ def train_deep(
         if keras.mixed_precision.global_policy().name == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(network.trainable_variables)
+        # the weights' moving average (params.weight_average_epochs, update_average), validated beside the raw ones
+        averages = (
+            [tf.Variable(v, trainable=False, name=f"average_{i}") for i, v in enumerate(network.trainable_variables)]
+            if params.weight_average_epochs > 0
+            else []
+        )
+    steps_per_epoch = -(-train.shape[0] // global_batch)
+    momentum = average_momentum(params.weight_average_epochs, steps_per_epoch)
 
     encoder = keras.Model(network.inputs, network.outputs[1])  # the same layers, up to the hidden vector
     # sampling pays only when the vocabulary is well above the draws; below that the full softmax is as cheap
@@ -190,7 +215,10 @@ def train_deep(
             return loss
 
         per_replica = strategy.run(step, args=tuple(batch))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        if averages:
+            update_average(averages, network.trainable_variables, optimizer.iterations, momentum)
+        return loss
 
     writer = tf.summary.create_file_writer(str(out_dir / "tensorboard")) if out_dir else None
     ckpt_manager = None
@@ -198,13 +226,23 @@ def train_deep(
         ckpt = tf.train.Checkpoint(model=network)
         ckpt_manager = tf.train.CheckpointManager(ckpt, str(out_dir / "checkpoints"), max_to_keep=2)
 
-    def val_ndcg() -> float:
-        spec = forward_spec(network)
+    def val_ndcg(spec) -> float:
         return (
             evaluate.evaluate_scores(lambda X, H=None: numpy_logits(spec, X, H), val, n_items)["ndcg@10"]
             if val.n
             else 0.0
         )
+
+    def averaged_spec() -> dict:
+        """The network's spec with the averaged weights (the raw ones are put back)."""
+        current = [v.numpy() for v in network.trainable_variables]
+        try:
+            for var, average in zip(network.trainable_variables, averages):
+                var.assign(average)
+            return forward_spec(network)
+        finally:
+            for var, value in zip(network.trainable_variables, current):
+                var.assign(value)
 
     result = DeepResult(spec={}, placement=placement)
     say(
@@ -223,7 +261,8 @@ def train_deep(
             losses.append(float(train_step(batch)))
         seconds = time.perf_counter() - t0
         examples += train.shape[0]
-        ndcg = val_ndcg()
+        spec = forward_spec(network)
+        ndcg = val_ndcg(spec)
         eps = train.shape[0] / max(seconds, 1e-9)
         row = {
             "epoch": epoch,
@@ -232,21 +271,32 @@ def train_deep(
             "examples_per_second": eps,
             "seconds": seconds,
         }
+        if averages:  # the epoch offers whichever of its raw and averaged weights validates better
+            average_spec = averaged_spec()
+            average_ndcg = val_ndcg(average_spec)
+            row.update({"val_ndcg@10_raw": ndcg, "val_ndcg@10_average": average_ndcg})
+            row["weights"] = "average" if average_ndcg > ndcg else "raw"
+            if average_ndcg > ndcg:
+                spec, ndcg = average_spec, average_ndcg
+                row["val_ndcg@10"] = ndcg
         result.history.append(row)
         improved = ndcg > best
         best = max(best, ndcg)
         waited = 0 if improved else waited + 1
         selected = ndcg >= best * (1.0 - params.selection_tolerance)
         if selected:
-            best_spec, best_epoch, best_ndcg_selected = forward_spec(network), epoch, ndcg
+            best_spec, best_epoch, best_ndcg_selected = spec, epoch, ndcg
             if ckpt_manager:
                 ckpt_manager.save(checkpoint_number=epoch)
         say(
-            "epoch %d/%d loss %.4f val NDCG@10 %.4f%s %.0f examples/s",
+            "epoch %d/%d loss %.4f val NDCG@10 %.4f%s%s %.0f examples/s",
             epoch,
             params.epochs,
             row["loss"],
             ndcg,
+            f" ({row['weights']} weights; raw {row['val_ndcg@10_raw']:.4f}, average {row['val_ndcg@10_average']:.4f})"
+            if averages
+            else "",
             " (selected)" if selected else f" (selected epoch {best_epoch}, best {best:.4f})",
             eps,
         )

@@ -43,6 +43,7 @@ class DeepParams:
     # days: the repeat prior also reads log(1 + sum of exp(-days ago / decay) over each item's purchases)
     history_decay: float = _M.deep_history_decay
     masked_targets: bool = _M.deep_masked_targets  # score only the hidden items (hide-and-predict training)
+    weight_average_epochs: float = _M.deep_weight_average_epochs  # horizon of the weights' average (0: off)
     seed: int = _M.seed
 
     @classmethod
@@ -64,6 +65,7 @@ class DeepParams:
             history_dropout=m.deep_history_dropout,
             history_decay=m.deep_history_decay,
             masked_targets=m.deep_masked_targets,
+            weight_average_epochs=m.deep_weight_average_epochs,
             seed=m.seed,
         )
 
