@@ -99,6 +99,16 @@ def personal_cooc(tf, hist_ids, counts, days, ids, valid, tau: float, n_items: i
     return scatter_rows(tf.where(ok, hist_ids, -1), weight, n_items)
 
 
+def first_occurrences(tf, ids):
+    """[batch, n] bool: the known ids (>= 0) at their first position in the row. A basket is a set (the
+    evaluation's baskets are binary, ``baselines.baskets_to_csr``): an item a client sends twice counts once
+    in every score."""
+    n = tf.shape(ids)[1]
+    earlier = tf.range(n)[None, :] < tf.range(n)[:, None]  # [i, j]: j before i
+    repeated = tf.reduce_any(tf.logical_and(tf.equal(ids[:, :, None], ids[:, None, :]), earlier[None]), axis=2)
+    return tf.logical_and(ids >= 0, tf.logical_not(repeated))
+
+
 def repeat_gate(tf, counts, ids, valid, scale: float, slope: float):
     """``ServableModel.personal_gate``, [batch, 1]: max(scale + slope·(s - 1/2), 0), s the share of the
     basket's known items with a purchase count > 0 in the request's history (``counts``: [batch, V])."""
@@ -204,7 +214,7 @@ def _build_module(model: ServableModel, k: int):
 
         def _complete(self, items, history=None, history_counts=None, history_days=None):
             ids = self.lookup.lookup(items)  # unknown ids and "" padding -> -1, ignored
-            valid = ids >= 0
+            valid = first_occurrences(tf, ids)
             hist = hist_ids = None
             if history is not None:
                 # NaN or infinite counts or days would turn every score into NaN (and let the basket's own

@@ -260,7 +260,7 @@ def test_served_personal_cooccurrence_by_hand(tmp_path):
 def test_repeat_gate_by_hand(tmp_path):
     """The repeat/explore gate multiplies the personal terms by max(a + b·(s - 1/2), 0), s the share of the
     basket's items bought before: by hand in numpy, and the exported graph gives the same scores (one row per
-    purchase or one per item; unknown basket items and padding are not counted in s)."""
+    purchase or one per item; unknown basket items, padding and repeats of a basket item are not counted in s)."""
     import scipy.sparse as sp
     import tensorflow as tf
 
@@ -287,10 +287,11 @@ def test_repeat_gate_by_hand(tmp_path):
     fn = tf.saved_model.load(str(export_saved_model(model, tmp_path / "gate", {}, k=6))).signatures[
         "complete_basket_personal"
     ]
-    # row 0 sends i2's three purchases as three rows, row 1 one row per item; row 0's basket also holds an
-    # unknown item and padding, which do not count in s
+    # row 0 sends i2's three purchases as three rows, row 1 one row per item; row 0's basket also sends i1
+    # twice (a basket is a set: s stays 1/2, not 1/3) and an unknown item, and the other rows padding, none of
+    # which count in s
     out = fn(
-        items=tf.constant([["i0", "i1", "nope", ""], ["i0", "i1", "", ""], ["i4", "i5", "", ""], ["i0", "", "", ""]]),
+        items=tf.constant([["i0", "i1", "i1", "nope"], ["i0", "i1", "", ""], ["i4", "i5", "", ""], ["i0", "", "", ""]]),
         history=tf.constant([["i0", "i2", "i2", "i2"], ["i0", "i1", "i3", ""], ["i2", "", "", ""], ["", "", "", ""]]),
         history_counts=tf.constant([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], tf.float32),
         history_days=tf.constant([[5, 1, 2, 3], [4, 4, 4, 0], [9, 0, 0, 0], [0, 0, 0, 0]], tf.float32),

@@ -68,6 +68,10 @@ def test_export_round_trip_matches_in_memory_top_k(trained, exported, name):
     assert got_ids.shape == (len(test), 20)
     expected = -np.sort(-scores, axis=1)[:, :20]
     np.testing.assert_allclose(got_scores, expected, rtol=1e-4, atol=1e-4)
+    # a basket is a set: the same baskets with their first item sent again score the same
+    doubled = [[vocab[i] for i in b] + [vocab[b[0]]] + [""] * (width - len(b)) for b in test]
+    again = _load(exported[name]).signatures["complete_basket"](items=tf.constant(doubled))
+    np.testing.assert_allclose(again["scores"].numpy(), expected, rtol=1e-4, atol=1e-4)
     for r in range(len(test)):
         assert not set(got_ids[r]) & {vocab[i] for i in test[r]}  # inputs excluded
         top10 = {vocab[i] for i in np.argsort(-scores[r], kind="stable")[:10]}
