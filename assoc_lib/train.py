@@ -274,11 +274,10 @@ def train_deep(
         if averages:  # the epoch offers whichever of its raw and averaged weights validates better
             average_spec = averaged_spec()
             average_ndcg = val_ndcg(average_spec)
-            row.update({"val_ndcg@10_raw": ndcg, "val_ndcg@10_average": average_ndcg})
-            row["weights"] = "average" if average_ndcg > ndcg else "raw"
+            row.update({"val_ndcg@10_raw": ndcg, "val_ndcg@10_average": average_ndcg, "weights": "raw"})
             if average_ndcg > ndcg:
                 spec, ndcg = average_spec, average_ndcg
-                row["val_ndcg@10"] = ndcg
+                row.update({"val_ndcg@10": ndcg, "weights": "average"})
         result.history.append(row)
         improved = ndcg > best
         best = max(best, ndcg)
