@@ -11,11 +11,12 @@ their ratio and the paired bootstrap 95% interval of the difference (the compari
 The probes are the literature's other grocery signals, each built the way the served graph could build it:
 
 - ``trend``: the item's purchase rate over the last ``--trend-days`` of train against its rate over all of
-  train, log((recent + ε) / (overall + ε)) per 10,000 baskets; one vector frozen when training ends (as a
+  train, log((recent + 1) / (overall + 1)) with rates per 10,000 baskets; one vector frozen when training ends (as a
   served model would be), so it ages over the validation and test windows. Seasonal items rise.
 - ``history_ease``: the candidate's neighbour table applied to the shopper's history weighted by
   log(1 + decayed count) instead of to the basket (TIFU-KNN's neighbour part, item-based: other shoppers
-  enter only through the item-item table); per-basket z-score.
+  enter only through the item-item table); per-basket z-score. Tables that sum their neighbours only (a
+  max-aggregated one is skipped).
 - ``trip_rate``: the prior as a rate per trip, log(1 + decayed count / decayed number of past trips), inside
   the candidate's repeat/explore gate beside its own prior.
 - ``raw_mix`` (candidates with a network and a table): the network's logits plus c · the table's scores in
@@ -94,7 +95,8 @@ def ndcg(scores, X, hidden) -> np.ndarray:
 
 def run_probes(model: ServableModel, holdout: evaluate.HoldOut, trend: np.ndarray, probes, batch: int = 512) -> dict:
     """Per probe and grid point, the per-basket NDCG@10 on ``holdout`` (the point 0 of each probe is the model)."""
-    table = table_matrix(model.table) if model.table is not None else None
+    summed = model.table is not None and model.table.aggregation == "sum"
+    table = table_matrix(model.table) if summed else None  # history_ease: a table that sums its neighbours
     out: dict = {}
     for start in range(0, holdout.n, batch):
         X = holdout.inputs[start : start + batch]
