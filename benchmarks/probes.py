@@ -240,6 +240,7 @@ def summarise(model_name: str, val: dict, test: dict, seed: int) -> list[dict]:
                 "test_ratio": float(test[chosen].mean() / test[reference].mean()),
                 "interval": ci,
                 "val_grid": {str(k[1]): round(float(v.mean()), 5) for k, v in val.items() if k[0] == probe},
+                "test_grid": {str(k[1]): round(float(v.mean()), 5) for k, v in test.items() if k[0] == probe},
             }
         )
     return results
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     train = baskets[baskets["split"] == "train"]
     days = (train["ts"] - train["ts"].min()).dt.total_seconds().to_numpy() / 86400.0
     trend = trend_feature(list(train["items"]), days, len(vocab), args.trend_days)
-    results = []
+    results, reranked = [], {}
     for name, model in zip(names, models):
         probes = args.probe or PROBES
         val = run_probes(model, holdouts["validation"], trend, probes)
@@ -285,7 +286,15 @@ def main(argv: list[str] | None = None) -> int:
         if "rerank" in probes:
             v, t = rerank_probe(model, holdouts["validation"], holdouts["test"], cfg.eval_seed)
             val, test = {**val, **v}, {**test, **t}
+            reranked[name] = t[("rerank", "cross-fitted")]
         results += summarise(name, val, test, cfg.eval_seed)
+    # the first two models reranked, against each other on the same test baskets (deep against classical by
+    # default: does the reranker change the verdict?)
+    pair = None
+    if len(reranked) >= 2:
+        (a, ra), (b, rb) = list(reranked.items())[:2]
+        pair = {"a": a, "b": b, "test_ndcg@10_a": float(ra.mean()), "test_ndcg@10_b": float(rb.mean())}
+        pair["interval"] = evaluate.paired_bootstrap(ra, rb, seed=cfg.eval_seed)
     for r in results:
         ci = r["interval"]
         print(
@@ -293,9 +302,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['val_ndcg@10_probe']:.4f}; test {r['test_ndcg@10_model']:.4f} -> {r['test_ndcg@10_probe']:.4f} "
             f"= {r['test_ratio']:.3f}x, difference {ci['mean']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]"
         )
+    if pair:
+        ci = pair["interval"]
+        print(
+            f"reranked {pair['a']} {pair['test_ndcg@10_a']:.4f} - reranked {pair['b']} {pair['test_ndcg@10_b']:.4f}: "
+            f"{ci['mean']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}] on test"
+        )
     print(f"{time.perf_counter() - started:.0f}s")
     if args.out:
-        args.out.write_text(json.dumps({"work_dir": str(args.work_dir), "probes": results}, indent=2) + "\n")
+        record = {"work_dir": str(args.work_dir), "probes": results, "reranked_pair": pair}
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 

@@ -75,7 +75,14 @@ def test_probes_on_a_trained_run(trained, tmp_path, capsys):
     bench = _bench()
     out = tmp_path / "probes.json"
     assert bench.main(["--work-dir", str(trained["root"]), "--out", str(out)]) == 0
-    results = json.loads(out.read_text())["probes"]
+    record = json.loads(out.read_text())
+    results = record["probes"]
+    pair = record["reranked_pair"]  # the two reranked candidates against each other
+    assert (pair["a"], pair["b"]) == ("deep+ease+personal_cooc", "ease+personal_cooc")
+    for side, name in (("a", pair["a"]), ("b", pair["b"])):
+        rerank = next(r for r in results if r["model"] == name and r["probe"] == "rerank")
+        assert pair[f"test_ndcg@10_{side}"] == pytest.approx(rerank["test_grid"]["cross-fitted"], abs=1e-5)
+    assert pair["interval"]["mean"] == pytest.approx(pair["test_ndcg@10_a"] - pair["test_ndcg@10_b"], abs=1e-9)
     got = {(r["model"], r["probe"]) for r in results}
     assert got == {
         ("deep+ease+personal_cooc", "trend"),
