@@ -180,8 +180,8 @@ def list_ndcg(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per basket: NDCG@10 of the hidden item when the list is ordered by ``pred`` (0 when it is not in the
     list; pessimistic on ties)."""
     target = (pred * labels).sum(1)
-    rank = (pred >= target[:, None]).sum(1)
-    return np.where(labels.any(1) & (rank <= 10), 1.0 / np.log2(np.maximum(rank, 1) + 1.0), 0.0)
+    rank = np.where(labels.any(1), (pred >= target[:, None]).sum(1), np.inf)
+    return evaluate.ndcg10_per_basket(rank)
 
 
 def fit_reranker(feats: np.ndarray, labels: np.ndarray, seed: int, epochs: int = 15):
