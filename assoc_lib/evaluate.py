@@ -132,6 +132,20 @@ def score_ranks(
     return np.concatenate(all_ranks), np.concatenate(all_top)
 
 
+def cross_fitted_ranks(model, holdout: HoldOut, order_ids) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`score_ranks` of a model whose second stage was fitted on ``holdout`` (validation): each basket
+    is scored with the reranker fitted on the other half (``rerank.fold_of`` of its order id), so the figure
+    is one the gate may compare with the others'."""
+    from assoc_lib.models.rerank import fold_of
+
+    fold = fold_of(order_ids, model.fold_seed)
+    ranks, top = np.zeros(holdout.n, np.int64), np.zeros((holdout.n, min(10, model.n_items)), np.int64)
+    for h in (0, 1):
+        rows = np.flatnonzero(fold == h)
+        ranks[rows], top[rows] = score_ranks(model.with_reranker(model.reranker_folds[h]).score, holdout.subset(rows))
+    return ranks, top
+
+
 def tune_on_validation(
     holdout: HoldOut,
     n_items: int,
@@ -417,8 +431,9 @@ def served_decay(card: dict) -> float:
 
 
 def served_cooc(card: dict) -> bool:
-    """Whether an export scores the personal co-occurrence (from its model card): it needs per-purchase rows."""
-    return bool(card.get("cooc_weight"))
+    """Whether an export reads the past baskets from its history rows (the personal co-occurrence, as a
+    term or as a reranker feature, from its model card): it needs per-purchase rows."""
+    return bool(card.get("cooc_weight")) or bool(card.get("reranker"))
 
 
 def evaluate_candidates(
@@ -444,7 +459,7 @@ def evaluate_candidates(
         cfg.models.eval_seed,
         cfg.models.history_max_items,
         decays=sorted(decays),
-        past=any(m.cooc_weight for m in models) or production_cooc,
+        past=any(m.reads_past for m in models) or production_cooc,
     )
     protocols = [Protocol.ANONYMOUS] + ([Protocol.PERSONALISED] if history is not None else [])
 
@@ -459,7 +474,12 @@ def evaluate_candidates(
         for protocol in protocols:
             if protocol == Protocol.ANONYMOUS and cand.get("personal_only"):
                 continue
-            val = evaluate_scores(model.score, view("validation", protocol), n_items)
+            if model.reranker_folds and protocol == Protocol.PERSONALISED:  # fitted on validation: cross-fitted
+                order_ids = baskets["order_id"].to_numpy()[holdouts["validation"].frame_rows]
+                ranks, top = cross_fitted_ranks(model, view("validation", protocol), order_ids)
+                val = metrics_from_ranks(ranks, top, n_items)
+            else:
+                val = evaluate_scores(model.score, view("validation", protocol), n_items)
             ranks, top = score_ranks(model.score, view("test", protocol))
             test = metrics_from_ranks(ranks, top, n_items)
             test_ranks[protocol][cand["name"]] = ranks

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 
 from assoc_lib import evaluate, tuning
 from assoc_lib.config import decay_list
+from assoc_lib.models import rerank
 from assoc_lib.models.network import DeepParams, build_network, forward_spec, logits_at, numpy_logits
 from assoc_lib.models.servable import repeat_gate, repeat_share
 from assoc_lib.records import ModelKind
@@ -509,6 +510,115 @@ def _save_cooc_candidate(entry: dict, val: evaluate.HoldOut, n_items: int, decay
     )
 
 
+RERANK_HIDDEN = (32, 32)
+
+
+def fit_reranker(feats: np.ndarray, labels: np.ndarray, seed: int, epochs: int, k: int) -> rerank.Reranker:
+    """The second stage (``models/rerank.py``) fitted with Keras: standardised features, ReLU layers of
+    ``RERANK_HIDDEN``, one score per listed item, a softmax over each list against its hidden item
+    (``labels``: one 1 per row). Returns its weights for the numpy and TensorFlow scorers."""
+    tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    flat = feats.reshape(-1, feats.shape[-1]).astype(np.float64)
+    mean, scale = flat.mean(0).astype(np.float32), (flat.std(0) + 1e-6).astype(np.float32)
+    inputs = keras.Input(feats.shape[1:])
+    h = (inputs - mean) / scale
+    for width in RERANK_HIDDEN:
+        h = keras.layers.Dense(width, activation="relu")(h)
+    out = keras.layers.Reshape((feats.shape[1],))(keras.layers.Dense(1)(h))
+    net = keras.Model(inputs, out)
+    net.compile(keras.optimizers.Adam(1e-3), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    net.fit(feats, labels, batch_size=128, epochs=epochs, verbose=0)
+    dense = [layer for layer in net.layers if isinstance(layer, keras.layers.Dense)]
+    kernels = [np.asarray(d.kernel.numpy(), np.float32) for d in dense]
+    biases = [np.asarray(d.bias.numpy(), np.float32) for d in dense]
+    return rerank.Reranker(mean, scale, kernels, biases, k)
+
+
+def list_ndcg(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per list: NDCG@10 of its hidden item ordered by ``scores`` (pessimistic on ties; 0 when it is not in
+    the list). With lists of at least 10 items it is the whole-vocabulary figure."""
+    target = (scores * labels).sum(1)
+    ranks = np.where(labels.any(1), (scores >= target[:, None]).sum(1), np.inf)
+    return evaluate.ndcg10_per_basket(ranks)
+
+
+def rerank_lists(model, holdout: evaluate.HoldOut, batch: int = 512):
+    """(features [rows, k, F], labels [rows, k], bool [rows]: the rows with a history) of ``model``'s first
+    stage on ``holdout`` (personalised)."""
+    feats, labels, rows = [], [], []
+    for start in range(0, holdout.n, batch):
+        sl = slice(start, start + batch)
+        _, top, f, r = model.rerank_lists(holdout.inputs[sl], holdout.history[sl])
+        feats.append(f)
+        labels.append((top == holdout.hidden[sl, None]).astype(np.float32))
+        rows.append(r)
+    return np.concatenate(feats), np.concatenate(labels), np.concatenate(rows)
+
+
+def _save_rerank_candidate(entry: dict, val: evaluate.HoldOut, order_ids, cfg, save) -> dict | None:
+    """``<model>+rerank``: a saved candidate with the second stage (``models/rerank.py``) fitted on the
+    validation baskets that have a history and whose hidden item is in the candidate's top k. The same
+    network is also fitted on each half of those baskets (``rerank.fold_of``: a hash of the order id), and
+    evaluation scores each validation basket with the half that did not see it, so the gate's validation
+    figure is cross-fitted; test and serving use the one fitted on all of validation. The first stage (its
+    weights, prior, co-occurrence and gate) is the candidate's, unchanged. None when too few lists."""
+    from assoc_lib.models.servable import ServableModel
+
+    started = time.perf_counter()
+    model = ServableModel.load(entry["path"])
+    k, epochs, seed = cfg.models.rerank_top_k, cfg.models.rerank_epochs, cfg.models.seed
+    feats, labels, rows = rerank_lists(model.with_reranker(None), val)
+    fold = rerank.fold_of(order_ids, cfg.models.eval_seed)
+    keep = rows & labels.any(1)
+    least = cfg.models.rerank_min_lists
+    if min(int((keep & (fold == h)).sum()) for h in (0, 1)) < least:
+        log.info("%s: no reranker (under %d lists in a half of validation)", model.name, least)
+        return None
+    full = fit_reranker(feats[keep], labels[keep], seed, epochs, k)
+    # fold h is scored by the reranker fitted on the other half
+    folds = tuple(fit_reranker(feats[keep & (fold != h)], labels[keep & (fold != h)], seed, epochs, k) for h in (0, 1))
+    base = list_ndcg(-np.arange(feats.shape[1], dtype=np.float64)[None, :].repeat(len(labels), 0), labels)
+    crossed = base.copy()
+    for h in (0, 1):
+        at = rows & (fold == h)
+        crossed[at] = list_ndcg(folds[h].forward(feats[at]), labels[at])
+    base_name = model.name
+    model.name, model.reranker, model.reranker_folds = f"{base_name}+rerank", full, folds
+    model.fold_seed = cfg.models.eval_seed
+    record = {
+        "top_k": k,
+        "features": list(rerank.FEATURES),
+        "hidden": list(RERANK_HIDDEN),
+        "epochs": epochs,
+        "lists": int(keep.sum()),
+        "val_ndcg@10_first_stage": round(float(base.mean()), 5),
+        "val_ndcg@10_cross_fitted": round(float(crossed.mean()), 5),
+    }
+    model.params = {**model.params, "reranker": record}
+    log.info(
+        "%s: reranker over the top %d fitted on %d validation lists; validation NDCG@10 %.4f -> %.4f "
+        "(cross-fitted: each half scored by the reranker fitted on the other)",
+        model.name,
+        k,
+        record["lists"],
+        record["val_ndcg@10_first_stage"],
+        record["val_ndcg@10_cross_fitted"],
+    )
+    new = {
+        "name": model.name,
+        "kind": entry["kind"],
+        "train_seconds": (entry.get("train_seconds") or 0.0) + time.perf_counter() - started,
+        "servable": model.servable,
+        "personal_only": True,
+        "reranker": record,
+    }
+    save(model, new)
+    return new
+
+
 def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLike) -> dict:
     """Fit every classical scorer and the deep network on the same train split; save each as a candidate.
 
@@ -550,7 +660,9 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     evidence = evidence_table(X, cfg.models.evidence_top_n)
     entries, ease_table, ease_fit = [], None, None
 
-    def save(model, entry: dict, decays=prior_decays, weights=HISTORY_GRID, tuned: bool = False) -> None:
+    def save(
+        model, entry: dict, decays=prior_decays, weights=HISTORY_GRID, tuned: bool = False, gate: bool = True
+    ) -> None:
         model.evidence = evidence
         entry["peak_rss_mb"] = peak_rss_mb()
         if personal and not tuned:
@@ -574,7 +686,8 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
                 _grid_summary(trace),
             )
         if personal:
-            entry["repeat_gate_grid"] = _tune_repeat_gate(model, val, n_items)
+            if gate:
+                entry["repeat_gate_grid"] = _tune_repeat_gate(model, val, n_items)
             entry["history_weight"], entry["history_decay"] = model.history_weight, model.history_decay
             entry["personal_scale"], entry["repeat_slope"] = model.personal_scale, model.repeat_slope
         entry["path"] = str(model.save(cand_dir / f"{model.name}.npz"))
@@ -733,6 +846,12 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         entry = next((e for e in entries if e["name"] == base), None)
         if entry is not None:
             _save_cooc_candidate(entry, val, n_items, cooc_decays, lambda model, e: save(model, e, tuned=True))
+    if personal and cfg.models.rerank_top_k and val.n:
+        # the second stage, on every candidate with the personal co-occurrence (deep and classical alike, so
+        # the verdict stays best against best)
+        order_ids = baskets["order_id"].to_numpy()[val.frame_rows]
+        for entry in [e for e in entries if e["name"].endswith("+personal_cooc")]:
+            _save_rerank_candidate(entry, val, order_ids, cfg, lambda model, e: save(model, e, tuned=True, gate=False))
     summary = {
         "prep_dir": str(prep_dir),
         "out_dir": str(out_dir),

@@ -9,6 +9,7 @@ the export reads: it lives here, below all three.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,9 +19,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from assoc_lib.data.history import as_history
+from assoc_lib.models import rerank
 from assoc_lib.models.baselines import NeighbourTable
 from assoc_lib.models.explain import EvidenceTable
-from assoc_lib.models.network import mix, numpy_logits
+from assoc_lib.models.network import mix, numpy_logits, standardise
 from assoc_lib.records import ModelKind
 
 # the network's arrays besides its layers (network.forward_spec), as saved and loaded
@@ -76,6 +78,11 @@ class ServableModel:
     # before (a basket of things they buy again asks for more of them); (1, 0): no gate
     personal_scale: float = 1.0
     repeat_slope: float = 0.0
+    # the second stage (models/rerank.py): reorders the top items of a basket with a history; the two halves'
+    # rerankers (each fitted on the other half of validation, ``rerank.fold_of``) score validation honestly
+    reranker: rerank.Reranker | None = None
+    reranker_folds: tuple | None = None
+    fold_seed: int = 0
 
     @property
     def network_decay(self) -> float:
@@ -86,6 +93,12 @@ class ServableModel:
     def decays(self) -> tuple[float, ...]:
         """Every decay time its scores read from a history: the prior's and the network's (0: plain counts)."""
         return tuple(sorted({self.history_decay, self.network_decay}))
+
+    @property
+    def reads_past(self) -> bool:
+        """Whether its scores read the shopper's past baskets (``History.past``): the personal co-occurrence,
+        as a term or as a reranker feature."""
+        return bool(self.cooc_weight) or self.reranker is not None
 
     @property
     def servable(self) -> bool:
@@ -104,23 +117,69 @@ class ServableModel:
     def score(self, X: sp.csr_matrix, H=None) -> np.ndarray:
         """Scores [rows, vocabulary]; ``H`` (a :class:`History`, or purchase counts) switches on personalisation."""
         H = as_history(H)
-        out = self.base_score(X, H)
+        if self.reranker is not None and H is not None:
+            return self.rerank_lists(X, H, self.reranker)[0]
+        return self._first_stage(X, H)[0]
+
+    def _first_stage(self, X: sp.csr_matrix, H):
+        """(score before any reranking, the network's logits or None, the table part or None)."""
+        parts = self._parts(X, H)
+        out = self.base_score(X, H, parts)
         if H is not None and (self.history_weight or self.cooc_weight):
             out += self.personal_gate(X, H) * self.personal_terms(X, H)
-        return out
+        return (out, *parts)
 
-    def base_score(self, X: sp.csr_matrix, H=None) -> np.ndarray:
-        """:meth:`score` without the personal terms (the prior and the co-occurrence): the table, the network
-        (which reads ``H`` itself when it is personal) or their mix, popularity for empty baskets."""
-        H = as_history(H)
-        if self.deep is not None and self.table is not None:
-            out = mix(numpy_logits(self.deep, X, H), self.table.score(X), self.row_mix_weights(X.shape[0], H))
-        elif self.deep is not None:
-            out = numpy_logits(self.deep, X, H)
-        else:
-            out = self.table.score(X)
+    def _parts(self, X: sp.csr_matrix, H):
+        """(the network's logits or None, the table's scores (+ the dense matrix) or None)."""
+        logits = numpy_logits(self.deep, X, H) if self.deep is not None else None
+        table = self.table.score(X) if self.table is not None else None
         if self.dense is not None:
-            out = out + np.asarray(X @ self.dense, dtype=np.float32)
+            table = table + np.asarray(X @ self.dense, dtype=np.float32)
+        return logits, table
+
+    def rerank_lists(self, X: sp.csr_matrix, H, reranker: rerank.Reranker | None = None):
+        """(scores, top items [rows, k], features [rows, k, F], bool [rows]: the rows with a history) of the
+        second stage; the scores are reordered by ``reranker`` on those rows (unchanged without one)."""
+        H = as_history(H)
+        score, logits, table = self._first_stage(X, H)
+        if H.past is None:
+            raise ValueError(
+                f"{self.name}: the reranker reads the personal co-occurrence; the history needs the past baskets"
+            )
+        counts = H.counts.toarray()
+        k = reranker.k if reranker is not None else rerank.TOP_K
+        top = rerank.top_items(score, X, k)
+        feats = rerank.features(
+            top,
+            score,
+            None if logits is None else standardise(logits),
+            None if table is None else standardise(table),
+            H.weights(self.history_decay).toarray(),
+            counts,
+            H.past.cooc(X, self.cooc_decay).toarray(),
+            repeat_share(X, H),
+            X,
+            rerank.log_popularity(self.popularity),
+        )
+        rows = (counts > 0).any(axis=1)
+        if reranker is not None:
+            score = rerank.reorder(score, top, reranker.forward(feats), rows)
+        return score, top, feats, rows
+
+    def with_reranker(self, reranker: rerank.Reranker | None) -> "ServableModel":
+        """The same model with another second stage (a fold's, for cross-fitted validation)."""
+        return dataclasses.replace(self, reranker=reranker)
+
+    def base_score(self, X: sp.csr_matrix, H=None, parts=None) -> np.ndarray:
+        """:meth:`score` without the personal terms (the prior and the co-occurrence) and the reranker: the
+        table, the network (which reads ``H`` itself when it is personal) or their mix, popularity for empty
+        baskets. ``parts``: :meth:`_parts`, when already computed."""
+        H = as_history(H)
+        logits, table = parts if parts is not None else self._parts(X, H)
+        if logits is not None and table is not None:
+            out = mix(logits, table, self.row_mix_weights(X.shape[0], H))
+        else:
+            out = logits if logits is not None else table
         out = np.array(out, dtype=np.float32, copy=True)
         empty = np.diff(X.indptr) == 0
         if empty.any():
@@ -176,6 +235,10 @@ class ServableModel:
             "table_aggregation": self.table.aggregation if self.table else None,
             "deep_layers": [l["type"] for l in self.deep["layers"]] if self.deep else None,
             "deep_eps": [l.get("epsilon") for l in self.deep["layers"]] if self.deep else None,
+            "reranker": None
+            if self.reranker is None
+            else {"k": self.reranker.k, "layers": len(self.reranker.kernels), "folds": bool(self.reranker_folds)},
+            "fold_seed": self.fold_seed,
         }
         if self.table is not None:
             arrays.update(
@@ -196,6 +259,10 @@ class ServableModel:
                 for key, value in layer.items():
                     if isinstance(value, np.ndarray):
                         arrays[f"deep_layer{i}_{key}"] = value
+        if self.reranker is not None:
+            arrays.update(self.reranker.arrays("rr_"))
+            for i, fold in enumerate(self.reranker_folds or ()):
+                arrays.update(fold.arrays(f"rr{i}_"))
         arrays["meta"] = np.asarray(json.dumps(meta))
         if self.dense is not None:  # beside the archive, memory-mapped when loaded
             dense_tmp = path.with_name(f".{path.name}.dense.tmp.npy")
@@ -242,7 +309,14 @@ class ServableModel:
             if "ev_indices" in z
             else None
         )
+        rr, folds = meta.get("reranker"), None
+        if rr:
+            if rr["folds"]:
+                folds = tuple(rerank.Reranker.from_arrays(z, f"rr{i}_", rr["k"], rr["layers"]) for i in (0, 1))
         return cls(
+            reranker=rerank.Reranker.from_arrays(z, "rr_", rr["k"], rr["layers"]) if rr else None,
+            reranker_folds=folds,
+            fold_seed=meta.get("fold_seed", 0),
             name=meta["name"],
             kind=ModelKind(meta["kind"]),
             vocab=[str(v) for v in z["vocab"]],

@@ -155,7 +155,7 @@ class AssocClient:
         """The shopper's earlier purchases ride along; the model stores none. One row per purchase (count 1,
         days since it) or per item (its purchase count, days since its last purchase); ``days`` None
         sends 0 (bought today). Rows with the same days are one past basket: send one row per purchase
-        for a model with the personal co-occurrence (its model card's ``cooc_weight``)."""
+        for a model that reads the past baskets (its model card's ``cooc_weight`` or ``reranker``)."""
 
         def pad(rows, fill):
             width = max(1, max((len(r) for r in rows), default=1))

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from assoc_lib.fsutil import atomic_directory
-from assoc_lib.models.network import head, mix, scatter_rows, tf_ops
+from assoc_lib.models import rerank
+from assoc_lib.models.network import head, mix, scatter_rows, standardise, tf_ops
 from assoc_lib.models.servable import ServableModel
 from assoc_lib.tfrt import tensorflow
 
@@ -109,15 +110,62 @@ def first_occurrences(tf, ids):
     return tf.logical_and(ids >= 0, tf.logical_not(repeated))
 
 
-def repeat_gate(tf, counts, ids, valid, scale: float, slope: float):
-    """``ServableModel.personal_gate``, [batch, 1]: max(scale + slope·(s - 1/2), 0), s the share of the
-    basket's known items with a purchase count > 0 in the request's history (``counts``: [batch, V])."""
-    if not slope:
-        return tf.constant(max(float(scale), 0.0), tf.float32)
+def repeat_share(tf, counts, ids, valid):
+    """``servable.repeat_share``, [batch, 1]: the share of the basket's known items with a purchase count > 0
+    in the request's history (``counts``: [batch, V])."""
     mask = tf.cast(valid, tf.float32)
     bought = tf.cast(tf.gather(counts, tf.maximum(ids, 0), batch_dims=1) > 0.0, tf.float32) * mask
-    share = tf.reduce_sum(bought, axis=1, keepdims=True) / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
-    return tf.maximum(scale + slope * (share - 0.5), 0.0)
+    return tf.reduce_sum(bought, axis=1, keepdims=True) / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+
+
+def repeat_gate(tf, counts, ids, valid, scale: float, slope: float):
+    """``ServableModel.personal_gate``, [batch, 1]: max(scale + slope·(s - 1/2), 0), s the repeat share."""
+    if not slope:
+        return tf.constant(max(float(scale), 0.0), tf.float32)
+    return tf.maximum(scale + slope * (repeat_share(tf, counts, ids, valid) - 0.5), 0.0)
+
+
+def rerank_top(tf, rr: dict, k: int, scores, masked, parts: dict, counts, ids, valid, log_popularity):
+    """``ServableModel.rerank_lists`` (``models/rerank.py``): the features of the ``k`` best items of
+    ``masked`` (the scores with the basket's items at -inf), the reranker's layers, and the listed items
+    lifted above the rest in its order (row max + 1 + (r − min r)); rows without a history unchanged.
+    ``parts``: dense [batch, V] arrays by feature name (None: the part is absent)."""
+    top = tf.math.top_k(masked, k=k).indices  # best first, ties by the lower index
+    batch = tf.shape(top)[0]
+
+    def at(a):
+        return tf.zeros(tf.shape(top), tf.float32) if a is None else tf.gather(a, top, batch_dims=1)
+
+    def per_basket(v):  # [batch, 1] -> [batch, k]
+        return tf.broadcast_to(tf.cast(v, tf.float32), tf.shape(top))
+
+    mask = tf.cast(valid, tf.float32)
+    c = at(counts)
+    cols = [
+        at(scores),
+        at(parts["network_z"]),
+        at(parts["table_z"]),
+        tf.math.log1p(at(parts["decayed"])),
+        tf.math.log1p(c),
+        tf.math.log1p(at(parts["cooc"])),
+        per_basket(repeat_share(tf, counts, ids, valid)),
+        per_basket(tf.math.log1p(tf.reduce_sum(tf.cast(counts > 0.0, tf.float32), axis=1, keepdims=True))),
+        per_basket(tf.reduce_sum(mask, axis=1, keepdims=True)),
+        tf.cast(c > 0.0, tf.float32),
+        tf.gather(log_popularity, top),
+        per_basket(tf.range(k, dtype=tf.float32)[None, :]),
+    ]
+    h = (tf.stack(cols, axis=-1) - rr["mean"]) / rr["scale"]
+    for i, (w, b) in enumerate(zip(rr["kernels"], rr["biases"])):
+        h = tf.tensordot(h, w, axes=1) + b
+        if i < len(rr["kernels"]) - 1:
+            h = tf.nn.relu(h)
+    new = h[..., 0]
+    lifted = tf.reduce_max(scores, axis=1, keepdims=True) + 1.0 + (new - tf.reduce_min(new, axis=1, keepdims=True))
+    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(top))
+    reranked = tf.tensor_scatter_nd_update(scores, tf.stack([rows, top], axis=-1), lifted)
+    has_history = tf.reduce_any(counts > 0.0, axis=1, keepdims=True)
+    return tf.where(has_history, reranked, scores)
 
 
 def deep_scores(tf, spec: dict, ids, valid, history=None):
@@ -194,6 +242,18 @@ def _build_module(model: ServableModel, k: int):
                 None if t is None else _constants(tf, {"indices": t.indices, "weights": t.weights, "bias": t.bias})
             )
             self.spec = None if model.deep is None else _constants(tf, model.deep)
+            r = model.reranker
+            self.reranker = (
+                None
+                if r is None
+                else {
+                    "mean": tf.constant(r.mean),
+                    "scale": tf.constant(r.scale),
+                    "kernels": [tf.constant(w) for w in r.kernels],
+                    "biases": [tf.constant(b) for b in r.biases],
+                }
+            )
+            self.log_popularity = tf.constant(rerank.log_popularity(model.popularity))
             self.evidence = (
                 None
                 if e is None
@@ -223,16 +283,20 @@ def _build_module(model: ServableModel, k: int):
                 history_days = tf.debugging.assert_all_finite(history_days, "history_days must be finite")
                 hist_ids = self.lookup.lookup(history)
                 hist = history_matrices(tf, hist_ids, history_counts, history_days, model.decays, V)
-            if self.spec is not None and self.table is not None:
+            deep = table = cooc = None
+            if self.spec is not None:
                 deep = deep_scores(tf, self.spec, ids, valid, hist)
+            if self.table is not None:
                 table = table_scores(tf, self.table, model.table.aggregation, ids, valid, V)
+            if deep is not None and table is not None:
                 scores = mix(deep, table, self._mix_weights(hist), tf_ops())
-            elif self.spec is not None:
-                scores = deep_scores(tf, self.spec, ids, valid, hist)
             else:
-                scores = table_scores(tf, self.table, model.table.aggregation, ids, valid, V)
+                scores = deep if deep is not None else table
             empty = tf.logical_not(tf.reduce_any(valid, axis=1))
             scores = tf.where(empty[:, None], tf.broadcast_to(self.popularity[None, :], tf.shape(scores)), scores)
+            if hist is not None and (model.cooc_weight or self.reranker is not None):
+                # what this shopper bought together with the basket (the personal term and a reranker feature)
+                cooc = personal_cooc(tf, hist_ids, history_counts, history_days, ids, valid, model.cooc_decay, V)
             if hist is not None and (model.history_weight or model.cooc_weight):
                 personal = tf.zeros_like(scores)
                 if model.history_weight:
@@ -240,10 +304,23 @@ def _build_module(model: ServableModel, k: int):
                     personal += model.history_weight * tf.math.log1p(hist[float(model.history_decay)])
                 if model.cooc_weight:
                     # the personal co-occurrence: + γ·log(1 + what this shopper bought together with the basket)
-                    cooc = personal_cooc(tf, hist_ids, history_counts, history_days, ids, valid, model.cooc_decay, V)
                     personal += model.cooc_weight * tf.math.log1p(cooc)
                 scores += repeat_gate(tf, hist[0.0], ids, valid, model.personal_scale, model.repeat_slope) * personal
-            top = tf.math.top_k(exclude_inputs(tf, scores, ids, valid), k=k)
+            masked = exclude_inputs(tf, scores, ids, valid)
+            if hist is not None and self.reranker is not None:
+                # the second stage: the top items reordered for a shopper with a history
+                parts = {
+                    "network_z": None if deep is None else standardise(deep, tf_ops()),
+                    "table_z": None if table is None else standardise(table, tf_ops()),
+                    "decayed": hist[float(model.history_decay)],
+                    "cooc": cooc,
+                }
+                rk = min(model.reranker.k, V)
+                scores = rerank_top(
+                    tf, self.reranker, rk, scores, masked, parts, hist[0.0], ids, valid, self.log_popularity
+                )
+                masked = exclude_inputs(tf, scores, ids, valid)
+            top = tf.math.top_k(masked, k=k)
             out = {"item_ids": tf.gather(self.vocab, top.indices), "scores": top.values}
             if self.evidence is not None:
                 out.update(explain_top(tf, self.evidence, self.vocab, ids, valid, tf.cast(top.indices, tf.int64)))
@@ -344,6 +421,11 @@ def export_saved_model(
             "personal_scale": model.personal_scale,
             "repeat_slope": model.repeat_slope,
             "personal_network": model.personal,
+            # the second stage (models/rerank.py): the top k of a shopper with a history reordered; their
+            # scores are then the row's first-stage maximum + 1 + the reranker's score, shifted to start there
+            "reranker": None
+            if model.reranker is None
+            else {"top_k": model.reranker.k, "features": list(rerank.FEATURES), **model.params.get("reranker", {})},
             "signatures": {
                 "complete_basket": {
                     "inputs": {"items": "string [batch, n]"},

@@ -1,0 +1,185 @@
+"""The second stage (models/rerank.py): its pieces by hand, its training, its cross-fitted validation, and the
+exported graph against the numpy scorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from assoc_lib import evaluate
+from assoc_lib.data.preprocess import load_split
+from assoc_lib.models import rerank
+from assoc_lib.models.servable import ServableModel
+
+RERANKED = ("deep+ease+personal_cooc+rerank", "ease+personal_cooc+rerank")
+
+
+def test_rerank_pieces_by_hand():
+    # top items: the basket's own left out, best first, ties to the lower index
+    score = np.array([[0.5, 0.9, 0.9, 0.1, 0.7], [3.0, 1.0, 2.0, 2.0, 0.0]], np.float32)
+    X = sp.csr_matrix(np.array([[0, 1, 0, 0, 0], [1, 0, 0, 0, 0]], np.float32))
+    top = rerank.top_items(score, X, 3)
+    np.testing.assert_array_equal(top, [[2, 4, 0], [2, 3, 1]])
+    # the features at those items
+    counts = np.array([[0.0, 2.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    decayed = counts * 0.5
+    cooc = np.array([[0.0, 0.0, 3.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    pop = rerank.log_popularity(np.array([4.0, 2.0, 1.0, 1.0, 0.0]))
+    np.testing.assert_allclose(pop, np.log1p(1e4 * np.array([1.0, 0.5, 0.25, 0.25, 0.0])), rtol=1e-6)
+    f = rerank.features(top, score, None, -score, decayed, counts, cooc, np.array([1.0, 0.0]), X, pop)
+    assert f.shape == (2, 3, len(rerank.FEATURES))
+    col = {name: f[..., i] for i, name in enumerate(rerank.FEATURES)}
+    np.testing.assert_allclose(col["score"], [[0.9, 0.7, 0.5], [2.0, 2.0, 1.0]], rtol=1e-6)
+    np.testing.assert_allclose(col["network_z"], 0.0)
+    np.testing.assert_allclose(col["table_z"], -col["score"])
+    np.testing.assert_allclose(col["decayed"], [[np.log1p(0.5), 0, 0], [0, 0, 0]], rtol=1e-6)
+    np.testing.assert_allclose(col["counts"], [[np.log1p(1.0), 0, 0], [0, 0, 0]], rtol=1e-6)
+    np.testing.assert_allclose(col["cooc"], [[np.log1p(3.0), 0, 0], [0, 0, 0]], rtol=1e-6)
+    np.testing.assert_allclose(col["share"], [[1, 1, 1], [0, 0, 0]])
+    np.testing.assert_allclose(col["history"], [[np.log1p(2.0)] * 3, [0, 0, 0]], rtol=1e-6)  # distinct items
+    np.testing.assert_allclose(col["basket"], 1.0)
+    np.testing.assert_allclose(col["bought"], [[1, 0, 0], [0, 0, 0]])
+    np.testing.assert_allclose(col["popularity"], pop[top])
+    np.testing.assert_allclose(col["position"], [[0, 1, 2], [0, 1, 2]])
+    # the network by hand: standardise, ReLU layer, linear score
+    r = rerank.Reranker(
+        np.zeros(12, np.float32),
+        np.full(12, 2.0, np.float32),
+        [np.eye(12, 2, dtype=np.float32), np.array([[1.0], [-1.0]], np.float32)],
+        [np.array([0.0, 0.1], np.float32), np.array([0.5], np.float32)],
+        k=3,
+    )
+    h = np.maximum(f / 2.0 @ np.eye(12, 2) + [0.0, 0.1], 0.0)
+    np.testing.assert_allclose(r.forward(f), h @ [1.0, -1.0] + 0.5, rtol=1e-5)
+    # reorder: the listed items of the rows asked for go above the rest, in the new order; others unchanged
+    new = np.array([[0.0, 2.0, 1.0], [5.0, 6.0, 7.0]], np.float32)
+    out = rerank.reorder(score, top, new, np.array([True, False]))
+    np.testing.assert_allclose(out[0], [0.9 + 1 + 1, 0.9, 0.9 + 1 + 0, 0.1, 0.9 + 1 + 2], rtol=1e-6)
+    np.testing.assert_array_equal(out[1], score[1])
+    # folds: a hash of the order id, the same every time, both halves used
+    fold = rerank.fold_of([f"o{i}" for i in range(400)], 7)
+    np.testing.assert_array_equal(fold, rerank.fold_of([f"o{i}" for i in range(400)], 7))
+    assert 150 < fold.sum() < 250 and (fold != rerank.fold_of([f"o{i}" for i in range(400)], 8)).any()
+
+
+def test_reranker_learns_a_planted_rule():
+    """list_ndcg by hand (pessimistic ties, 0 when the hidden item is not listed); the fitted reranker finds
+    the hidden item by its second feature whatever the first says, and its numpy forward is the network."""
+    from assoc_lib.train import fit_reranker, list_ndcg
+
+    pred = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0], [1.0, 1.0, 0.0]])
+    labels = np.array([[0, 1, 0], [0, 0, 0], [1, 0, 0]], np.float32)
+    np.testing.assert_allclose(list_ndcg(pred, labels), [1 / np.log2(3), 0.0, 1 / np.log2(3)])
+    rng = np.random.default_rng(0)
+    n, k = 600, 12
+    hidden = rng.integers(0, k, n)
+    labels = np.zeros((n, k), np.float32)
+    labels[np.arange(n), hidden] = 1.0
+    feats = np.stack([rng.normal(size=(n, k)), labels * 2.0 + rng.normal(scale=0.3, size=(n, k))], -1)
+    r = fit_reranker(feats[:400].astype(np.float32), labels[:400], seed=1, epochs=15, k=k)
+    assert list_ndcg(r.forward(feats[400:]), labels[400:]).mean() > 0.9
+    assert list_ndcg(feats[400:, :, 0], labels[400:]).mean() < 0.6
+
+
+def _holdouts(trained, model, past=True):
+    baskets, vocab = load_split(trained["prep_dir"])
+    cfg = trained["cfg"]
+    holdouts, _ = evaluate.make_holdouts(
+        baskets, len(vocab), cfg.models.eval_seed, cfg.models.history_max_items, decays=model.decays, past=past
+    )
+    return baskets, vocab, holdouts
+
+
+@pytest.mark.parametrize("name", RERANKED)
+def test_reranked_candidates_are_cross_fitted(trained, name, tmp_path):
+    """Both the deep and the classical candidate come reranked, with their base's kind and first stage; the
+    comparison's validation figure scores each basket with the half's reranker that did not see it."""
+    base_name = name.removesuffix("+rerank")
+    cand, base_cand = trained["candidates"][name], trained["candidates"][base_name]
+    assert cand["kind"] == base_cand["kind"] and cand["personal_only"]
+    model, base = ServableModel.load(cand["path"]), ServableModel.load(base_cand["path"])
+    assert model.reranker is not None and len(model.reranker_folds) == 2
+    assert (model.history_weight, model.cooc_weight, model.personal_scale, model.repeat_slope) == (
+        base.history_weight,
+        base.cooc_weight,
+        base.personal_scale,
+        base.repeat_slope,
+    )
+    assert model.params["reranker"]["lists"] >= trained["cfg"].models.rerank_min_lists
+    baskets, vocab, holdouts = _holdouts(trained, model)
+    val = holdouts["validation"]
+    X, H = val.inputs, val.history
+    # the first stage is the base; rows without a history keep its scores; the others get a new top
+    reranked, first = model.score(X, H), base.score(X, H)
+    no_history = np.diff(H.counts.tocsr().indptr) == 0
+    assert no_history.any() and (~no_history).any()
+    np.testing.assert_allclose(reranked[no_history], first[no_history], rtol=1e-6)
+    assert not np.allclose(reranked[~no_history], first[~no_history])
+    # saved and loaded: the same scores
+    again = ServableModel.load(model.save(tmp_path / "m.npz"))
+    np.testing.assert_allclose(again.score(X, H), reranked, rtol=1e-6)
+    # cross-fitted validation, by hand: each half scored by the other half's reranker
+    order_ids = baskets["order_id"].to_numpy()[val.frame_rows]
+    fold = rerank.fold_of(order_ids, model.fold_seed)
+    ranks, _ = evaluate.cross_fitted_ranks(model, val, order_ids)
+    for h in (0, 1):
+        rows = np.flatnonzero(fold == h)
+        by_hand = evaluate.hidden_ranks(
+            model.with_reranker(model.reranker_folds[h]).score(X[rows], H[rows]), X[rows], val.hidden[rows]
+        )
+        np.testing.assert_array_equal(ranks[rows], by_hand)
+    full, _ = evaluate.score_ranks(model.score, val)
+    assert (ranks != full).any()  # the fold rerankers are not the one fitted on all of validation
+    payload = evaluate.evaluate_candidates(trained["prep_dir"], [cand], trained["cfg"], tmp_path / "eval")
+    row = next(r for r in payload["models"] if r["protocol"] == "personalised")
+    assert row["val_ndcg@10"] == pytest.approx(evaluate.ndcg10_per_basket(ranks).mean())
+    assert [r["protocol"] for r in payload["models"]] == ["personalised"]  # personal only
+
+
+@pytest.mark.parametrize("name", RERANKED)
+def test_reranked_export_matches_numpy(trained, exported, name):
+    """The exported second stage (features, network, reorder) gives the numpy scores from per-purchase
+    history rows; an empty history gives the anonymous answer; the served path measures what numpy does."""
+    import tensorflow as tf
+
+    model = ServableModel.load(trained["candidates"][name]["path"])
+    _, vocab, holdouts = _holdouts(trained, model)
+    test = holdouts["test"]
+    X, H = test.inputs[:40], test.history[:40]
+    scores = model.score(X, H).astype(np.float64)
+    rows, cols = X.nonzero()
+    scores[rows, cols] = -np.inf
+    pad = lambda seqs, fill: [list(s) + [fill] * (max(map(len, seqs)) - len(s)) for s in seqs]
+    purchases = [H.past.purchases(r) for r in range(X.shape[0])]
+    items = pad([[vocab[i] for i in X[r].indices] for r in range(X.shape[0])], "")
+    sigs = tf.saved_model.load(str(exported[name])).signatures
+    out = sigs["complete_basket_personal"](
+        items=tf.constant(items),
+        history=tf.constant(pad([[vocab[i] for i in its] or [""] for its, _ in purchases], "")),
+        history_counts=tf.constant(pad([[1.0] * len(its) or [0.0] for its, _ in purchases], 0.0), tf.float32),
+        history_days=tf.constant(pad([ago.tolist() or [0.0] for _, ago in purchases], 0.0), tf.float32),
+    )
+    np.testing.assert_allclose(out["scores"].numpy(), -np.sort(-scores, axis=1)[:, :20], rtol=1e-4, atol=1e-4)
+    expected = np.asarray(vocab)[np.argsort(-scores, axis=1, kind="stable")[:, :10]]
+    assert (out["item_ids"].numpy()[:, :10].astype(str) == expected).mean() > 0.99
+    empty = sigs["complete_basket_personal"](
+        items=tf.constant(items),
+        history=tf.constant([[""]] * len(items)),
+        history_counts=tf.constant([[0.0]] * len(items)),
+        history_days=tf.constant([[0.0]] * len(items)),
+    )
+    anon = sigs["complete_basket"](items=tf.constant(items))
+    assert (anon["item_ids"].numpy() == empty["item_ids"].numpy()).all()
+    card = evaluate.model_card(exported[name])
+    assert card["reranker"]["top_k"] == model.reranker.k and card["reranker"]["features"] == list(rerank.FEATURES)
+    served = evaluate.evaluate_topk(
+        evaluate.saved_model_topk(exported[name], personal=True),
+        test,
+        vocab,
+        decay=model.history_decay,
+        per_purchase=True,
+    )
+    assert served["ndcg@10"] == pytest.approx(
+        evaluate.evaluate_scores(model.score, test, len(vocab))["ndcg@10"], abs=0.005
+    )
