@@ -21,12 +21,9 @@ The probes are the literature's other grocery signals, each built the way the se
   the candidate's repeat/explore gate beside its own prior.
 - ``raw_mix`` (candidates with a network and a table): the network's logits plus c · the table's scores in
   place of the mix of z-scores, with the prior and co-occurrence weights chosen again on the same grid.
-- ``rerank``: a small Keras network (two ReLU layers of 32) reorders the candidate's top ``RERANK_K`` items
-  from per-(basket, item) features of its parts (its score, the network's and the table's z-scores, the
-  decayed and plain counts, the co-occurrence, the basket's repeat share, history and basket sizes, the item's
-  popularity, its position), trained with a softmax over each basket's list on validation baskets whose
-  hidden item is in it. Its validation figure is cross-fitted (two seeded halves, each scored by a reranker
-  trained on the other); test is scored by one trained on all of validation.
+
+The reranker that was probed here (a small network reordering the top 100) is now a product stage
+(``assoc_lib/models/rerank.py``, the ``+rerank`` candidates): the quality run measures it.
 
 Each added term is scaled by the per-basket standard deviation of the candidate's base score (the network
 and table part), so one grid serves every candidate.
@@ -48,10 +45,9 @@ from assoc_lib import evaluate
 from assoc_lib.config import load_config
 from assoc_lib.data.preprocess import load_split
 from assoc_lib.models.network import numpy_logits, standardise
-from assoc_lib.models.servable import ServableModel, repeat_share
+from assoc_lib.models.servable import ServableModel
 
-PROBES = ("trend", "history_ease", "trip_rate", "raw_mix", "rerank")
-RERANK_K = 100
+PROBES = ("trend", "history_ease", "trip_rate", "raw_mix")
 WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4)
 RAW_GRID = tuple(itertools.product((20.0, 40.0, 80.0), (2.0, 3.5, 5.0), (2.0, 3.0, 4.0)))  # (c, beta, gamma)
 DECAY = 60.0  # days: the decayed counts the history probes read
@@ -128,97 +124,13 @@ def run_probes(model: ServableModel, holdout: evaluate.HoldOut, trend: np.ndarra
                 for c, b, g in RAW_GRID:
                     rows[(probe, (c, b, g))] = ndcg(logits + c * tscores + gate * (b * prior + g * cooc), X, hidden)
                 continue
-            else:  # rerank: rerank_probe, on whole hold-outs
-                continue
+            else:
+                raise ValueError(f"unknown probe {probe}")
             for w in WEIGHTS:
                 rows[(probe, w)] = ndcg(score + w * term, X, hidden)
         for key, values in rows.items():
             out.setdefault(key, []).append(values)
     return {key: np.concatenate(parts) for key, parts in out.items()}
-
-
-def rerank_features(model: ServableModel, holdout: evaluate.HoldOut, batch: int = 512):
-    """float32 [baskets, RERANK_K, features] at each basket's top RERANK_K items under ``model.score``, and
-    float32 [baskets, RERANK_K]: 1 where the item is the hidden one (the list is in the model's order)."""
-    logpop = np.log1p(1e4 * model.popularity / max(float(model.popularity.max()), 1e-12))
-    feats, labels = [], []
-    for start in range(0, holdout.n, batch):
-        X = holdout.inputs[start : start + batch]
-        H = holdout.history[start : start + batch]
-        hidden = holdout.hidden[start : start + batch]
-        score = model.score(X, H).astype(np.float64)
-        rows, cols = X.nonzero()
-        score[rows, cols] = -np.inf
-        top = np.argpartition(-score, RERANK_K, axis=1)[:, :RERANK_K]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(score, top, 1), axis=1, kind="stable"), 1)
-        parts = [score]
-        if model.deep is not None:
-            parts.append(standardise(numpy_logits(model.deep, X, H)))
-        if model.table is not None:
-            parts.append(standardise(model.table.score(X)))
-        counts = np.log1p(H.counts.toarray())
-        parts += [np.log1p(H.weights(DECAY).toarray()), counts, np.log1p(H.past.cooc(X, model.cooc_decay).toarray())]
-        at = [np.take_along_axis(a, top, 1) for a in parts]
-        n = len(hidden)
-        per_basket = [
-            repeat_share(X, H),
-            np.log1p(np.diff(H.counts.tocsr().indptr)),
-            np.diff(X.indptr).astype(np.float64),
-        ]
-        at += [np.repeat(v[:, None], RERANK_K, 1) for v in per_basket]
-        at += [
-            (np.take_along_axis(counts, top, 1) > 0).astype(np.float64),
-            logpop[top],
-            np.tile(np.arange(RERANK_K), (n, 1)),
-        ]
-        feats.append(np.stack(at, -1).astype(np.float32))
-        labels.append((top == hidden[:, None]).astype(np.float32))
-    return np.concatenate(feats), np.concatenate(labels)
-
-
-def list_ndcg(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per basket: NDCG@10 of the hidden item when the list is ordered by ``pred`` (0 when it is not in the
-    list; pessimistic on ties)."""
-    target = (pred * labels).sum(1)
-    rank = np.where(labels.any(1), (pred >= target[:, None]).sum(1), np.inf)
-    return evaluate.ndcg10_per_basket(rank)
-
-
-def fit_reranker(feats: np.ndarray, labels: np.ndarray, seed: int, epochs: int = 15):
-    """The reranker: standardised features, two ReLU layers of 32, one score per item; softmax over the list."""
-    from assoc_lib.tfrt import tensorflow
-
-    tensorflow()
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    flat = feats.reshape(-1, feats.shape[-1])
-    mu, sd = flat.mean(0), flat.std(0) + 1e-6
-    keep = labels.any(1)
-    inputs = keras.Input(feats.shape[1:])
-    h = keras.layers.Dense(32, activation="relu")((inputs - mu) / sd)
-    h = keras.layers.Dense(32, activation="relu")(h)
-    net = keras.Model(inputs, keras.layers.Reshape((feats.shape[1],))(keras.layers.Dense(1)(h)))
-    net.compile(keras.optimizers.Adam(1e-3), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
-    net.fit(feats[keep], labels[keep], batch_size=128, epochs=epochs, verbose=0)
-    return lambda f: net.predict(f, batch_size=1024, verbose=0)
-
-
-def rerank_probe(model: ServableModel, val: evaluate.HoldOut, test: evaluate.HoldOut, seed: int) -> tuple[dict, dict]:
-    """(validation, test) per-basket NDCG@10 of the model's own order (its score, the first feature) and of the
-    reranked one."""
-    fv, lv = rerank_features(model, val)
-    ft, lt = rerank_features(model, test)
-    # a stream of its own: default_rng(seed) is the one that chose the hidden items, and the halves drawn from it
-    # would follow those choices (with the comparison's seed one half scored 0.19, the other 0.08)
-    fold = np.random.default_rng([seed, 1]).integers(0, 2, len(lv))
-    crossed = np.zeros(len(lv))
-    for k in (0, 1):
-        crossed[fold == k] = list_ndcg(fit_reranker(fv[fold != k], lv[fold != k], seed)(fv[fold == k]), lv[fold == k])
-    reranked = list_ndcg(fit_reranker(fv, lv, seed)(ft), lt)
-    v = {("rerank", 0.0): list_ndcg(fv[..., 0], lv), ("rerank", "cross-fitted"): crossed}
-    t = {("rerank", 0.0): list_ndcg(ft[..., 0], lt), ("rerank", "cross-fitted"): reranked}
-    return v, t
 
 
 def summarise(model_name: str, val: dict, test: dict, seed: int) -> list[dict]:
@@ -278,23 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     train = baskets[baskets["split"] == "train"]
     days = (train["ts"] - train["ts"].min()).dt.total_seconds().to_numpy() / 86400.0
     trend = trend_feature(list(train["items"]), days, len(vocab), args.trend_days)
-    results, reranked = [], {}
+    results = []
     for name, model in zip(names, models):
         probes = args.probe or PROBES
         val = run_probes(model, holdouts["validation"], trend, probes)
         test = run_probes(model, holdouts["test"], trend, probes)
-        if "rerank" in probes:
-            v, t = rerank_probe(model, holdouts["validation"], holdouts["test"], cfg.eval_seed)
-            val, test = {**val, **v}, {**test, **t}
-            reranked[name] = t[("rerank", "cross-fitted")]
         results += summarise(name, val, test, cfg.eval_seed)
-    # the first two models reranked, against each other on the same test baskets (deep against classical by
-    # default: does the reranker change the verdict?)
-    pair = None
-    if len(reranked) >= 2:
-        (a, ra), (b, rb) = list(reranked.items())[:2]
-        pair = {"a": a, "b": b, "test_ndcg@10_a": float(ra.mean()), "test_ndcg@10_b": float(rb.mean())}
-        pair["interval"] = evaluate.paired_bootstrap(ra, rb, seed=cfg.eval_seed)
     for r in results:
         ci = r["interval"]
         print(
@@ -302,15 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['val_ndcg@10_probe']:.4f}; test {r['test_ndcg@10_model']:.4f} -> {r['test_ndcg@10_probe']:.4f} "
             f"= {r['test_ratio']:.3f}x, difference {ci['mean']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]"
         )
-    if pair:
-        ci = pair["interval"]
-        print(
-            f"reranked {pair['a']} {pair['test_ndcg@10_a']:.4f} - reranked {pair['b']} {pair['test_ndcg@10_b']:.4f}: "
-            f"{ci['mean']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}] on test"
-        )
     print(f"{time.perf_counter() - started:.0f}s")
     if args.out:
-        record = {"work_dir": str(args.work_dir), "probes": results, "reranked_pair": pair}
+        record = {"work_dir": str(args.work_dir), "probes": results}
         args.out.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
