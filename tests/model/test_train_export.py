@@ -137,12 +137,17 @@ def test_comparison_and_gate_on_real_candidates(trained, tmp_path):
         "ease+personal_cooc",
         "ease_dense+personal_cooc",
         "deep+ease+personal_cooc",
+        "ease+personal_cooc+rerank",
+        "ease_dense+personal_cooc+rerank",
+        "deep+ease+personal_cooc+rerank",
     ]
-    # the dense EASE rows are evaluation references; the personal co-occurrence is served on a servable base
+    # the dense EASE rows are evaluation references; the personal co-occurrence and the reranker are served on
+    # a servable base
     assert [r["name"] for r in payload["models"] if not r["servable"]] == [
         "ease_dense",
         "ease_dense",
         "ease_dense+personal_cooc",
+        "ease_dense+personal_cooc+rerank",
     ]
     by_name = {r["name"]: r for r in payload["models"] if r["protocol"] == "personalised"}
     for base in ("ease", "ease_dense", "deep+ease"):
