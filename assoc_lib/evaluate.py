@@ -351,8 +351,8 @@ def evaluate_topk(
     each history row carries the days that make its decayed count exact (:func:`request_days`).
     ``per_purchase`` (the history holds its past baskets): one history row per purchase instead, count 1
     and the days since it, as a shop sends them (the served personal co-occurrence needs the baskets); every
-    visible purchase, not capped at ``history_max_items`` as the candidates' counts are.
-    """
+    visible purchase (the served graph keeps the shopper's ``history_max_items`` most-bought items, as the
+    candidates' histories here hold them: ``ServableModel.history_max_items``)."""
     ranks, tops, k_seen = [], [], 0
     for start in range(0, holdout.n, batch_size):
         X = holdout.inputs[start : start + batch_size]

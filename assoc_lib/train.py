@@ -664,6 +664,8 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         model, entry: dict, decays=prior_decays, weights=HISTORY_GRID, tuned: bool = False, gate: bool = True
     ) -> None:
         model.evidence = evidence
+        if personal:  # the cap its histories were built with: the served graph applies it to a request's rows
+            model.history_max_items = cfg.models.history_max_items
         entry["peak_rss_mb"] = peak_rss_mb()
         if personal and not tuned:
             (model.history_decay, model.history_weight), grid = _tune_history_weight(

@@ -46,6 +46,16 @@ class History:
         past = None if self.past is None else self.past[rows]
         return History(self.counts[rows], {t: m[rows] for t, m in self.decayed.items()}, past)
 
+    def capped(self, max_items: int) -> "History":
+        """Each row's ``max_items`` most-bought items only (:func:`cap_history`, ties to the lower index),
+        the decayed counts restricted to them; the past baskets unchanged. Itself when no row is longer."""
+        counts = self.counts.tocsr()
+        if max_items <= 0 or not counts.shape[0] or np.diff(counts.indptr).max() <= max_items:
+            return self
+        kept = cap_history(counts, max_items)
+        mask = (kept > 0).astype(np.float32)
+        return History(kept, {t: sp.csr_matrix(m.multiply(mask)) for t, m in self.decayed.items()}, self.past)
+
     def weights(self, tau: float = 0.0) -> sp.csr_matrix:
         """The prior's input: counts (``tau`` 0) or decayed counts, as CSR."""
         if not tau:

@@ -80,6 +80,9 @@ class ServableModel:
     repeat_slope: float = 0.0
     # the second stage (models/rerank.py): reorders the top items of a basket with a history; the two halves'
     # rerankers (each fitted on the other half of validation, ``rerank.fold_of``) score validation honestly
+    # the history a model reads: each shopper's this-many most-bought items (``History.capped``; the cap the
+    # evaluation's histories were built with), in numpy and in the served graph alike; 0: every item
+    history_max_items: int = 0
     reranker: rerank.Reranker | None = None
     reranker_folds: tuple | None = None
     fold_seed: int = 0
@@ -116,10 +119,15 @@ class ServableModel:
 
     def score(self, X: sp.csr_matrix, H=None) -> np.ndarray:
         """Scores [rows, vocabulary]; ``H`` (a :class:`History`, or purchase counts) switches on personalisation."""
-        H = as_history(H)
+        H = self.read_history(H)
         if self.reranker is not None and H is not None:
             return self.rerank_lists(X, H, self.reranker)[0]
         return self._first_stage(X, H)[0]
+
+    def read_history(self, H):
+        """``H`` as a :class:`History`, capped at ``history_max_items`` (None stays None)."""
+        H = as_history(H)
+        return H.capped(self.history_max_items) if H is not None and self.history_max_items else H
 
     def _first_stage(self, X: sp.csr_matrix, H):
         """(score before any reranking, the network's logits or None, the table part or None)."""
@@ -140,7 +148,7 @@ class ServableModel:
     def rerank_lists(self, X: sp.csr_matrix, H, reranker: rerank.Reranker | None = None):
         """(scores, top items [rows, k], features [rows, k, F], bool [rows]: the rows with a history) of the
         second stage; the scores are reordered by ``reranker`` on those rows (unchanged without one)."""
-        H = as_history(H)
+        H = self.read_history(H)
         score, logits, table = self._first_stage(X, H)
         if H.past is None:
             raise ValueError(
@@ -239,6 +247,7 @@ class ServableModel:
             if self.reranker is None
             else {"k": self.reranker.k, "layers": len(self.reranker.kernels), "folds": bool(self.reranker_folds)},
             "fold_seed": self.fold_seed,
+            "history_max_items": self.history_max_items,
         }
         if self.table is not None:
             arrays.update(
@@ -317,6 +326,7 @@ class ServableModel:
             reranker=rerank.Reranker.from_arrays(z, "rr_", rr["k"], rr["layers"]) if rr else None,
             reranker_folds=folds,
             fold_seed=meta.get("fold_seed", 0),
+            history_max_items=meta.get("history_max_items", 0),
             name=meta["name"],
             kind=ModelKind(meta["kind"]),
             vocab=[str(v) for v in z["vocab"]],

@@ -80,6 +80,19 @@ def history_matrices(tf, hist_ids, counts, days, decays, n_items: int) -> dict:
     return out
 
 
+def cap_history(tf, hist: dict, max_items: int, n_items: int) -> dict:
+    """``History.capped`` on :func:`history_matrices`: each row's ``max_items`` most-bought items (the
+    largest counts, ties to the lower index, as ``tf.math.top_k``), every matrix zero elsewhere."""
+    if not max_items or max_items >= n_items:
+        return hist
+    top = tf.math.top_k(hist[0.0], k=max_items)
+    rows = tf.broadcast_to(tf.range(tf.shape(top.indices)[0])[:, None], tf.shape(top.indices))
+    keep = tf.scatter_nd(
+        tf.stack([rows, top.indices], axis=-1), tf.cast(top.values > 0.0, tf.float32), tf.shape(hist[0.0])
+    )
+    return {t: m * keep for t, m in hist.items()}
+
+
 def personal_cooc(tf, hist_ids, counts, days, ids, valid, tau: float, n_items: int):
     """``PastBaskets.cooc`` from the request's history rows, [batch, V]: the rows of one request row with the
     same ``history_days`` are one past basket b (one row per purchase: a basket's rows share its days), and
@@ -283,6 +296,8 @@ def _build_module(model: ServableModel, k: int):
                 history_days = tf.debugging.assert_all_finite(history_days, "history_days must be finite")
                 hist_ids = self.lookup.lookup(history)
                 hist = history_matrices(tf, hist_ids, history_counts, history_days, model.decays, V)
+                # the evaluation's histories hold each shopper's most-bought items only: so does the graph's
+                hist = cap_history(tf, hist, model.history_max_items, V)
             deep = table = cooc = None
             if self.spec is not None:
                 deep = deep_scores(tf, self.spec, ids, valid, hist)
@@ -421,6 +436,7 @@ def export_saved_model(
             "personal_scale": model.personal_scale,
             "repeat_slope": model.repeat_slope,
             "personal_network": model.personal,
+            "history_max_items": model.history_max_items,
             # the second stage (models/rerank.py): the top k of a shopper with a history reordered; their
             # scores are then the row's first-stage maximum + 1 + the reranker's score, shifted to start there
             "reranker": None

@@ -183,3 +183,44 @@ def test_reranked_export_matches_numpy(trained, exported, name):
     assert served["ndcg@10"] == pytest.approx(
         evaluate.evaluate_scores(model.score, test, len(vocab))["ndcg@10"], abs=0.005
     )
+
+
+def test_history_cap_is_served_as_evaluated(trained, tmp_path):
+    """The evaluation's histories hold each shopper's ``history_max_items`` most-bought items; a shop sends
+    every purchase. The model carries the cap, and the numpy scorer and the exported graph apply it to
+    whatever history arrives, so what is served is what was measured (a cap of 3 here, so it bites)."""
+    import tensorflow as tf
+
+    from assoc_lib.serving.export import export_saved_model
+
+    model = ServableModel.load(trained["candidates"]["deep+ease+personal_cooc+rerank"]["path"])
+    assert model.history_max_items == trained["cfg"].models.history_max_items
+    model.history_max_items = 3
+    baskets, vocab = load_split(trained["prep_dir"])
+    holdouts, _ = evaluate.make_holdouts(
+        baskets, len(vocab), trained["cfg"].models.eval_seed, 0, decays=model.decays, past=True
+    )  # uncapped
+    test = holdouts["test"]
+    rows = np.flatnonzero(np.diff(test.history.counts.tocsr().indptr) > 3)[:30]
+    assert len(rows) >= 10
+    X, H = test.inputs[rows], test.history[rows]
+    capped = H.capped(3)
+    assert (np.diff(capped.counts.tocsr().indptr) == 3).all() and capped.past is H.past
+    np.testing.assert_allclose(model.score(X, H), model.score(X, capped), rtol=1e-6)
+    uncapped = model.with_reranker(model.reranker)
+    uncapped.history_max_items = 0
+    assert not np.allclose(uncapped.score(X, H), model.score(X, H))  # the cap changes the answer
+    path = export_saved_model(model, tmp_path / "export", {}, k=20)
+    scores = model.score(X, H).astype(np.float64)
+    r, c = X.nonzero()
+    scores[r, c] = -np.inf
+    pad = lambda seqs, fill: [list(s) + [fill] * (max(map(len, seqs)) - len(s)) for s in seqs]
+    purchases = [H.past.purchases(k) for k in range(len(rows))]
+    out = tf.saved_model.load(str(path)).signatures["complete_basket_personal"](
+        items=tf.constant(pad([[vocab[i] for i in X[k].indices] for k in range(len(rows))], "")),
+        history=tf.constant(pad([[vocab[i] for i in its] for its, _ in purchases], "")),
+        history_counts=tf.constant(pad([[1.0] * len(its) for its, _ in purchases], 0.0), tf.float32),
+        history_days=tf.constant(pad([ago.tolist() for _, ago in purchases], 0.0), tf.float32),
+    )
+    np.testing.assert_allclose(out["scores"].numpy(), -np.sort(-scores, axis=1)[:, :20], rtol=1e-4, atol=1e-4)
+    assert evaluate.model_card(path)["history_max_items"] == 3
