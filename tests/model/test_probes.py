@@ -1,4 +1,5 @@
-"""benchmarks/probes.py: its features by hand, and its reference (weight 0) is the candidate's own evaluation."""
+"""benchmarks/probes.py and served_agreement.py: the probes' features by hand, their reference (weight 0) is the
+candidate's own evaluation; the served model answers as the evaluated one."""
 
 from __future__ import annotations
 
@@ -81,6 +82,26 @@ def test_probes_on_a_trained_run(trained, tmp_path, capsys):
             assert r["test_ndcg@10_model"] == pytest.approx(own["test"], abs=1e-6), r["probe"]
             assert r["val_ndcg@10_probe"] >= r["val_ndcg@10_model"] - 1e-12  # chosen on validation, 0 included
     assert "trend" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert bench.main(["--work-dir", str(tmp_path / "empty")]) == 2
+    assert "work dir" in capsys.readouterr().err
+
+
+def test_served_agreement_on_a_trained_run(trained, exported, tmp_path, capsys):
+    """benchmarks/served_agreement.py: the reranked deep candidate's export answers the session's test baskets
+    (per-purchase rows, as a shop sends them) as its numpy scorer does; a bad work dir is a clear error."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "served_agreement.py"
+    spec = importlib.util.spec_from_file_location("served_agreement", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    name = "deep+ease+personal_cooc+rerank"
+    out = tmp_path / "a.json"
+    argv = ["--work-dir", str(trained["root"]), "--model", name, "--export", str(exported[name]), "--out", str(out)]
+    assert bench.main(argv) == 0
+    record = json.loads(out.read_text())
+    assert record["baskets"] > 50 and record["numpy_ndcg@10"] > 0
+    assert record["served_ndcg@10"] == pytest.approx(record["numpy_ndcg@10"], abs=0.005)
+    assert "served NDCG@10" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
     assert bench.main(["--work-dir", str(tmp_path / "empty")]) == 2
     assert "work dir" in capsys.readouterr().err
