@@ -2,7 +2,8 @@
 
 A :class:`ServableModel` is a neighbour table (classical models), a deep
 network, or both mixed at score level (per-basket standardised scores,
-``(1-w)·deep + w·table``). Whatever wins the gate is exported the same way
+``(1-w)·deep + w·table``), plus the personal terms and, optionally, a second stage that reorders the
+top items for a shopper with a history (``models/rerank.py``). Whatever wins the gate is exported the same way
 (``assoc_lib.serving.export``). It is what training writes, evaluation scores and
 the export reads: it lives here, below all three.
 """
@@ -78,11 +79,11 @@ class ServableModel:
     # before (a basket of things they buy again asks for more of them); (1, 0): no gate
     personal_scale: float = 1.0
     repeat_slope: float = 0.0
-    # the second stage (models/rerank.py): reorders the top items of a basket with a history; the two halves'
-    # rerankers (each fitted on the other half of validation, ``rerank.fold_of``) score validation honestly
     # the history a model reads: each shopper's this-many most-bought items (``History.capped``; the cap the
     # evaluation's histories were built with), in numpy and in the served graph alike; 0: every item
     history_max_items: int = 0
+    # the second stage (models/rerank.py): reorders the top items of a basket with a history; the two halves'
+    # rerankers (each fitted on the other half of validation, ``rerank.fold_of``) score validation honestly
     reranker: rerank.Reranker | None = None
     reranker_folds: tuple | None = None
     fold_seed: int = 0
