@@ -547,15 +547,34 @@ def list_ndcg(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def rerank_lists(model, holdout: evaluate.HoldOut, batch: int = 512):
     """(features [rows, k, F], labels [rows, k], bool [rows]: the rows with a history) of ``model``'s first
-    stage on ``holdout`` (personalised)."""
+    stage on ``holdout`` (anonymous: every row, the history features 0)."""
     feats, labels, rows = [], [], []
     for start in range(0, holdout.n, batch):
         sl = slice(start, start + batch)
-        _, top, f, r = model.rerank_lists(holdout.inputs[sl], holdout.history[sl])
+        H = holdout.history[sl] if holdout.history is not None else None
+        _, top, f, r = model.rerank_lists(holdout.inputs[sl], H)
         feats.append(f)
         labels.append((top == holdout.hidden[sl, None]).astype(np.float32))
         rows.append(r)
     return np.concatenate(feats), np.concatenate(labels), np.concatenate(rows)
+
+
+def cross_fit(
+    feats: np.ndarray, labels: np.ndarray, rows: np.ndarray, fold: np.ndarray, seed: int, epochs: int, k: int
+):
+    """(the reranker fitted on every listed row, the two halves' rerankers, the first stage's per-basket
+    NDCG@10 from the lists, the cross-fitted one: each half scored by the reranker fitted on the other) for
+    the lists of ``rows`` (bool), ``fold`` the half of each row."""
+    keep = rows & labels.any(1)
+    full = fit_reranker(feats[keep], labels[keep], seed, epochs, k)
+    # fold h is scored by the reranker fitted on the other half
+    folds = tuple(fit_reranker(feats[keep & (fold != h)], labels[keep & (fold != h)], seed, epochs, k) for h in (0, 1))
+    base = list_ndcg(-np.arange(feats.shape[1], dtype=np.float64)[None, :].repeat(len(labels), 0), labels)
+    crossed = base.copy()
+    for h in (0, 1):
+        at = rows & (fold == h)
+        crossed[at] = list_ndcg(folds[h].forward(feats[at]), labels[at])
+    return full, folds, base, crossed
 
 
 def _save_rerank_candidate(entry: dict, val: evaluate.HoldOut, order_ids, cfg, save) -> dict | None:
@@ -577,14 +596,7 @@ def _save_rerank_candidate(entry: dict, val: evaluate.HoldOut, order_ids, cfg, s
     if min(int((keep & (fold == h)).sum()) for h in (0, 1)) < least:
         log.info("%s: no reranker (under %d lists in a half of validation)", model.name, least)
         return None
-    full = fit_reranker(feats[keep], labels[keep], seed, epochs, k)
-    # fold h is scored by the reranker fitted on the other half
-    folds = tuple(fit_reranker(feats[keep & (fold != h)], labels[keep & (fold != h)], seed, epochs, k) for h in (0, 1))
-    base = list_ndcg(-np.arange(feats.shape[1], dtype=np.float64)[None, :].repeat(len(labels), 0), labels)
-    crossed = base.copy()
-    for h in (0, 1):
-        at = rows & (fold == h)
-        crossed[at] = list_ndcg(folds[h].forward(feats[at]), labels[at])
+    full, folds, base, crossed = cross_fit(feats, labels, rows, fold, seed, epochs, k)
     base_name = model.name
     model.name, model.reranker, model.reranker_folds = f"{base_name}+rerank", full, folds
     model.fold_seed = cfg.models.eval_seed

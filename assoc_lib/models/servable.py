@@ -148,14 +148,17 @@ class ServableModel:
 
     def rerank_lists(self, X: sp.csr_matrix, H, reranker: rerank.Reranker | None = None):
         """(scores, top items [rows, k], features [rows, k, F], bool [rows]: the rows with a history) of the
-        second stage; the scores are reordered by ``reranker`` on those rows (unchanged without one)."""
+        second stage; the scores are reordered by ``reranker`` on those rows (unchanged without one).
+        ``H`` None: the anonymous lists (the history features 0, every row listed; measured by
+        ``benchmarks/probes.py``, not served)."""
         H = self.read_history(H)
         score, logits, table = self._first_stage(X, H)
-        if H.past is None:
+        if H is not None and H.past is None:
             raise ValueError(
                 f"{self.name}: the reranker reads the personal co-occurrence; the history needs the past baskets"
             )
-        counts = H.counts.toarray()
+        none = np.zeros(score.shape, np.float32)
+        counts = H.counts.toarray() if H is not None else none
         k = reranker.k if reranker is not None else rerank.TOP_K
         top = rerank.top_items(score, X, k)
         feats = rerank.features(
@@ -163,14 +166,14 @@ class ServableModel:
             score,
             None if logits is None else standardise(logits),
             None if table is None else standardise(table),
-            H.weights(self.history_decay).toarray(),
+            H.weights(self.history_decay).toarray() if H is not None else none,
             counts,
-            H.past.cooc(X, self.cooc_decay).toarray(),
-            repeat_share(X, H),
+            H.past.cooc(X, self.cooc_decay).toarray() if H is not None else none,
+            repeat_share(X, H) if H is not None else np.zeros(X.shape[0]),
             X,
             rerank.log_popularity(self.popularity),
         )
-        rows = (counts > 0).any(axis=1)
+        rows = (counts > 0).any(axis=1) if H is not None else np.ones(X.shape[0], bool)
         if reranker is not None:
             score = rerank.reorder(score, top, reranker.forward(feats), rows)
         return score, top, feats, rows
