@@ -468,6 +468,7 @@ def evaluate_candidates(
 
     rows = []
     test_ranks: dict = {p: {} for p in protocols}
+    val_order_ids = baskets["order_id"].to_numpy()[holdouts["validation"].frame_rows]  # rerankers' halves
     for cand, model in zip(candidates, models):
         if model.vocab != vocab:
             raise ValueError(f"candidate {cand['name']} was trained on another vocabulary than {prep_dir}")
@@ -475,8 +476,7 @@ def evaluate_candidates(
             if protocol == Protocol.ANONYMOUS and cand.get("personal_only"):
                 continue
             if model.reranker_folds and protocol == Protocol.PERSONALISED:  # fitted on validation: cross-fitted
-                order_ids = baskets["order_id"].to_numpy()[holdouts["validation"].frame_rows]
-                ranks, top = cross_fitted_ranks(model, view("validation", protocol), order_ids)
+                ranks, top = cross_fitted_ranks(model, view("validation", protocol), val_order_ids)
                 val = metrics_from_ranks(ranks, top, n_items)
             else:
                 val = evaluate_scores(model.score, view("validation", protocol), n_items)

@@ -545,14 +545,14 @@ def list_ndcg(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return evaluate.ndcg10_per_basket(ranks)
 
 
-def rerank_lists(model, holdout: evaluate.HoldOut, batch: int = 512):
+def rerank_lists(model, holdout: evaluate.HoldOut, k: int, batch: int = 512):
     """(features [rows, k, F], labels [rows, k], bool [rows]: the rows with a history) of ``model``'s first
-    stage on ``holdout`` (anonymous: every row, the history features 0)."""
+    stage's top ``k`` on ``holdout`` (anonymous: every row, the history features 0)."""
     feats, labels, rows = [], [], []
     for start in range(0, holdout.n, batch):
         sl = slice(start, start + batch)
         H = holdout.history[sl] if holdout.history is not None else None
-        _, top, f, r = model.rerank_lists(holdout.inputs[sl], H)
+        _, top, f, r = model.rerank_lists(holdout.inputs[sl], H, k)
         feats.append(f)
         labels.append((top == holdout.hidden[sl, None]).astype(np.float32))
         rows.append(r)
@@ -577,25 +577,25 @@ def cross_fit(
     return full, folds, base, crossed
 
 
-def _save_rerank_candidate(entry: dict, val: evaluate.HoldOut, order_ids, cfg, save) -> dict | None:
+def _save_rerank_candidate(entry: dict, val: evaluate.HoldOut, order_ids, cfg, save) -> None:
     """``<model>+rerank``: a saved candidate with the second stage (``models/rerank.py``) fitted on the
     validation baskets that have a history and whose hidden item is in the candidate's top k. The same
     network is also fitted on each half of those baskets (``rerank.fold_of``: a hash of the order id), and
     evaluation scores each validation basket with the half that did not see it, so the gate's validation
     figure is cross-fitted; test and serving use the one fitted on all of validation. The first stage (its
-    weights, prior, co-occurrence and gate) is the candidate's, unchanged. None when too few lists."""
+    weights, prior, co-occurrence and gate) is the candidate's, unchanged. None saved when too few lists."""
     from assoc_lib.models.servable import ServableModel
 
     started = time.perf_counter()
     model = ServableModel.load(entry["path"])
     k, epochs, seed = cfg.models.rerank_top_k, cfg.models.rerank_epochs, cfg.models.seed
-    feats, labels, rows = rerank_lists(model.with_reranker(None), val)
+    feats, labels, rows = rerank_lists(model, val, k)
     fold = rerank.fold_of(order_ids, cfg.models.eval_seed)
     keep = rows & labels.any(1)
     least = cfg.models.rerank_min_lists
     if min(int((keep & (fold == h)).sum()) for h in (0, 1)) < least:
         log.info("%s: no reranker (under %d lists in a half of validation)", model.name, least)
-        return None
+        return
     full, folds, base, crossed = cross_fit(feats, labels, rows, fold, seed, epochs, k)
     base_name = model.name
     model.name, model.reranker, model.reranker_folds = f"{base_name}+rerank", full, folds
@@ -619,16 +619,17 @@ def _save_rerank_candidate(entry: dict, val: evaluate.HoldOut, order_ids, cfg, s
         record["val_ndcg@10_first_stage"],
         record["val_ndcg@10_cross_fitted"],
     )
-    new = {
-        "name": model.name,
-        "kind": entry["kind"],
-        "train_seconds": (entry.get("train_seconds") or 0.0) + time.perf_counter() - started,
-        "servable": model.servable,
-        "personal_only": True,
-        "reranker": record,
-    }
-    save(model, new)
-    return new
+    save(
+        model,
+        {
+            "name": model.name,
+            "kind": entry["kind"],
+            "train_seconds": (entry.get("train_seconds") or 0.0) + time.perf_counter() - started,
+            "servable": model.servable,
+            "personal_only": True,
+            "reranker": record,
+        },
+    )
 
 
 def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLike) -> dict:

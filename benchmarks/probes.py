@@ -149,9 +149,9 @@ def anonymous_rerank(models: dict, baskets, holdouts: dict, seed: int, epochs: i
     fold = fold_of(baskets["order_id"].to_numpy()[val.frame_rows], seed)
     per_model, tests = [], {}
     for name, model in models.items():
-        fv, lv, rv = rerank_lists(model, val)
+        fv, lv, rv = rerank_lists(model, val, TOP_K)
         full, _, base, crossed = cross_fit(fv, lv, rv, fold, seed, epochs, TOP_K)
-        ft, lt, _ = rerank_lists(model, test)
+        ft, lt, _ = rerank_lists(model, test, TOP_K)
         own = ndcg(model.score(test.inputs), test.inputs, test.hidden)
         reranked = list_ndcg(full.forward(ft), lt)
         tests[name] = (own, reranked)

@@ -122,7 +122,7 @@ class ServableModel:
         """Scores [rows, vocabulary]; ``H`` (a :class:`History`, or purchase counts) switches on personalisation."""
         H = self.read_history(H)
         if self.reranker is not None and H is not None:
-            return self.rerank_lists(X, H, self.reranker)[0]
+            return self._second_stage(X, H, self.reranker, self.reranker.k)[0]
         return self._first_stage(X, H)[0]
 
     def read_history(self, H):
@@ -146,12 +146,15 @@ class ServableModel:
             table = table + np.asarray(X @ self.dense, dtype=np.float32)
         return logits, table
 
-    def rerank_lists(self, X: sp.csr_matrix, H, reranker: rerank.Reranker | None = None):
-        """(scores, top items [rows, k], features [rows, k, F], bool [rows]: the rows with a history) of the
-        second stage; the scores are reordered by ``reranker`` on those rows (unchanged without one).
-        ``H`` None: the anonymous lists (the history features 0, every row listed; measured by
-        ``benchmarks/probes.py``, not served)."""
-        H = self.read_history(H)
+    def rerank_lists(self, X: sp.csr_matrix, H, k: int = rerank.TOP_K):
+        """(first-stage scores, top items [rows, k], features [rows, k, F], bool [rows]: the rows with a
+        history): what a second stage reads, and fits on. ``H`` None: the anonymous lists (the history
+        features 0, every row listed; measured by ``benchmarks/probes.py``, not served)."""
+        return self._second_stage(X, self.read_history(H), None, k)
+
+    def _second_stage(self, X: sp.csr_matrix, H, reranker: rerank.Reranker | None, k: int):
+        """:meth:`rerank_lists` on a history already read, the scores reordered by ``reranker`` (if any) on the
+        rows with a history."""
         score, logits, table = self._first_stage(X, H)
         if H is not None and H.past is None:
             raise ValueError(
@@ -159,7 +162,6 @@ class ServableModel:
             )
         none = np.zeros(score.shape, np.float32)
         counts = H.counts.toarray() if H is not None else none
-        k = reranker.k if reranker is not None else rerank.TOP_K
         top = rerank.top_items(score, X, k)
         feats = rerank.features(
             top,

@@ -139,9 +139,10 @@ def repeat_gate(tf, counts, ids, valid, scale: float, slope: float):
 
 
 def rerank_top(tf, rr: dict, k: int, scores, masked, parts: dict, counts, ids, valid, log_popularity):
-    """``ServableModel.rerank_lists`` (``models/rerank.py``): the features of the ``k`` best items of
-    ``masked`` (the scores with the basket's items at -inf), the reranker's layers, and the listed items
-    lifted above the rest in its order (row max + 1 + (r − min r)); rows without a history unchanged.
+    """``ServableModel``'s second stage (``rerank_lists``, ``Reranker.forward``, ``rerank.reorder``): the
+    features of the ``k`` best items of ``masked`` (the scores with the basket's items at -inf), the
+    reranker's layers, and the listed items lifted above the rest in its order (row max + 1 + (r − min r));
+    rows without a history unchanged.
     ``parts``: dense [batch, V] arrays by feature name (None: the part is absent)."""
     top = tf.math.top_k(masked, k=k).indices  # best first, ties by the lower index
     batch = tf.shape(top)[0]

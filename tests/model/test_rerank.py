@@ -129,6 +129,15 @@ def test_reranked_candidates_are_cross_fitted(trained, name, tmp_path):
             model.with_reranker(model.reranker_folds[h]).score(X[rows], H[rows]), X[rows], val.hidden[rows]
         )
         np.testing.assert_array_equal(ranks[rows], by_hand)
+    # the lists are the configured top k: a shorter k lists the same items first, with the same features
+    from assoc_lib.train import rerank_lists
+
+    short, long = (
+        rerank_lists(model, val.subset(np.arange(40)), 30),
+        rerank_lists(model, val.subset(np.arange(40)), 100),
+    )
+    assert short[0].shape[1] == 30
+    np.testing.assert_allclose(short[0], long[0][:, :30])
     full, _ = evaluate.score_ranks(model.score, val)
     assert (ranks != full).any()  # the fold rerankers are not the one fitted on all of validation
     payload = evaluate.evaluate_candidates(trained["prep_dir"], [cand], trained["cfg"], tmp_path / "eval")
