@@ -469,6 +469,19 @@ def _tune_repeat_gate(model, holdout: evaluate.HoldOut, n_items: int) -> dict:
     return trace
 
 
+def _derived_entry(model, base: dict, started: float, **extra) -> dict:
+    """The train summary's entry of a candidate derived from a saved one (``+personal_cooc``, ``+rerank``):
+    personalised only, its base's kind, its base's training time plus its own since ``started``."""
+    return {
+        "name": model.name,
+        "kind": base["kind"],
+        "train_seconds": (base.get("train_seconds") or 0.0) + time.perf_counter() - started,
+        "servable": model.servable,
+        "personal_only": True,
+        **extra,
+    }
+
+
 def _save_cooc_candidate(entry: dict, val: evaluate.HoldOut, n_items: int, decays, save) -> None:
     """``<model>+personal_cooc``: a saved candidate plus its personal co-occurrence (PerNIR-style, what this
     shopper bought together with the items now in the basket), τ and γ chosen on validation with the base
@@ -497,17 +510,7 @@ def _save_cooc_candidate(entry: dict, val: evaluate.HoldOut, n_items: int, decay
         model.cooc_weight,
         _grid_summary(trace),
     )
-    save(
-        model,
-        {
-            "name": model.name,
-            "kind": entry["kind"],
-            "train_seconds": (entry.get("train_seconds") or 0.0) + time.perf_counter() - started,
-            "servable": model.servable,
-            "personal_only": True,
-            "cooc_weight_grid": trace,
-        },
-    )
+    save(model, _derived_entry(model, entry, started, cooc_weight_grid=trace))
 
 
 RERANK_HIDDEN = (32, 32)
@@ -619,17 +622,7 @@ def _save_rerank_candidate(entry: dict, val: evaluate.HoldOut, order_ids, cfg, s
         record["val_ndcg@10_first_stage"],
         record["val_ndcg@10_cross_fitted"],
     )
-    save(
-        model,
-        {
-            "name": model.name,
-            "kind": entry["kind"],
-            "train_seconds": (entry.get("train_seconds") or 0.0) + time.perf_counter() - started,
-            "servable": model.servable,
-            "personal_only": True,
-            "reranker": record,
-        },
-    )
+    save(model, _derived_entry(model, entry, started, reranker=record))
 
 
 def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLike) -> dict:
