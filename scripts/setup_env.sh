@@ -15,9 +15,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log=.venv/install.log
   echo "setup: installing dependencies into .venv (first time: several minutes; log: $log)" >&2
   if ! { .venv/bin/python -m pip install -q --upgrade "pip>=24" && \
-         .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"; } > "$log" 2>&1; then
+         .venv/bin/python -m pip install -q --no-cache-dir -c constraints.txt -e ".[test]"; } > "$log" 2>&1; then
     grep -v "^WARNING: Location" "$log" | tail -30 >&2
     echo "setup: pip install failed; the whole log is in $log" >&2
+    if grep -q "No space left on device" "$log"; then
+      echo "setup: the disk is full (the environment needs about 3.5 GB free):" >&2
+      df -h . "${TMPDIR:-/tmp}" >&2 || true
+    fi
     exit 1
   fi
   echo "$want" > "$stamp"
