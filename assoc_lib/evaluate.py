@@ -134,15 +134,16 @@ def score_ranks(
 
 def cross_fitted_ranks(model, holdout: HoldOut, order_ids) -> tuple[np.ndarray, np.ndarray]:
     """:func:`score_ranks` of a model whose second stage was fitted on ``holdout`` (validation): each basket
-    is scored with the reranker fitted on the other half (``rerank.fold_of`` of its order id), so the figure
-    is one the gate may compare with the others'."""
+    is scored with the rerankers fitted on the other half (``rerank.fold_of`` of its order id; the stage for
+    baskets with a history and the anonymous one alike), so the figure is one the gate may compare with the
+    others'."""
     from assoc_lib.models.rerank import fold_of
 
     fold = fold_of(order_ids, model.fold_seed)
     ranks, top = np.zeros(holdout.n, np.int64), np.zeros((holdout.n, min(10, model.n_items)), np.int64)
     for h in (0, 1):
         rows = np.flatnonzero(fold == h)
-        ranks[rows], top[rows] = score_ranks(model.with_reranker(model.reranker_folds[h]).score, holdout.subset(rows))
+        ranks[rows], top[rows] = score_ranks(model.half(h).score, holdout.subset(rows))
     return ranks, top
 
 
@@ -432,8 +433,11 @@ def served_decay(card: dict) -> float:
 
 def served_cooc(card: dict) -> bool:
     """Whether an export reads the past baskets from its history rows (the personal co-occurrence, as a
-    term or as a reranker feature, from its model card): it needs per-purchase rows."""
-    return bool(card.get("cooc_weight")) or bool(card.get("reranker"))
+    term or as a feature of the reranker for shoppers with a history, from its model card): it needs
+    per-purchase rows. (A card without ``reranker.personal`` predates the anonymous stage: its reranker was
+    the personal one.)"""
+    rr = card.get("reranker") or {}
+    return bool(card.get("cooc_weight")) or (bool(rr) and rr.get("personal", True) is not None)
 
 
 def evaluate_candidates(
@@ -475,7 +479,7 @@ def evaluate_candidates(
         for protocol in protocols:
             if protocol == Protocol.ANONYMOUS and cand.get("personal_only"):
                 continue
-            if model.reranker_folds and protocol == Protocol.PERSONALISED:  # fitted on validation: cross-fitted
+            if model.cross_fitted:  # its second stage was fitted on validation: cross-fitted there
                 ranks, top = cross_fitted_ranks(model, view("validation", protocol), val_order_ids)
                 val = metrics_from_ranks(ranks, top, n_items)
             else:

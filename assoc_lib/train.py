@@ -469,15 +469,16 @@ def _tune_repeat_gate(model, holdout: evaluate.HoldOut, n_items: int) -> dict:
     return trace
 
 
-def _derived_entry(model, base: dict, started: float, **extra) -> dict:
+def _derived_entry(model, base: dict, started: float, personal_only: bool = True, **extra) -> dict:
     """The train summary's entry of a candidate derived from a saved one (``+personal_cooc``, ``+rerank``):
-    personalised only, its base's kind, its base's training time plus its own since ``started``."""
+    its base's kind, its base's training time plus its own since ``started``; ``personal_only`` when its
+    anonymous answer is its base's (then the anonymous comparison leaves it out)."""
     return {
         "name": model.name,
         "kind": base["kind"],
         "train_seconds": (base.get("train_seconds") or 0.0) + time.perf_counter() - started,
         "servable": model.servable,
-        "personal_only": True,
+        "personal_only": personal_only,
         **extra,
     }
 
@@ -514,6 +515,9 @@ def _save_cooc_candidate(entry: dict, val: evaluate.HoldOut, n_items: int, decay
 
 
 RERANK_HIDDEN = (32, 32)
+# the candidates the derived ones are built on: + personal co-occurrence, then + a second stage on those (or,
+# without the personal co-occurrence, on these themselves)
+DERIVED_BASES = ("ease", "ease_dense", "deep+ease")
 
 
 def fit_reranker(feats: np.ndarray, labels: np.ndarray, seed: int, epochs: int, k: int) -> rerank.Reranker:
@@ -550,7 +554,7 @@ def list_ndcg(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def rerank_lists(model, holdout: evaluate.HoldOut, k: int, batch: int = 512):
     """(features [rows, k, F], labels [rows, k], bool [rows]: the rows with a history) of ``model``'s first
-    stage's top ``k`` on ``holdout`` (anonymous: every row, the history features 0)."""
+    stage's top ``k`` on ``holdout`` (anonymous: no row with a history, the history features 0)."""
     feats, labels, rows = [], [], []
     for start in range(0, holdout.n, batch):
         sl = slice(start, start + batch)
@@ -580,49 +584,72 @@ def cross_fit(
     return full, folds, base, crossed
 
 
-def _save_rerank_candidate(entry: dict, val: evaluate.HoldOut, order_ids, cfg, save) -> None:
-    """``<model>+rerank``: a saved candidate with the second stage (``models/rerank.py``) fitted on the
-    validation baskets that have a history and whose hidden item is in the candidate's top k. The same
-    network is also fitted on each half of those baskets (``rerank.fold_of``: a hash of the order id), and
-    evaluation scores each validation basket with the half that did not see it, so the gate's validation
-    figure is cross-fitted; test and serving use the one fitted on all of validation. The first stage (its
-    weights, prior, co-occurrence and gate) is the candidate's, unchanged. None saved when too few lists."""
-    from assoc_lib.models.servable import ServableModel
-
-    started = time.perf_counter()
-    model = ServableModel.load(entry["path"])
+def _fit_stage(model, holdout: evaluate.HoldOut, fold: np.ndarray, cfg) -> tuple | None:
+    """(the reranker, its two halves, the record) of one second stage of ``model`` fitted on ``holdout``'s
+    lists whose hidden item is in the first stage's top k: on the personalised protocol the rows with a
+    history (the stage for shoppers), on the anonymous one every row (the stage for a basket without
+    history). None when a half of validation has under ``rerank_min_lists`` lists."""
     k, epochs, seed = cfg.models.rerank_top_k, cfg.models.rerank_epochs, cfg.models.seed
-    feats, labels, rows = rerank_lists(model, val, k)
-    fold = rerank.fold_of(order_ids, cfg.models.eval_seed)
+    feats, labels, with_history = rerank_lists(model, holdout, k)
+    rows = with_history if holdout.history is not None else ~with_history
     keep = rows & labels.any(1)
     least = cfg.models.rerank_min_lists
     if min(int((keep & (fold == h)).sum()) for h in (0, 1)) < least:
-        log.info("%s: no reranker (under %d lists in a half of validation)", model.name, least)
-        return
+        log.info("%s: no %s reranker (under %d lists in a half of validation)", model.name, holdout.protocol, least)
+        return None
     full, folds, base, crossed = cross_fit(feats, labels, rows, fold, seed, epochs, k)
-    base_name = model.name
-    model.name, model.reranker, model.reranker_folds = f"{base_name}+rerank", full, folds
-    model.fold_seed = cfg.models.eval_seed
     record = {
-        "top_k": k,
-        "features": list(rerank.FEATURES),
-        "hidden": list(RERANK_HIDDEN),
-        "epochs": epochs,
         "lists": int(keep.sum()),
         "val_ndcg@10_first_stage": round(float(base.mean()), 5),
         "val_ndcg@10_cross_fitted": round(float(crossed.mean()), 5),
     }
-    model.params = {**model.params, "reranker": record}
     log.info(
-        "%s: reranker over the top %d fitted on %d validation lists; validation NDCG@10 %.4f -> %.4f "
+        "%s: %s reranker over the top %d fitted on %d validation lists; validation NDCG@10 %.4f -> %.4f "
         "(cross-fitted: each half scored by the reranker fitted on the other)",
         model.name,
+        holdout.protocol,
         k,
         record["lists"],
         record["val_ndcg@10_first_stage"],
         record["val_ndcg@10_cross_fitted"],
     )
-    save(model, _derived_entry(model, entry, started, reranker=record))
+    return full, folds, record
+
+
+def _save_rerank_candidate(entry: dict, val: evaluate.HoldOut, order_ids, cfg, save) -> None:
+    """``<model>+rerank``: a saved candidate with the second stage (``models/rerank.py``): one reranker
+    fitted on the validation baskets with a history (personalised protocol), one on every validation basket
+    without it (anonymous protocol), each on the lists whose hidden item is in the candidate's top k. Each
+    network is also fitted on each half of those baskets (``rerank.fold_of``: a hash of the order id; the
+    same halves for both), and evaluation scores each validation basket with the halves that did not see it,
+    so the gate's validation figure is cross-fitted; test and serving use the ones fitted on all of
+    validation. The first stage (its weights, prior, co-occurrence and gate) is the candidate's, unchanged.
+    None saved when neither stage has enough lists."""
+    from assoc_lib.models.servable import ServableModel
+
+    started = time.perf_counter()
+    model = ServableModel.load(entry["path"])
+    fold = rerank.fold_of(order_ids, cfg.models.eval_seed)
+    personal = _fit_stage(model, val, fold, cfg) if val.history is not None else None
+    anonymous = _fit_stage(model, val.anonymous(), fold, cfg)
+    if personal is None and anonymous is None:
+        return
+    model.name = f"{model.name}+rerank"
+    model.reranker, model.reranker_folds = personal[:2] if personal else (None, None)
+    model.reranker_anonymous, model.reranker_anonymous_folds = anonymous[:2] if anonymous else (None, None)
+    model.fold_seed = cfg.models.eval_seed
+    record = {
+        "top_k": cfg.models.rerank_top_k,
+        "features": list(rerank.FEATURES),
+        "hidden": list(RERANK_HIDDEN),
+        "epochs": cfg.models.rerank_epochs,
+        "personal": personal and personal[2],
+        "anonymous": anonymous and anonymous[2],
+    }
+    model.params = {**model.params, "reranker": record}
+    # with an anonymous stage its anonymous answer is its own, not its base's
+    only = bool(entry.get("personal_only")) and anonymous is None
+    save(model, _derived_entry(model, entry, started, personal_only=only, reranker=record))
 
 
 def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLike) -> dict:
@@ -655,7 +682,7 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
         cfg.models.history_max_items,
         decays=prior_decays,
         train_decays=(params.history_decay,),
-        past=bool(cooc_decays),
+        past=bool(cooc_decays) or bool(cfg.models.rerank_top_k),  # both read the shopper's past baskets
     )
     personal = history is not None
     cooc_decays = cooc_decays if personal else ()
@@ -850,15 +877,18 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
             },
             tuned=True,
         )
-    for base in ("ease", "ease_dense", "deep+ease") if cooc_decays and val.n else ():
+    for base in DERIVED_BASES if cooc_decays and val.n else ():
         entry = next((e for e in entries if e["name"] == base), None)
         if entry is not None:
             _save_cooc_candidate(entry, val, n_items, cooc_decays, lambda model, e: save(model, e, tuned=True))
-    if personal and cfg.models.rerank_top_k and val.n:
-        # the second stage, on every candidate with the personal co-occurrence (deep and classical alike, so
-        # the verdict stays best against best)
+    if cfg.models.rerank_top_k and val.n:
+        # the second stage, deep and classical alike (so the verdict stays best against best): on every
+        # candidate with the personal co-occurrence, or, without users, on the candidates it would be built on
         order_ids = baskets["order_id"].to_numpy()[val.frame_rows]
-        for entry in [e for e in entries if e["name"].endswith("+personal_cooc")]:
+        bases = [
+            e for e in entries if (e["name"].endswith("+personal_cooc") if cooc_decays else e["name"] in DERIVED_BASES)
+        ]
+        for entry in bases:
             _save_rerank_candidate(entry, val, order_ids, cfg, lambda model, e: save(model, e, tuned=True, gate=False))
     summary = {
         "prep_dir": str(prep_dir),

@@ -3,7 +3,7 @@
 A :class:`ServableModel` is a neighbour table (classical models), a deep
 network, or both mixed at score level (per-basket standardised scores,
 ``(1-w)·deep + w·table``), plus the personal terms and, optionally, a second stage that reorders the
-top items for a shopper with a history (``models/rerank.py``). Whatever wins the gate is exported the same way
+top items (``models/rerank.py``): one reranker for a shopper with a history, one for a basket without. Whatever wins the gate is exported the same way
 (``assoc_lib.serving.export``). It is what training writes, evaluation scores and
 the export reads: it lives here, below all three.
 """
@@ -82,11 +82,14 @@ class ServableModel:
     # the history a model reads: each shopper's this-many most-bought items (``History.capped``; the cap the
     # evaluation's histories were built with), in numpy and in the served graph alike; 0: every item
     history_max_items: int = 0
-    # the second stage (models/rerank.py): reorders the top items of a basket with a history; the two halves'
-    # rerankers (each fitted on the other half of validation, ``rerank.fold_of``) score validation honestly
+    # the second stage (models/rerank.py): reorders the top items of a basket with a history (``reranker``)
+    # and of one without (``reranker_anonymous``: an anonymous request, an empty history); each stage's two
+    # halves (each fitted on the other half of validation, ``rerank.fold_of``) score validation honestly
     reranker: rerank.Reranker | None = None
     reranker_folds: tuple | None = None
     fold_seed: int = 0
+    reranker_anonymous: rerank.Reranker | None = None
+    reranker_anonymous_folds: tuple | None = None
 
     @property
     def network_decay(self) -> float:
@@ -102,7 +105,33 @@ class ServableModel:
     def reads_past(self) -> bool:
         """Whether its scores read the shopper's past baskets (``History.past``): the personal co-occurrence,
         as a term or as a reranker feature."""
-        return bool(self.cooc_weight) or self.reranker is not None
+        return bool(self.cooc_weight) or self.reranked
+
+    @property
+    def reranked(self) -> bool:
+        """Whether it has a second stage (for baskets with a history, without, or both)."""
+        return self.reranker is not None or self.reranker_anonymous is not None
+
+    @property
+    def rerank_k(self) -> int:
+        """How many top items its second stage reorders."""
+        return (self.reranker or self.reranker_anonymous).k
+
+    @property
+    def cross_fitted(self) -> bool:
+        """Whether its second stage was fitted on validation by halves (evaluate.cross_fitted_ranks)."""
+        return bool(self.reranker_folds or self.reranker_anonymous_folds)
+
+    def half(self, h: int) -> "ServableModel":
+        """The same model with each second stage replaced by the one fitted on half ``1 - h`` of validation:
+        what scores the validation baskets of half ``h``."""
+        return dataclasses.replace(
+            self,
+            reranker=self.reranker_folds[h] if self.reranker_folds else self.reranker,
+            reranker_anonymous=self.reranker_anonymous_folds[h]
+            if self.reranker_anonymous_folds
+            else self.reranker_anonymous,
+        )
 
     @property
     def servable(self) -> bool:
@@ -121,8 +150,8 @@ class ServableModel:
     def score(self, X: sp.csr_matrix, H=None) -> np.ndarray:
         """Scores [rows, vocabulary]; ``H`` (a :class:`History`, or purchase counts) switches on personalisation."""
         H = self.read_history(H)
-        if self.reranker is not None and H is not None:
-            return self._second_stage(X, H, self.reranker, self.reranker.k)[0]
+        if self.reranker_anonymous is not None or (self.reranker is not None and H is not None):
+            return self._second_stage(X, H, self.reranker, self.reranker_anonymous, self.rerank_k)[0]
         return self._first_stage(X, H)[0]
 
     def read_history(self, H):
@@ -149,12 +178,20 @@ class ServableModel:
     def rerank_lists(self, X: sp.csr_matrix, H, k: int = rerank.TOP_K):
         """(first-stage scores, top items [rows, k], features [rows, k, F], bool [rows]: the rows with a
         history): what a second stage reads, and fits on. ``H`` None: the anonymous lists (the history
-        features 0, every row listed; measured by ``benchmarks/probes.py``, not served)."""
-        return self._second_stage(X, self.read_history(H), None, k)
+        features 0, no row with a history), what ``reranker_anonymous`` reads."""
+        return self._second_stage(X, self.read_history(H), None, None, k)
 
-    def _second_stage(self, X: sp.csr_matrix, H, reranker: rerank.Reranker | None, k: int):
+    def _second_stage(
+        self,
+        X: sp.csr_matrix,
+        H,
+        reranker: rerank.Reranker | None,
+        reranker_anonymous: rerank.Reranker | None,
+        k: int,
+    ):
         """:meth:`rerank_lists` on a history already read, the scores reordered by ``reranker`` (if any) on the
-        rows with a history."""
+        rows with a history and by ``reranker_anonymous`` (if any) on the others. An empty history gives the
+        features of no history at all (every history feature is 0), so it gets the anonymous answer."""
         score, logits, table = self._first_stage(X, H)
         if H is not None and H.past is None:
             raise ValueError(
@@ -175,14 +212,12 @@ class ServableModel:
             X,
             rerank.log_popularity(self.popularity),
         )
-        rows = (counts > 0).any(axis=1) if H is not None else np.ones(X.shape[0], bool)
-        if reranker is not None:
+        rows = (counts > 0).any(axis=1)
+        if reranker is not None and rows.any():
             score = rerank.reorder(score, top, reranker.forward(feats), rows)
+        if reranker_anonymous is not None and not rows.all():
+            score = rerank.reorder(score, top, reranker_anonymous.forward(feats), ~rows)
         return score, top, feats, rows
-
-    def with_reranker(self, reranker: rerank.Reranker | None) -> "ServableModel":
-        """The same model with another second stage (a fold's, for cross-fitted validation)."""
-        return dataclasses.replace(self, reranker=reranker)
 
     def base_score(self, X: sp.csr_matrix, H=None, parts=None) -> np.ndarray:
         """:meth:`score` without the personal terms (the prior and the co-occurrence) and the reranker: the
@@ -249,9 +284,8 @@ class ServableModel:
             "table_aggregation": self.table.aggregation if self.table else None,
             "deep_layers": [l["type"] for l in self.deep["layers"]] if self.deep else None,
             "deep_eps": [l.get("epsilon") for l in self.deep["layers"]] if self.deep else None,
-            "reranker": None
-            if self.reranker is None
-            else {"k": self.reranker.k, "layers": len(self.reranker.kernels), "folds": bool(self.reranker_folds)},
+            "reranker": _stage_meta(self.reranker, self.reranker_folds),
+            "reranker_anonymous": _stage_meta(self.reranker_anonymous, self.reranker_anonymous_folds),
             "fold_seed": self.fold_seed,
             "history_max_items": self.history_max_items,
         }
@@ -274,10 +308,14 @@ class ServableModel:
                 for key, value in layer.items():
                     if isinstance(value, np.ndarray):
                         arrays[f"deep_layer{i}_{key}"] = value
-        if self.reranker is not None:
-            arrays.update(self.reranker.arrays("rr_"))
-            for i, fold in enumerate(self.reranker_folds or ()):
-                arrays.update(fold.arrays(f"rr{i}_"))
+        for prefix, stage, folds in (
+            ("rr", self.reranker, self.reranker_folds),
+            ("rra", self.reranker_anonymous, self.reranker_anonymous_folds),
+        ):
+            if stage is not None:
+                arrays.update(stage.arrays(f"{prefix}_"))
+                for i, fold in enumerate(folds or ()):
+                    arrays.update(fold.arrays(f"{prefix}{i}_"))
         arrays["meta"] = np.asarray(json.dumps(meta))
         if self.dense is not None:  # beside the archive, memory-mapped when loaded
             dense_tmp = path.with_name(f".{path.name}.dense.tmp.npy")
@@ -324,13 +362,13 @@ class ServableModel:
             if "ev_indices" in z
             else None
         )
-        rr, folds = meta.get("reranker"), None
-        if rr:
-            if rr["folds"]:
-                folds = tuple(rerank.Reranker.from_arrays(z, f"rr{i}_", rr["k"], rr["layers"]) for i in (0, 1))
+        reranker, reranker_folds = _load_stage(z, "rr", meta.get("reranker"))
+        reranker_anonymous, reranker_anonymous_folds = _load_stage(z, "rra", meta.get("reranker_anonymous"))
         return cls(
-            reranker=rerank.Reranker.from_arrays(z, "rr_", rr["k"], rr["layers"]) if rr else None,
-            reranker_folds=folds,
+            reranker=reranker,
+            reranker_folds=reranker_folds,
+            reranker_anonymous=reranker_anonymous,
+            reranker_anonymous_folds=reranker_anonymous_folds,
             fold_seed=meta.get("fold_seed", 0),
             history_max_items=meta.get("history_max_items", 0),
             name=meta["name"],
@@ -351,3 +389,16 @@ class ServableModel:
             repeat_slope=meta.get("repeat_slope", 0.0),
             dense=np.load(f"{path}.dense.npy", mmap_mode="r") if meta.get("dense") else None,
         )
+
+
+def _stage_meta(stage: rerank.Reranker | None, folds) -> dict | None:
+    """What :meth:`ServableModel.load` needs to read a second stage back."""
+    return None if stage is None else {"k": stage.k, "layers": len(stage.kernels), "folds": bool(folds)}
+
+
+def _load_stage(z, prefix: str, meta: dict | None) -> tuple:
+    """(the reranker, its two halves or None) saved under ``prefix`` (None, None when there is none)."""
+    if not meta:
+        return None, None
+    read = lambda p: rerank.Reranker.from_arrays(z, p, meta["k"], meta["layers"])  # noqa: E731
+    return read(f"{prefix}_"), tuple(read(f"{prefix}{i}_") for i in (0, 1)) if meta["folds"] else None

@@ -138,12 +138,15 @@ def repeat_gate(tf, counts, ids, valid, scale: float, slope: float):
     return tf.maximum(scale + slope * (repeat_share(tf, counts, ids, valid) - 0.5), 0.0)
 
 
-def rerank_top(tf, rr: dict, k: int, scores, masked, parts: dict, counts, ids, valid, log_popularity):
+def rerank_top(tf, rr, rr_anonymous, k: int, scores, masked, parts: dict, counts, ids, valid, log_popularity):
     """``ServableModel``'s second stage (``rerank_lists``, ``Reranker.forward``, ``rerank.reorder``): the
     features of the ``k`` best items of ``masked`` (the scores with the basket's items at -inf), the
-    reranker's layers, and the listed items lifted above the rest in its order (row max + 1 + (r − min r));
-    rows without a history unchanged.
-    ``parts``: dense [batch, V] arrays by feature name (None: the part is absent)."""
+    layers of ``rr`` on rows with a history and of ``rr_anonymous`` on the others (either None: those rows
+    unchanged), and the listed items lifted above the rest in its order (row max + 1 + (r − min r)).
+    ``parts``: dense [batch, V] arrays by feature name (None: the part is absent); ``counts`` None: no
+    history (an anonymous request)."""
+    if counts is None:
+        counts = tf.zeros_like(scores)
     top = tf.math.top_k(masked, k=k).indices  # best first, ties by the lower index
     batch = tf.shape(top)[0]
 
@@ -169,17 +172,23 @@ def rerank_top(tf, rr: dict, k: int, scores, masked, parts: dict, counts, ids, v
         tf.gather(log_popularity, top),
         per_basket(tf.range(k, dtype=tf.float32)[None, :]),
     ]
-    h = (tf.stack(cols, axis=-1) - rr["mean"]) / rr["scale"]
-    for i, (w, b) in enumerate(zip(rr["kernels"], rr["biases"])):
-        h = tf.tensordot(h, w, axes=1) + b
-        if i < len(rr["kernels"]) - 1:
-            h = tf.nn.relu(h)
-    new = h[..., 0]
-    lifted = tf.reduce_max(scores, axis=1, keepdims=True) + 1.0 + (new - tf.reduce_min(new, axis=1, keepdims=True))
-    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(top))
-    reranked = tf.tensor_scatter_nd_update(scores, tf.stack([rows, top], axis=-1), lifted)
+    feats = tf.stack(cols, axis=-1)
+    at_top = tf.stack([tf.broadcast_to(tf.range(batch)[:, None], tf.shape(top)), top], axis=-1)
+
+    def reranked(r):
+        if r is None:
+            return scores
+        h = (feats - r["mean"]) / r["scale"]
+        for i, (w, b) in enumerate(zip(r["kernels"], r["biases"])):
+            h = tf.tensordot(h, w, axes=1) + b
+            if i < len(r["kernels"]) - 1:
+                h = tf.nn.relu(h)
+        new = h[..., 0]
+        lifted = tf.reduce_max(scores, axis=1, keepdims=True) + 1.0 + (new - tf.reduce_min(new, axis=1, keepdims=True))
+        return tf.tensor_scatter_nd_update(scores, at_top, lifted)
+
     has_history = tf.reduce_any(counts > 0.0, axis=1, keepdims=True)
-    return tf.where(has_history, reranked, scores)
+    return tf.where(has_history, reranked(rr), reranked(rr_anonymous))
 
 
 def deep_scores(tf, spec: dict, ids, valid, history=None):
@@ -238,6 +247,32 @@ def explain_top(tf, evidence: dict, vocab, ids, valid, top):
     }
 
 
+def _reranker_constants(tf, r) -> dict | None:
+    """A second stage's weights as graph constants (None stays None)."""
+    if r is None:
+        return None
+    return {
+        "mean": tf.constant(r.mean),
+        "scale": tf.constant(r.scale),
+        "kernels": [tf.constant(w) for w in r.kernels],
+        "biases": [tf.constant(b) for b in r.biases],
+    }
+
+
+def _reranker_card(model: ServableModel) -> dict | None:
+    """The model card's ``reranker``: its top k, features, training record, and each stage (None: absent)."""
+    if not model.reranked:
+        return None
+    record = model.params.get("reranker", {})
+    return {
+        "top_k": model.rerank_k,
+        "features": list(rerank.FEATURES),
+        **record,
+        "personal": (record.get("personal") or {}) if model.reranker is not None else None,
+        "anonymous": (record.get("anonymous") or {}) if model.reranker_anonymous is not None else None,
+    }
+
+
 def _build_module(model: ServableModel, k: int):
     """A tf.Module whose signatures compose the pieces above for ``model``."""
     tf = tensorflow()
@@ -256,17 +291,8 @@ def _build_module(model: ServableModel, k: int):
                 None if t is None else _constants(tf, {"indices": t.indices, "weights": t.weights, "bias": t.bias})
             )
             self.spec = None if model.deep is None else _constants(tf, model.deep)
-            r = model.reranker
-            self.reranker = (
-                None
-                if r is None
-                else {
-                    "mean": tf.constant(r.mean),
-                    "scale": tf.constant(r.scale),
-                    "kernels": [tf.constant(w) for w in r.kernels],
-                    "biases": [tf.constant(b) for b in r.biases],
-                }
-            )
+            self.reranker = _reranker_constants(tf, model.reranker)
+            self.reranker_anonymous = _reranker_constants(tf, model.reranker_anonymous)
             self.log_popularity = tf.constant(rerank.log_popularity(model.popularity))
             self.evidence = (
                 None
@@ -310,7 +336,7 @@ def _build_module(model: ServableModel, k: int):
                 scores = deep if deep is not None else table
             empty = tf.logical_not(tf.reduce_any(valid, axis=1))
             scores = tf.where(empty[:, None], tf.broadcast_to(self.popularity[None, :], tf.shape(scores)), scores)
-            if hist is not None and (model.cooc_weight or self.reranker is not None):
+            if hist is not None and (model.cooc_weight or model.reranker is not None):
                 # what this shopper bought together with the basket (the personal term and a reranker feature)
                 cooc = personal_cooc(tf, hist_ids, history_counts, history_days, ids, valid, model.cooc_decay, V)
             if hist is not None and (model.history_weight or model.cooc_weight):
@@ -323,17 +349,27 @@ def _build_module(model: ServableModel, k: int):
                     personal += model.cooc_weight * tf.math.log1p(cooc)
                 scores += repeat_gate(tf, hist[0.0], ids, valid, model.personal_scale, model.repeat_slope) * personal
             masked = exclude_inputs(tf, scores, ids, valid)
-            if hist is not None and self.reranker is not None:
-                # the second stage: the top items reordered for a shopper with a history
+            if (hist is not None and model.reranker is not None) or model.reranker_anonymous is not None:
+                # the second stage: the top items reordered, by the shoppers' reranker where there is a
+                # history, by the anonymous one where there is none
                 parts = {
                     "network_z": None if deep is None else standardise(deep, tf_ops()),
                     "table_z": None if table is None else standardise(table, tf_ops()),
-                    "decayed": hist[float(model.history_decay)],
+                    "decayed": None if hist is None else hist[float(model.history_decay)],
                     "cooc": cooc,
                 }
-                rk = min(model.reranker.k, V)
                 scores = rerank_top(
-                    tf, self.reranker, rk, scores, masked, parts, hist[0.0], ids, valid, self.log_popularity
+                    tf,
+                    self.reranker if hist is not None else None,
+                    self.reranker_anonymous,
+                    min(model.rerank_k, V),
+                    scores,
+                    masked,
+                    parts,
+                    None if hist is None else hist[0.0],
+                    ids,
+                    valid,
+                    self.log_popularity,
                 )
                 masked = exclude_inputs(tf, scores, ids, valid)
             top = tf.math.top_k(masked, k=k)
@@ -438,11 +474,10 @@ def export_saved_model(
             "repeat_slope": model.repeat_slope,
             "personal_network": model.personal,
             "history_max_items": model.history_max_items,
-            # the second stage (models/rerank.py): the top k of a shopper with a history reordered; their
-            # scores are then the row's first-stage maximum + 1 + the reranker's score, shifted to start there
-            "reranker": None
-            if model.reranker is None
-            else {"top_k": model.reranker.k, "features": list(rerank.FEATURES), **model.params.get("reranker", {})},
+            # the second stage (models/rerank.py): the top k reordered, by one reranker for a shopper with a
+            # history ("personal") and one for a basket without ("anonymous"; None: that stage is absent);
+            # their scores are then the row's first-stage maximum + 1 + the reranker's score, shifted to start there
+            "reranker": _reranker_card(model),
             "signatures": {
                 "complete_basket": {
                     "inputs": {"items": "string [batch, n]"},

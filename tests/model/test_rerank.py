@@ -3,6 +3,8 @@ exported graph against the numpy scorer."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -93,42 +95,60 @@ def _holdouts(trained, model, past=True):
 
 @pytest.mark.parametrize("name", RERANKED)
 def test_reranked_candidates_are_cross_fitted(trained, name, tmp_path):
-    """Both the deep and the classical candidate come reranked, with their base's kind and first stage; the
-    comparison's validation figure scores each basket with the half's reranker that did not see it."""
+    """Both the deep and the classical candidate come reranked, with their base's kind and first stage, one
+    stage for shoppers with a history and one for baskets without; the comparison's validation figure
+    scores each basket with the halves' rerankers that did not see it, on both protocols."""
     base_name = name.removesuffix("+rerank")
     cand, base_cand = trained["candidates"][name], trained["candidates"][base_name]
-    assert cand["kind"] == base_cand["kind"] and cand["personal_only"]
+    # its anonymous answer is its own (the anonymous stage), so the anonymous comparison keeps it
+    assert cand["kind"] == base_cand["kind"] and base_cand["personal_only"] and not cand["personal_only"]
     model, base = ServableModel.load(cand["path"]), ServableModel.load(base_cand["path"])
     assert model.reranker is not None and len(model.reranker_folds) == 2
+    assert model.reranker_anonymous is not None and len(model.reranker_anonymous_folds) == 2
     assert (model.history_weight, model.cooc_weight, model.personal_scale, model.repeat_slope) == (
         base.history_weight,
         base.cooc_weight,
         base.personal_scale,
         base.repeat_slope,
     )
-    assert model.params["reranker"]["lists"] >= trained["cfg"].models.rerank_min_lists
+    least = trained["cfg"].models.rerank_min_lists
+    assert min(model.params["reranker"][s]["lists"] for s in ("personal", "anonymous")) >= least
     baskets, vocab, holdouts = _holdouts(trained, model)
     val = holdouts["validation"]
     X, H = val.inputs, val.history
-    # the first stage is the base; rows without a history keep its scores; the others get a new top
+    # the first stage is the base; rows with a history get the shoppers' reranker, rows without it the
+    # anonymous one: an empty history is answered as no history at all
     reranked, first = model.score(X, H), base.score(X, H)
     no_history = np.diff(H.counts.tocsr().indptr) == 0
     assert no_history.any() and (~no_history).any()
-    np.testing.assert_allclose(reranked[no_history], first[no_history], rtol=1e-6)
+    np.testing.assert_allclose(reranked[no_history], model.score(X[no_history]), rtol=1e-5, atol=1e-5)
+    personal_only = dataclasses.replace(model, reranker_anonymous=None)
+    anonymous_only = dataclasses.replace(model, reranker=None)
+    np.testing.assert_allclose(personal_only.score(X, H)[no_history], first[no_history], rtol=1e-6)
+    np.testing.assert_allclose(anonymous_only.score(X, H)[~no_history], first[~no_history], rtol=1e-6)
+    np.testing.assert_allclose(reranked[~no_history], personal_only.score(X, H)[~no_history], rtol=1e-6)
+    np.testing.assert_allclose(reranked[no_history], anonymous_only.score(X, H)[no_history], rtol=1e-6)
     assert not np.allclose(reranked[~no_history], first[~no_history])
+    assert not np.allclose(reranked[no_history], first[no_history])
+    # the two stages are different networks
+    assert not np.allclose(model.reranker.kernels[0], model.reranker_anonymous.kernels[0])
     # saved and loaded: the same scores
     again = ServableModel.load(model.save(tmp_path / "m.npz"))
     np.testing.assert_allclose(again.score(X, H), reranked, rtol=1e-6)
-    # cross-fitted validation, by hand: each half scored by the other half's reranker
+    # cross-fitted validation, by hand: each half scored by the other half's rerankers, on both protocols
     order_ids = baskets["order_id"].to_numpy()[val.frame_rows]
     fold = rerank.fold_of(order_ids, model.fold_seed)
     ranks, _ = evaluate.cross_fitted_ranks(model, val, order_ids)
+    anonymous_ranks, _ = evaluate.cross_fitted_ranks(model, val.anonymous(), order_ids)
     for h in (0, 1):
         rows = np.flatnonzero(fold == h)
-        by_hand = evaluate.hidden_ranks(
-            model.with_reranker(model.reranker_folds[h]).score(X[rows], H[rows]), X[rows], val.hidden[rows]
+        half = dataclasses.replace(
+            model, reranker=model.reranker_folds[h], reranker_anonymous=model.reranker_anonymous_folds[h]
         )
+        by_hand = evaluate.hidden_ranks(half.score(X[rows], H[rows]), X[rows], val.hidden[rows])
         np.testing.assert_array_equal(ranks[rows], by_hand)
+        by_hand = evaluate.hidden_ranks(half.score(X[rows]), X[rows], val.hidden[rows])
+        np.testing.assert_array_equal(anonymous_ranks[rows], by_hand)
     # the lists are the configured top k: a shorter k lists the same items first, with the same features
     from assoc_lib.train import rerank_lists
 
@@ -141,15 +161,20 @@ def test_reranked_candidates_are_cross_fitted(trained, name, tmp_path):
     full, _ = evaluate.score_ranks(model.score, val)
     assert (ranks != full).any()  # the fold rerankers are not the one fitted on all of validation
     payload = evaluate.evaluate_candidates(trained["prep_dir"], [cand], trained["cfg"], tmp_path / "eval")
-    row = next(r for r in payload["models"] if r["protocol"] == "personalised")
-    assert row["val_ndcg@10"] == pytest.approx(evaluate.ndcg10_per_basket(ranks).mean())
-    assert [r["protocol"] for r in payload["models"]] == ["personalised"]  # personal only
+    row = {r["protocol"]: r for r in payload["models"]}
+    assert row["personalised"]["val_ndcg@10"] == pytest.approx(evaluate.ndcg10_per_basket(ranks).mean())
+    assert row["anonymous"]["val_ndcg@10"] == pytest.approx(evaluate.ndcg10_per_basket(anonymous_ranks).mean())
+    test = holdouts["test"]
+    assert row["anonymous"]["ndcg@10"] == pytest.approx(
+        evaluate.evaluate_scores(model.score, test.anonymous(), len(vocab))["ndcg@10"]
+    )
 
 
 @pytest.mark.parametrize("name", RERANKED)
 def test_reranked_export_matches_numpy(trained, exported, name):
-    """The exported second stage (features, network, reorder) gives the numpy scores from per-purchase
-    history rows; an empty history gives the anonymous answer; the served path measures what numpy does."""
+    """The exported second stage (features, networks, reorder) gives the numpy scores from per-purchase
+    history rows and from a basket alone (the anonymous stage); an empty history gives the anonymous answer;
+    the served path measures what numpy does."""
     import tensorflow as tf
 
     model = ServableModel.load(trained["candidates"][name]["path"])
@@ -180,8 +205,20 @@ def test_reranked_export_matches_numpy(trained, exported, name):
     )
     anon = sigs["complete_basket"](items=tf.constant(items))
     assert (anon["item_ids"].numpy() == empty["item_ids"].numpy()).all()
+    anon_scores = model.score(X).astype(np.float64)
+    anon_scores[rows, cols] = -np.inf
+    np.testing.assert_allclose(anon["scores"].numpy(), -np.sort(-anon_scores, axis=1)[:, :20], rtol=1e-4, atol=1e-4)
+    first_stage = dataclasses.replace(model, reranker=None, reranker_anonymous=None)
+    assert (anon["scores"].numpy()[:, 0] > first_stage.score(X).max(axis=1)).all()  # the anonymous stage ran
+    # related items: the anonymous answer for a basket of one
+    one = [vocab[i] for i in X.indices[:5]]
+    related = sigs["related_items"](item=tf.constant(one))
+    alone = sigs["complete_basket"](items=tf.constant([[i] for i in one]))
+    np.testing.assert_array_equal(related["item_ids"].numpy(), alone["item_ids"].numpy())
     card = evaluate.model_card(exported[name])
     assert card["reranker"]["top_k"] == model.reranker.k and card["reranker"]["features"] == list(rerank.FEATURES)
+    assert card["reranker"]["personal"]["lists"] == model.params["reranker"]["personal"]["lists"]
+    assert card["reranker"]["anonymous"]["lists"] == model.params["reranker"]["anonymous"]["lists"]
     served = evaluate.evaluate_topk(
         evaluate.saved_model_topk(exported[name], personal=True),
         test,
@@ -216,8 +253,7 @@ def test_history_cap_is_served_as_evaluated(trained, tmp_path):
     capped = H.capped(3)
     assert (np.diff(capped.counts.tocsr().indptr) == 3).all() and capped.past is H.past
     np.testing.assert_allclose(model.score(X, H), model.score(X, capped), rtol=1e-6)
-    uncapped = model.with_reranker(model.reranker)
-    uncapped.history_max_items = 0
+    uncapped = dataclasses.replace(model, history_max_items=0)
     assert not np.allclose(uncapped.score(X, H), model.score(X, H))  # the cap changes the answer
     path = export_saved_model(model, tmp_path / "export", {}, k=20)
     scores = model.score(X, H).astype(np.float64)

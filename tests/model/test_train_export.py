@@ -123,7 +123,19 @@ def test_comparison_and_gate_on_real_candidates(trained, tmp_path):
         trained["prep_dir"], trained["summary"]["candidates"], trained["cfg"], tmp_path
     )
     names = [r["name"] for r in payload["models"] if r["protocol"] == "anonymous"]
-    assert names == ["popularity", "rules", "item_knn", "ease", "ease_dense", "deep", "deep+ease"]
+    # the reranked candidates have an anonymous stage of their own, so they are in the anonymous comparison
+    assert names == [
+        "popularity",
+        "rules",
+        "item_knn",
+        "ease",
+        "ease_dense",
+        "deep",
+        "deep+ease",
+        "ease+personal_cooc+rerank",
+        "ease_dense+personal_cooc+rerank",
+        "deep+ease+personal_cooc+rerank",
+    ]
     personal = [r["name"] for r in payload["models"] if r["protocol"] == "personalised"]
     assert personal == [
         "popularity",
@@ -147,6 +159,7 @@ def test_comparison_and_gate_on_real_candidates(trained, tmp_path):
         "ease_dense",
         "ease_dense",
         "ease_dense+personal_cooc",
+        "ease_dense+personal_cooc+rerank",
         "ease_dense+personal_cooc+rerank",
     ]
     by_name = {r["name"]: r for r in payload["models"] if r["protocol"] == "personalised"}

@@ -426,8 +426,8 @@ def test_personal_cooccurrence_over_grpc(trained, tmp_path):
 
 def test_reranked_model_over_grpc(trained, exported, tmp_path):
     """The reranked deep candidate served over real gRPC: test baskets with their per-purchase history rows
-    get the numpy scorer's top 20 (first stage, features, reranker, reorder); an empty history gets the
-    anonymous answer."""
+    get the numpy scorer's top 20 (first stage, features, reranker, reorder); the same baskets alone get the
+    anonymous stage's top 20, and an empty history gets that anonymous answer."""
     from assoc_lib import evaluate
     from assoc_lib.data.preprocess import load_split
     from assoc_lib.models.servable import ServableModel
@@ -470,3 +470,7 @@ def test_reranked_model_over_grpc(trained, exported, tmp_path):
     first = ServableModel.load(trained["candidates"]["deep+ease+personal_cooc"]["path"]).score(X, H)
     assert (np.asarray(answer.scores)[:, 0] > first.max(axis=1)).all()
     assert np.asarray(empty.item_ids).tolist() == np.asarray(anonymous.item_ids).tolist()
+    alone = model.score(X).astype(np.float64)
+    alone[X.nonzero()] = -np.inf
+    np.testing.assert_allclose(anonymous.scores, -np.sort(-alone, axis=1)[:, :20], rtol=1e-4, atol=1e-4)
+    assert (np.asarray(anonymous.scores)[:, 0] > first.max(axis=1)).all()  # the anonymous stage ran too
