@@ -108,12 +108,13 @@ class ModelsConfig:
     # tau over this list and gamma chosen on validation. Served from the request's history rows (the dense
     # EASE one stays an evaluation reference). Empty: no such candidates.
     personal_cooc_decay_days: str = "0,60,240"
-    # The second stage (models/rerank.py): each +personal_cooc candidate also comes reranked (+rerank), a small
-    # network reordering its top this-many items for a shopper with a history, fitted on validation (the
-    # gate's validation figure cross-fitted on two halves). 0: no reranked candidates.
+    # The second stage (models/rerank.py): each +personal_cooc candidate (without users: ease, ease_dense,
+    # deep+ease) also comes reranked (+rerank), small networks reordering its top this-many items, one for a
+    # shopper with a history and one for a basket without, fitted on validation (the validation figures
+    # cross-fitted on two halves). 0: no reranked candidates.
     rerank_top_k: int = 100
     rerank_epochs: int = 15
-    rerank_min_lists: int = 20  # per half of validation (baskets with a history, hidden item listed); fewer: none
+    rerank_min_lists: int = 20  # per half of validation and stage (lists whose hidden item is listed); fewer: none
     # train on the evaluation's task: predict the hidden items of a basket from the rest (masked-item
     # training); False reconstructs the whole basket (denoising auto-encoder)
     deep_masked_targets: bool = False

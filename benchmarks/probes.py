@@ -22,13 +22,9 @@ The probes are the literature's other grocery signals, each built the way the se
 - ``raw_mix`` (candidates with a network and a table): the network's logits plus c · the table's scores in
   place of the mix of z-scores, with the prior and co-occurrence weights chosen again on the same grid.
 
-The reranker that was probed here (a small network reordering the top 100) is now a product stage for
-shoppers with a history (``assoc_lib/models/rerank.py``, the ``+rerank`` candidates): the quality run
-measures it. ``--anonymous-rerank`` measures the same second stage on the anonymous protocol (basket only,
-the history features 0), not built yet: for each of ``--anonymous-model`` (default ``deep+ease`` and
-``ease_dense``) the product's ``train.cross_fit`` on the anonymous validation lists (cross-fitted by order
-id) and the reranker fitted on all of them on test; then the first model reranked against the second, plain
-and reranked, paired on the same test baskets.
+The reranker that was probed here (a small network reordering the top 100), for shoppers with a history and
+then for baskets without, is now a product stage (``assoc_lib/models/rerank.py``, the ``+rerank``
+candidates): the quality run measures it.
 
 Each added term is scaled by the per-basket standard deviation of the candidate's base score (the network
 and table part), so one grid serves every candidate.
@@ -138,48 +134,6 @@ def run_probes(model: ServableModel, holdout: evaluate.HoldOut, trend: np.ndarra
     return {key: np.concatenate(parts) for key, parts in out.items()}
 
 
-def anonymous_rerank(models: dict, baskets, holdouts: dict, seed: int, epochs: int = 15) -> dict:
-    """The second stage on the anonymous protocol, per model: validation (the first stage's lists → cross-fitted)
-    and test (its own ranks → reranked by the one fitted on all of validation), per-basket NDCG@10; then the
-    first model reranked against the second model (plain and reranked), paired on test."""
-    from assoc_lib.models.rerank import TOP_K, fold_of
-    from assoc_lib.train import cross_fit, list_ndcg, rerank_lists
-
-    val, test = holdouts["validation"].anonymous(), holdouts["test"].anonymous()
-    fold = fold_of(baskets["order_id"].to_numpy()[val.frame_rows], seed)
-    per_model, tests = [], {}
-    for name, model in models.items():
-        fv, lv, rv = rerank_lists(model, val, TOP_K)
-        full, _, base, crossed = cross_fit(fv, lv, rv, fold, seed, epochs, TOP_K)
-        ft, lt, _ = rerank_lists(model, test, TOP_K)
-        own = ndcg(model.score(test.inputs), test.inputs, test.hidden)
-        reranked = list_ndcg(full.forward(ft), lt)
-        tests[name] = (own, reranked)
-        per_model.append(
-            {
-                "model": name,
-                "val_ndcg@10_model": float(base.mean()),
-                "val_ndcg@10_reranked_cross_fitted": float(crossed.mean()),
-                "test_ndcg@10_model": float(own.mean()),
-                "test_ndcg@10_reranked": float(reranked.mean()),
-                "interval": evaluate.paired_bootstrap(reranked, own, seed=seed),
-            }
-        )
-    pairs = []
-    if len(tests) >= 2:
-        (a, (_, ra)), (b, (ob, rb)) = list(tests.items())[:2]
-        for label, other in ((b, ob), (f"{b} reranked", rb)):
-            pairs.append(
-                {
-                    "a": f"{a} reranked",
-                    "b": label,
-                    "test_ratio": float(ra.mean() / other.mean()),
-                    "interval": evaluate.paired_bootstrap(ra, other, seed=seed),
-                }
-            )
-    return {"models": per_model, "pairs": pairs}
-
-
 def summarise(model_name: str, val: dict, test: dict, seed: int) -> list[dict]:
     results = []
     for probe in dict.fromkeys(k[0] for k in val):
@@ -211,10 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", help="candidates to probe (default: the two below)")
     ap.add_argument("--probe", action="append", choices=PROBES + ("none",), help="default: every probe")
     ap.add_argument("--trend-days", type=float, default=28.0)
-    ap.add_argument(
-        "--anonymous-rerank", action="store_true", help="also measure the reranker on the anonymous protocol"
-    )
-    ap.add_argument("--anonymous-model", action="append", help="default: deep+ease, ease_dense")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     names = args.model or ["deep+ease+personal_cooc", "ease+personal_cooc"]
@@ -256,32 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['val_ndcg@10_probe']:.4f}; test {r['test_ndcg@10_model']:.4f} -> {r['test_ndcg@10_probe']:.4f} "
             f"= {r['test_ratio']:.3f}x, difference {ci['mean']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]"
         )
-    anonymous = None
-    if args.anonymous_rerank:
-        anon_names = args.anonymous_model or ["deep+ease", "ease_dense"]
-        try:
-            anon_models = {n: ServableModel.load(cand_dir / f"{n}.npz") for n in anon_names}
-        except (OSError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        anonymous = anonymous_rerank(anon_models, baskets, holdouts, cfg.eval_seed)
-        for r in anonymous["models"]:
-            ci = r["interval"]
-            print(
-                f"anonymous {r['model']} reranked: validation {r['val_ndcg@10_model']:.4f} -> "
-                f"{r['val_ndcg@10_reranked_cross_fitted']:.4f} (cross-fitted); test {r['test_ndcg@10_model']:.4f} "
-                f"-> {r['test_ndcg@10_reranked']:.4f}, difference {ci['mean']:+.4f} "
-                f"[{ci['low']:+.4f}, {ci['high']:+.4f}]"
-            )
-        for r in anonymous["pairs"]:
-            ci = r["interval"]
-            print(
-                f"anonymous {r['a']} - {r['b']}: {r['test_ratio']:.3f}x on test, difference {ci['mean']:+.4f} "
-                f"[{ci['low']:+.4f}, {ci['high']:+.4f}]"
-            )
     print(f"{time.perf_counter() - started:.0f}s")
     if args.out:
-        record = {"work_dir": str(args.work_dir), "probes": results, "anonymous_rerank": anonymous}
+        record = {"work_dir": str(args.work_dir), "probes": results}
         args.out.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 

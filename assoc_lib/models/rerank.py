@@ -7,8 +7,10 @@ a basket of new things. The reranker reads, for each of the candidate's top ``k`
 items excluded), the parts themselves and a few facts about the basket, and gives the item a new score; the
 top ``k`` are reordered by it and stay above every other item. It is a small network (two ReLU layers of
 32, one score per item) trained with a softmax over each basket's list on validation baskets whose hidden
-item is in the list (``train.fit_reranker``); it is applied only to baskets with a history (an empty history
-keeps the anonymous answer).
+item is in the list (``train.fit_reranker``). A model has up to two: one fitted on baskets with a history
+(personalised protocol), one on baskets without (anonymous protocol: every history feature is 0, so the
+network, table, score, basket size, popularity and position decide). An empty history has the features of
+no history, so it gets the anonymous stage: the anonymous answer.
 
 Features, per (basket, item), in this order (:data:`FEATURES`); a part the candidate lacks is 0:
 

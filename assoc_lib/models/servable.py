@@ -3,9 +3,9 @@
 A :class:`ServableModel` is a neighbour table (classical models), a deep
 network, or both mixed at score level (per-basket standardised scores,
 ``(1-w)·deep + w·table``), plus the personal terms and, optionally, a second stage that reorders the
-top items (``models/rerank.py``): one reranker for a shopper with a history, one for a basket without. Whatever wins the gate is exported the same way
-(``assoc_lib.serving.export``). It is what training writes, evaluation scores and
-the export reads: it lives here, below all three.
+top items (``models/rerank.py``): one reranker for a shopper with a history, one for a basket without.
+Whatever wins the gate is exported the same way (``assoc_lib.serving.export``). It is what training writes,
+evaluation scores and the export reads: it lives here, below all three.
 """
 
 from __future__ import annotations

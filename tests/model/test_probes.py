@@ -105,28 +105,3 @@ def test_served_agreement_on_a_trained_run(trained, exported, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert bench.main(["--work-dir", str(tmp_path / "empty")]) == 2
     assert "work dir" in capsys.readouterr().err
-
-
-def test_anonymous_rerank_probe(trained, tmp_path):
-    """--anonymous-rerank: per model, its own test figure is the comparison's anonymous one, the reranked ones
-    are figures, and the pairs compare the first model reranked with the second, plain and reranked."""
-    bench = _bench()
-    out = tmp_path / "anon.json"
-    argv = ["--work-dir", str(trained["root"]), "--probe", "none", "--anonymous-rerank", "--out", str(out)]
-    assert bench.main(argv) == 0
-    record = json.loads(out.read_text())
-    assert record["probes"] == []
-    rows = {r["model"]: r for r in record["anonymous_rerank"]["models"]}
-    assert list(rows) == ["deep+ease", "ease_dense"]
-    baskets, vocab = load_split(trained["prep_dir"])
-    holdouts, _ = evaluate.make_holdouts(baskets, len(vocab), trained["cfg"].models.eval_seed)
-    for name, r in rows.items():
-        model = ServableModel.load(trained["candidates"][name]["path"])
-        own = evaluate.evaluate_scores(model.score, holdouts["test"].anonymous(), len(vocab))["ndcg@10"]
-        assert r["test_ndcg@10_model"] == pytest.approx(own, abs=1e-6)
-        assert 0.0 < r["test_ndcg@10_reranked"] <= 1.0 and 0.0 < r["val_ndcg@10_reranked_cross_fitted"] <= 1.0
-        assert r["interval"]["mean"] == pytest.approx(r["test_ndcg@10_reranked"] - own, abs=1e-9)
-    plain, reranked = record["anonymous_rerank"]["pairs"]
-    a = rows["deep+ease"]["test_ndcg@10_reranked"]
-    assert plain["test_ratio"] == pytest.approx(a / rows["ease_dense"]["test_ndcg@10_model"])
-    assert reranked["test_ratio"] == pytest.approx(a / rows["ease_dense"]["test_ndcg@10_reranked"])

@@ -269,3 +269,42 @@ def test_history_cap_is_served_as_evaluated(trained, tmp_path):
     )
     np.testing.assert_allclose(out["scores"].numpy(), -np.sort(-scores, axis=1)[:, :20], rtol=1e-4, atol=1e-4)
     assert evaluate.model_card(path)["history_max_items"] == 3
+
+
+def test_anonymous_stage_on_data_without_users(trained, tmp_path):
+    """Data without user ids (the Groceries shape): no personal co-occurrence, so the second stage is fitted
+    on ease, ease_dense and deep+ease themselves, the anonymous stage only; the comparison (anonymous protocol
+    only) has them, their validation cross-fitted."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from assoc_lib.config import apply_overrides
+    from assoc_lib.data.preprocess import BASKETS_FILE
+    from assoc_lib.train import train_candidates
+
+    prep = tmp_path / "prep"
+    shutil.copytree(trained["prep_dir"], prep)
+    baskets, vocab = load_split(prep)
+    baskets["user_id"] = None
+    pq.write_table(pa.Table.from_pandas(baskets, preserve_index=False), prep / BASKETS_FILE)
+    cfg = apply_overrides(trained["cfg"], {"models.deep_epochs": 4, "models.deep_tune_trials": 0})
+    summary = train_candidates(prep, cfg, tmp_path / "train")
+    assert summary["protocol"] == "anonymous"
+    cands = {c["name"]: c for c in summary["candidates"]}
+    reranked = [n for n in cands if n.endswith("+rerank")]
+    assert reranked == ["ease+rerank", "ease_dense+rerank", "deep+ease+rerank"]
+    holdouts, history = evaluate.make_holdouts(baskets, len(vocab), cfg.models.eval_seed)
+    assert history is None
+    val, test = holdouts["validation"], holdouts["test"]
+    order_ids = baskets["order_id"].to_numpy()[val.frame_rows]
+    payload = evaluate.evaluate_candidates(prep, [cands[n] for n in reranked], cfg, tmp_path / "eval")
+    assert {r["protocol"] for r in payload["models"]} == {"anonymous"}
+    for row in payload["models"]:
+        model = ServableModel.load(cands[row["name"]]["path"])
+        assert model.reranker is None and len(model.reranker_anonymous_folds) == 2
+        assert not cands[row["name"]]["personal_only"] and model.params["reranker"]["personal"] is None
+        ranks, _ = evaluate.cross_fitted_ranks(model, val, order_ids)
+        assert row["val_ndcg@10"] == pytest.approx(evaluate.ndcg10_per_basket(ranks).mean())
+        assert row["ndcg@10"] == pytest.approx(evaluate.evaluate_scores(model.score, test, len(vocab))["ndcg@10"])
