@@ -7,9 +7,10 @@ as the DAG exports it (``export_saved_model``, into ``W/agreement/<model>`` unle
 existing export) and the first ``--baskets`` personalised test baskets are scored twice: by the numpy scorer
 the comparison uses (histories as the evaluation builds them) and by the SavedModel's
 ``complete_basket_personal`` with one history row per purchase, every visible purchase, as a shop sends them
-(``evaluate.evaluate_topk``, the path production is evaluated on). Prints and writes both NDCG@10 and their
-ratio; a served model that reads its inputs differently from training (a history longer than the
-evaluation's, a feature the graph computes another way) shows here.
+(``evaluate.evaluate_topk``, the path production is evaluated on); then the same baskets without history,
+by the numpy scorer and by ``complete_basket`` (the anonymous protocol, the anonymous second stage). Prints and
+writes each NDCG@10 pair and its ratio; a served model that reads its inputs differently from training (a
+history longer than the evaluation's, a feature the graph computes another way) shows here.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     )["ndcg@10"]
     served_seconds = time.perf_counter() - started
     numpy = evaluate.evaluate_scores(model.score, test, len(vocab))["ndcg@10"]
+    anonymous = test.anonymous()
+    served_anonymous = evaluate.evaluate_topk(evaluate.saved_model_topk(export), anonymous, vocab)["ndcg@10"]
+    numpy_anonymous = evaluate.evaluate_scores(model.score, anonymous, len(vocab))["ndcg@10"]
     record = {
         "model": args.model,
         "export": str(export),
@@ -78,10 +82,16 @@ def main(argv: list[str] | None = None) -> int:
         "served_ndcg@10": served,
         "ratio": served / numpy if numpy else None,
         "served_seconds": served_seconds,
+        "anonymous": {
+            "numpy_ndcg@10": numpy_anonymous,
+            "served_ndcg@10": served_anonymous,
+            "ratio": served_anonymous / numpy_anonymous if numpy_anonymous else None,
+        },
     }
     print(
         f"{args.model} on {test.n} test baskets: served NDCG@10 {served:.4f}, numpy {numpy:.4f} "
-        f"= {record['ratio']:.4f}x (history cap {model.history_max_items or 'none'})"
+        f"= {record['ratio']:.4f}x (history cap {model.history_max_items or 'none'}); without history: served "
+        f"{served_anonymous:.4f}, numpy {numpy_anonymous:.4f} = {record['anonymous']['ratio']:.4f}x"
     )
     if args.out:
         args.out.write_text(json.dumps(record, indent=2) + "\n")

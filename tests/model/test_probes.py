@@ -101,6 +101,9 @@ def test_served_agreement_on_a_trained_run(trained, exported, tmp_path, capsys):
     record = json.loads(out.read_text())
     assert record["baskets"] > 50 and record["numpy_ndcg@10"] > 0
     assert record["served_ndcg@10"] == pytest.approx(record["numpy_ndcg@10"], abs=0.005)
+    anonymous = record["anonymous"]  # the anonymous stage, served by complete_basket
+    assert anonymous["numpy_ndcg@10"] > 0
+    assert anonymous["served_ndcg@10"] == pytest.approx(anonymous["numpy_ndcg@10"], abs=0.005)
     assert "served NDCG@10" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
     assert bench.main(["--work-dir", str(tmp_path / "empty")]) == 2
