@@ -33,18 +33,32 @@ from assoc_lib.tfrt import tensorflow
 log = logging.getLogger(__name__)
 
 
-def pick_strategy():
-    """MirroredStrategy (+ mixed precision) when GPUs are visible, the default strategy on CPU."""
+def pick_strategy(cpu_replicas: int = 0, mixed_precision: bool | None = None):
+    """(strategy, placement): MirroredStrategy with mixed precision when GPUs are visible, the default
+    strategy in float32 on CPU. ``cpu_replicas`` > 1 (no GPU): MirroredStrategy over that many logical CPU
+    devices, as TensorFlow's own distribution tests run it, so the replica path (a global batch split over
+    replicas, the per-replica losses summed, the loss-scaled optimizer with ``mixed_precision``) runs
+    without a GPU; it must be asked for before TensorFlow starts its runtime. ``mixed_precision`` None: on
+    with GPUs, off otherwise."""
     tf = tensorflow()
+    import keras
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
-        tensorflow()  # keras imports TF: import it quietly first (tfrt)
-        import keras
-
-        keras.mixed_precision.set_global_policy("mixed_float16")
-        return tf.distribute.MirroredStrategy(), f"MirroredStrategy over {len(gpus)} GPU(s), mixed_float16"
-    return tf.distribute.get_strategy(), "default strategy on CPU, float32"
+        strategy, where = tf.distribute.MirroredStrategy(), f"MirroredStrategy over {len(gpus)} GPU(s)"
+    elif cpu_replicas > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cpu_replicas={cpu_replicas} must be set before TensorFlow starts: {exc}") from exc
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        strategy, where = tf.distribute.MirroredStrategy(devices), f"MirroredStrategy over {len(devices)} CPU replicas"
+    else:
+        strategy, where = tf.distribute.get_strategy(), "default strategy on CPU"
+    mixed = bool(gpus) if mixed_precision is None else mixed_precision
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    return strategy, f"{where}, {'mixed_float16' if mixed else 'float32'}"
 
 
 @dataclass
@@ -131,6 +145,7 @@ def train_deep(
     on_epoch=None,
     verbose: bool = True,
     max_seconds: float = 0.0,
+    strategy=None,
 ) -> DeepResult:
     """Train on binary train baskets; keep the epoch with the best validation NDCG@10.
 
@@ -140,6 +155,7 @@ def train_deep(
     ``verbose=False`` logs the epochs at DEBUG (tuning trials log one line each instead).
     ``max_seconds`` > 0: no new epoch starts when the last one (training and validation) would not fit in
     what is left of this many seconds since the call; at least one epoch runs.
+    ``strategy``: (strategy, placement) from :func:`pick_strategy` (default: picked from the devices).
     """
     entered = time.perf_counter()
     say = log.info if verbose else log.debug
@@ -152,7 +168,7 @@ def train_deep(
 
     keras.utils.set_random_seed(params.seed)
     n_items = train.shape[1]
-    strategy, placement = pick_strategy()
+    strategy, placement = strategy or pick_strategy()
     global_batch = params.batch_size * strategy.num_replicas_in_sync
     out_dir = Path(out_dir) if out_dir else None
     with strategy.scope():
