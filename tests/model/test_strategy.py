@@ -59,9 +59,7 @@ print("RESULT" + json.dumps(out))
 
 def test_mirrored_mixed_precision_training_on_two_cpu_replicas():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
-    )
+    run = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     line = next(x for x in run.stdout.splitlines() if x.startswith("RESULT"))
     out = json.loads(line.removeprefix("RESULT"))
