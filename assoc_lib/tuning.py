@@ -43,12 +43,17 @@ class TuneResult:
     best_trial: int = 0
     seconds: float = 0.0
     min_gain: float = 0.0
+    # the best complete trial's proxy score over the configured values' (relative; None without both): a
+    # choice made close to min_gain, either way, may go the other way in another run (CPU training is not
+    # repeatable to the digit)
+    best_gain: float | None = None
 
     def trace(self) -> dict:
         """The search in the model card: what was tried and what it scored."""
         return {
             "best_trial": self.best_trial,
             "min_gain": self.min_gain,
+            "best_gain": None if self.best_gain is None else round(self.best_gain, 4),
             "seconds": round(self.seconds, 1),
             "chosen": {k: getattr(self.params, k) for k in SEARCHED},
             "trials": self.trials,
@@ -151,17 +156,22 @@ def tune_deep(
         configured = next((t.value for t in complete if t.number == 0), None)
         # a proxy's small win is noise (and short trials favour fast learners): the configured values give
         # way only to a trial better by more than min_gain
+        if configured:
+            result.best_gain = best.value / configured - 1.0
         if configured is None or best.value > configured * (1.0 + min_gain):
             result.best_trial = best.number
             result.params = replace(params, **best.params)
     result.seconds = time.perf_counter() - started
     log.info(
-        "tuning: %d trials in %.0fs on %d baskets (validation %d); chose trial %d: %s",
+        "tuning: %d trials in %.0fs on %d baskets (validation %d); chose trial %d: %s%s",
         len(result.trials),
         result.seconds,
         X.shape[0],
         sub_val.n,
         result.best_trial,
         ", ".join(f"{k}={getattr(result.params, k):.4g}" for k in SEARCHED),
+        ""
+        if result.best_gain is None
+        else f" (the best trial {result.best_gain:+.1%} over the configured values on the proxy; bar {min_gain:+.0%})",
     )
     return result

@@ -54,6 +54,10 @@ def test_budget_trial_count_and_min_gain_are_kept(split):
     assert result.trials == [] and result.best_trial == 0 and result.params == params
     capped = _tune(split, params, trials=3, min_gain=100.0)  # and no trial can beat the configuration by 100x
     assert len(capped.trials) == 3 and capped.best_trial == 0 and capped.params == params
+    # the margin the choice was made by is recorded: the best complete trial over the configured one
+    scores = {t["trial"]: max(t["val_ndcg@10_by_epoch"]) for t in capped.trials if t["state"] == "complete"}
+    assert capped.best_gain == pytest.approx(max(scores.values()) / scores[0] - 1.0, abs=1e-6)
+    assert capped.trace()["best_gain"] == pytest.approx(capped.best_gain, abs=1e-4)
 
 
 def test_proxy_split_takes_the_latest_baskets_and_a_sample_of_validation(split):
