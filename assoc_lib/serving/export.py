@@ -360,7 +360,7 @@ def _build_module(model: ServableModel, k: int):
                 }
                 scores = rerank_top(
                     tf,
-                    self.reranker if hist is not None else None,
+                    self.reranker if hist is not None else None,  # no history: not built into the graph
                     self.reranker_anonymous,
                     min(model.rerank_k, V),
                     scores,
