@@ -44,6 +44,7 @@ class DeepParams:
     history_decay: float = _M.deep_history_decay
     masked_targets: bool = _M.deep_masked_targets  # score only the hidden items (hide-and-predict training)
     weight_average_epochs: float = _M.deep_weight_average_epochs  # horizon of the weights' average (0: off)
+    deterministic: bool = _M.deep_deterministic  # CPU: TensorFlow's op determinism (see train.pick_strategy)
     seed: int = _M.seed
 
     @classmethod
@@ -66,6 +67,7 @@ class DeepParams:
             history_decay=m.deep_history_decay,
             masked_targets=m.deep_masked_targets,
             weight_average_epochs=m.deep_weight_average_epochs,
+            deterministic=m.deep_deterministic,
             seed=m.seed,
         )
 

@@ -1,5 +1,6 @@
 """The deep network's hyperparameter search (assoc_lib/tuning.py): trial 0 is the configuration, the
-budget is kept, a bad configured value is replaced, and the trace reaches the summary and model card."""
+budget is kept, a bad configured value is replaced, trials are compared at their peaks (not after a fixed
+short horizon, which favours fast learners), and the trace reaches the summary and model card."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from assoc_lib.evaluate import hold_out
 from assoc_lib.models.baselines import baskets_to_csr
 from assoc_lib.models.network import DeepParams
 from assoc_lib.train import train_deep
-from assoc_lib.tuning import SEARCHED, proxy_split, tune_deep
+from assoc_lib.tuning import COMPARED, SEARCHED, peaked, proxy_split, tune_deep
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +39,9 @@ def test_a_useless_learning_rate_is_replaced(split):
     assert first["trial"] == 0 and first["learning_rate"] == pytest.approx(1e-6) and first["embedding_dim"] == 32
     assert result.best_trial != 0 and result.params.learning_rate > 1e-4
     best = next(t for t in result.trials if t["trial"] == result.best_trial)
-    assert best["state"] == "complete"
+    assert best["state"] in COMPARED
     assert all(getattr(result.params, k) == pytest.approx(best[k]) for k in SEARCHED if k in best)
-    complete = [max(t["val_ndcg@10_by_epoch"]) for t in result.trials if t["state"] == "complete"]
+    complete = [max(t["val_ndcg@10_by_epoch"]) for t in result.trials if t["state"] in COMPARED]
     assert max(best["val_ndcg@10_by_epoch"]) == max(complete) > max(first["val_ndcg@10_by_epoch"]) + 0.05
     # what was not searched stays as configured
     assert result.params.batch_size == 128 and result.params.epochs == params.epochs
@@ -55,9 +56,87 @@ def test_budget_trial_count_and_min_gain_are_kept(split):
     capped = _tune(split, params, trials=3, min_gain=100.0)  # and no trial can beat the configuration by 100x
     assert len(capped.trials) == 3 and capped.best_trial == 0 and capped.params == params
     # the margin the choice was made by is recorded: the best complete trial over the configured one
-    scores = {t["trial"]: max(t["val_ndcg@10_by_epoch"]) for t in capped.trials if t["state"] == "complete"}
+    scores = {t["trial"]: max(t["val_ndcg@10_by_epoch"]) for t in capped.trials if t["state"] in COMPARED}
     assert capped.best_gain == pytest.approx(max(scores.values()) / scores[0] - 1.0, abs=1e-6)
     assert capped.trace()["best_gain"] == pytest.approx(capped.best_gain, abs=1e-4)
+
+
+def test_peaked_is_the_early_stopping_rule():
+    """A trial has peaked when its last epoch did not beat the best before it (patience 1)."""
+    assert peaked([0.10, 0.12, 0.11]) and peaked([0.10, 0.10]) and peaked([0.3, 0.1, 0.2], patience=2)
+    assert not peaked([0.10, 0.11, 0.12]) and not peaked([0.10]) and not peaked([])
+    assert not peaked([0.3, 0.1, 0.35], patience=2) and not peaked([0.1, 0.3, 0.2], patience=2)
+
+
+class _Curves:
+    """A stand-in for train.train_deep that replays a scripted validation curve per learning rate under the
+    same rules (early stopping after ``params.patience`` epochs without a better figure, at most
+    ``params.epochs``, ``on_epoch`` after every epoch), so the search's choice can be checked against curves
+    computed by hand; the real training runs in the other tests of this file."""
+
+    def __init__(self, configured_lr: float, configured: list[float], others: list[float]):
+        self.configured_lr, self.configured, self.others = configured_lr, configured, others
+
+    def __call__(self, X, val, params, history=None, on_epoch=None, max_seconds=0.0):
+        from types import SimpleNamespace
+
+        curve = self.configured if params.learning_rate == self.configured_lr else self.others
+        rows, best, waited = [], -1.0, 0
+        for epoch, ndcg in enumerate(curve[: params.epochs], start=1):
+            rows.append({"val_ndcg@10": ndcg})
+            waited = 0 if ndcg > best else waited + 1
+            best = max(best, ndcg)
+            stop = on_epoch is not None and on_epoch(epoch, ndcg)
+            if waited >= params.patience or stop:
+                break
+        return SimpleNamespace(history=rows)
+
+
+@pytest.mark.parametrize(
+    "others, configured_kept",
+    [
+        ([0.125, 0.12, 0.11], True),  # ahead of the configured values after one and two epochs, behind at the peak
+        ([0.135, 0.14, 0.139], False),  # better at its peak by 7.7% (> the 2% bar)
+        ([0.131, 0.132, 0.130], True),  # better at its peak by 1.5% (< the bar)
+    ],
+)
+def test_trials_are_compared_at_their_peaks(split, others, configured_kept):
+    """The configured values climb slowly to 0.13 (epoch 4); a challenger is judged on its own peak against
+    that, not on the figure after a fixed number of epochs."""
+    X, val = split
+    params = DeepParams(embedding_dim=32, batch_size=128, learning_rate=0.002, seed=5)
+    configured = [0.10, 0.11, 0.12, 0.13, 0.125, 0.12]
+    fit = _Curves(0.002, configured, others)
+    result = tune_deep(
+        X, val, params, fit, seconds=60.0, trials=4, epochs=8, max_baskets=10**6, max_val=10**6, min_gain=0.02
+    )
+    first = result.trials[0]
+    assert first["state"] == "peaked" and first["val_ndcg@10_by_epoch"] == configured[:5]  # stopped one after the peak
+    assert len(result.trials) == 4 and all(t["state"] == "peaked" for t in result.trials)
+    assert result.best_gain == pytest.approx(max(max(others), 0.13) / 0.13 - 1.0)  # the best compared trial
+    if configured_kept:
+        assert result.best_trial == 0 and result.params == params and "configured values" in result.reason
+    else:
+        assert result.best_trial != 0 and result.params.learning_rate != 0.002 and "above" in result.reason
+    assert result.trace()["reason"] == result.reason
+
+
+def test_capped_trials_are_compared_and_trial_zero_cut_by_the_budget_is_not(split):
+    """A trial still improving at the epoch cap has had the longest horizon the search gives: it is compared.
+    Trial 0 cut by the time budget while improving (real training, a budget shorter than one epoch) cannot
+    be judged against: the search stops after it and keeps the configured values, and says why."""
+    X, val = split
+    params = DeepParams(embedding_dim=32, batch_size=128, learning_rate=0.002, seed=5)
+    fit = _Curves(0.002, [0.10, 0.11, 0.12], [0.13, 0.14, 0.15])
+    capped = tune_deep(
+        X, val, params, fit, seconds=60.0, trials=2, epochs=3, max_baskets=10**6, max_val=10**6, min_gain=0.02
+    )
+    assert [t["state"] for t in capped.trials] == ["capped", "capped"] and capped.best_trial == 1
+    cut = _tune(split, params, seconds=1.0, trials=4, epochs=3)
+    assert len(cut.trials) == 1 and cut.trials[0]["state"] == "unfinished"
+    assert len(cut.trials[0]["val_ndcg@10_by_epoch"]) == 1
+    assert cut.best_trial == 0 and cut.params == params and cut.best_gain is None
+    assert "still improving" in cut.reason
 
 
 def test_proxy_split_takes_the_latest_baskets_and_a_sample_of_validation(split):
@@ -112,6 +191,59 @@ def test_time_budget_stops_between_epochs(split):
     assert short.spec  # the kept epoch's weights
     full = train_deep(X, val, params, verbose=False)
     assert not full.stopped_by_time_budget and len(full.history) == 3
+
+
+# op determinism is for the whole process once on: the runs go in a fresh one
+REPEAT = r"""
+import hashlib, json, sys
+import numpy as np
+from assoc_lib.data.preprocess import load_split, split_baskets
+from assoc_lib.evaluate import hold_out
+from assoc_lib.models.baselines import baskets_to_csr
+from assoc_lib.models.network import DeepParams
+from assoc_lib.train import train_deep
+
+baskets, vocab = load_split(sys.argv[1])
+splits = split_baskets(baskets)
+X, val = baskets_to_csr(splits["train"], len(vocab)), hold_out(splits["validation"], len(vocab), 0)
+deterministic = sys.argv[2] == "1"
+params = DeepParams(embedding_dim=16, batch_size=64, epochs=2, patience=10, seed=7, deterministic=deterministic)
+out = []
+for _ in range(2):
+    run = train_deep(X, val, params, verbose=False)
+    digest = hashlib.sha256()
+    for key in sorted(run.spec):
+        if isinstance(run.spec[key], np.ndarray):
+            digest.update(key.encode() + run.spec[key].tobytes())
+    out.append({"val": [h["val_ndcg@10"] for h in run.history], "weights": digest.hexdigest()})
+from tensorflow.python.framework import config  # the public API can switch it on, not read it
+print("RESULT" + json.dumps({"runs": out, "determinism": config.is_op_determinism_enabled()}))
+"""
+
+
+def _repeat(prep_dir, deterministic: bool) -> dict:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(root)}
+    args = [sys.executable, "-c", REPEAT, str(prep_dir), "1" if deterministic else "0"]
+    run = subprocess.run(args, capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(next(x for x in run.stdout.splitlines() if x.startswith("RESULT")).removeprefix("RESULT"))
+
+
+def test_deterministic_cpu_training_repeats_to_the_digit(trained):
+    """``deep_deterministic`` (no GPU): op determinism is on and the same data, seed and values train the same
+    network twice (every epoch's validation figure and every weight's bytes equal); off by default."""
+    on = _repeat(trained["prep_dir"], True)
+    assert on["determinism"] is True
+    assert on["runs"][0]["val"] == on["runs"][1]["val"] and on["runs"][0]["weights"] == on["runs"][1]["weights"]
+    assert DeepParams().deterministic is False
+    off = _repeat(trained["prep_dir"], False)
+    assert off["determinism"] is False  # the default leaves TensorFlow as it is
 
 
 def test_fit_deep_counts_the_search_in_the_budget(split):
