@@ -3,21 +3,21 @@
 The idea: a full training run is too dear to repeat, so each trial is a cheap proxy of one: the
 network trains on the most recent train baskets (at most ``deep_tune_max_baskets``) and is scored by
 validation NDCG@10 on at most ``deep_tune_max_val`` held-out baskets after every epoch, **until its
-validation stops improving** (one epoch without a better figure), as the final training does with
-early stopping, or for ``deep_tune_epochs`` (the longest horizon a trial gets). Trials are compared at
-their peaks. A comparison after a fixed
-short number of epochs favours fast learners: on Complete Journey the configured values (learning rate
-0.002) climbed from 0.0910 to 0.0999 over six proxy epochs while a learning rate of 0.006 peaked at
-0.0922 in its first; after two epochs the latter led, and on the full data it was 4.5% worse.
+validation stops improving** (``deep_patience`` epochs without a better figure: the final training's
+early-stopping rule), or for ``deep_tune_epochs`` (the longest horizon a trial gets). Trials are compared
+at their peaks. A comparison after a fixed short number of epochs favours fast learners: on Complete
+Journey the configured values (learning rate 0.002) climbed from 0.0910 to 0.0999 over six proxy epochs,
+after a dip at the second (so one epoch without gain is not a peak), while a learning rate of 0.006
+peaked at 0.0922 in its first; after two epochs the latter led, and on the full data it was 4.5% worse.
 
 A trial below the median of earlier trials at the same epoch is pruned. The configured values are
 trial 0, so the search only replaces them with values that did better on the same proxy, by more than
 ``deep_tune_min_gain`` (relative; a trial's figure moves by about 0.6% under the smallest
 perturbation), and only when trial 0
-itself reached its peak or the epoch cap: if the budget cut trial 0 while it was still improving, no trial can be
+itself reached its peak or the epoch cap: if the budget cut trial 0 before its peak, no trial can be
 judged fairly against it, the search stops and the configured values stay (said in the trace and the
 log). Trials stop starting once ``deep_tune_seconds`` have passed, or when what is left would not fit
-two epochs, or after ``deep_tune_trials``; a trial gets what is left of the budget. The final network
+``deep_patience`` + 1 epochs, or after ``deep_tune_trials``; a trial gets what is left of the budget. The final network
 then trains on every basket with the chosen values and early stopping (``train.train_deep``).
 Searched: width, learning rate, input dropout, and with shoppers' histories the share of baskets
 trained without one. The trace (every trial's values, scores by epoch, state, seconds; the choice and
@@ -45,13 +45,12 @@ HISTORY_DROPOUT = (0.0, 0.4)
 SEARCHED = ("embedding_dim", "learning_rate", "input_dropout", "history_dropout")
 
 
-PATIENCE = 1  # a trial has peaked after one epoch without a better validation figure
 COMPARED = ("peaked", "capped")  # the trials whose best figure is compared (see objective's states)
 
 
-def peaked(scores: list[float], patience: int = PATIENCE) -> bool:
+def peaked(scores: list[float], patience: int) -> bool:
     """Whether a trial's validation figures by epoch have passed their peak: its last ``patience`` epochs
-    did not beat the best before them (the final training's early-stopping rule)."""
+    did not beat the best before them (the final training's early-stopping rule, ``deep_patience``)."""
     return len(scores) - 1 - int(np.argmax(scores)) >= patience if scores else False
 
 
@@ -129,7 +128,7 @@ def tune_deep(
 
     def objective(trial) -> float:
         left = seconds - (time.perf_counter() - started)
-        if result.trials and left < 2 * epoch_seconds[0]:  # a trial needs two epochs to show its peak
+        if result.trials and left < (params.patience + 1) * epoch_seconds[0]:  # too short to show a peak
             study.stop()
             raise optuna.TrialPruned()
         values = {
@@ -143,7 +142,7 @@ def tune_deep(
             values["history_dropout"] = trial.suggest_float(
                 "history_dropout", *around(HISTORY_DROPOUT, params.history_dropout)
             )
-        candidate = replace(params, **values, epochs=epochs, patience=PATIENCE)
+        candidate = replace(params, **values, epochs=epochs)  # early stopping as the final training's
         t0 = time.perf_counter()
         pruned = []
 
@@ -157,7 +156,7 @@ def tune_deep(
         # peaked: its validation stopped improving (a trial cut by the pruner on that epoch has shown its peak
         # all the same); capped: it ran every epoch a trial may and improved to the last (the longest horizon
         # the search allows); pruned, or unfinished: cut by the budget while improving
-        if peaked(scores):
+        if peaked(scores, params.patience):
             state = "peaked"
         elif any(pruned):
             state = "pruned"
@@ -196,7 +195,7 @@ def tune_deep(
         result.reason = "no trial ran within the budget: the configured values"
     elif first["state"] not in COMPARED:
         result.reason = (
-            f"the configured values: trial 0 was still improving when it stopped ({first['state']}, "
+            f"the configured values: trial 0 had not reached its peak when the budget stopped it ({first['state']}, "
             f"{len(first['val_ndcg@10_by_epoch'])} epochs), so no trial could be compared with it at its peak"
         )
     else:
