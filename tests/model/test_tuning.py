@@ -124,6 +124,10 @@ def test_trials_are_compared_at_their_peaks(split, others, configured_kept):
     assert result.trace()["reason"] == result.reason
 
 
+def _with_budget(budget, X, val, params, history=None, on_epoch=None, max_seconds=0.0):
+    return train_deep(X, val, params, history=history, on_epoch=on_epoch, max_seconds=budget, verbose=False)
+
+
 def test_capped_trials_are_compared_and_trial_zero_cut_by_the_budget_is_not(split):
     """A trial still improving at the epoch cap has had the longest horizon the search gives: it is compared.
     Trial 0 cut by the time budget while improving (real training, a budget shorter than one epoch) cannot
@@ -135,7 +139,11 @@ def test_capped_trials_are_compared_and_trial_zero_cut_by_the_budget_is_not(spli
         X, val, params, fit, seconds=60.0, trials=2, epochs=3, max_baskets=10**6, max_val=10**6, min_gain=0.02
     )
     assert [t["state"] for t in capped.trials] == ["capped", "capped"] and capped.best_trial == 1
-    cut = _tune(split, params, seconds=1.0, trials=4, epochs=3)
+    # real training; its time budget (a millisecond) is shorter than one epoch on any machine, whatever the
+    # search's own budget, so the cut does not depend on how fast the machine is
+    tight = functools.partial(_with_budget, 1e-3)
+    X, val = split
+    cut = tune_deep(X, val, params, tight, seconds=60.0, trials=4, epochs=3, max_baskets=10**6, max_val=10**6)
     assert len(cut.trials) == 1 and cut.trials[0]["state"] == "unfinished"
     assert len(cut.trials[0]["val_ndcg@10_by_epoch"]) == 1
     assert cut.best_trial == 0 and cut.params == params and cut.best_gain is None
