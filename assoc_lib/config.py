@@ -137,6 +137,14 @@ class ModelsConfig:
     # trial's proxy figure moves by about 0.6% under the smallest perturbation (two runs of the same trial
     # before op determinism was on), so a smaller win is noise even though each run now repeats
     deep_tune_min_gain: float = 0.02
+    # a daily run reuses the search of an earlier run instead of searching again (its chosen values and trace,
+    # marked `reused` in the trace, the model card and the task log) when that search ran at most this many
+    # days before, with the same configured values and search settings, on a train set and vocabulary within
+    # deep_tune_reuse_max_shift (relative) of today's: the window slides by a day, the data barely moves, and a
+    # search costs about 100 s of the main job's 5-minute day. 0: search on every run. The DAG and `assoc train
+    # --ds` (pipeline.train_day) reuse; the benchmarks call train_candidates without a day: they always search
+    deep_tune_reuse_days: int = 6
+    deep_tune_reuse_max_shift: float = 0.25
     # wall-clock budget of the deep stage, search included: no new epoch of the final training starts when the
     # last one would not fit (the selected epoch is kept; at least one runs). 0: no budget. On Complete Journey
     # the stage took 477-672 s without it, depending on early stopping and the machine's speed.

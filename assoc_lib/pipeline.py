@@ -5,6 +5,7 @@ and returns a small dict (paths, numbers) for XCom. The CLI calls the same funct
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import shutil
@@ -103,13 +104,35 @@ def preprocess_day(cfg: AssocConfig, ds: str) -> PreprocessResult:
 
 
 # --------------------------------------------------------------------------- train
+def previous_search(cfg: AssocConfig, ds: str) -> dict | None:
+    """The deep search trace of the most recent earlier run (up to ``deep_tune_reuse_days`` days before
+    ``ds``) that has one, from its train summary; None when there is none. An unreadable summary is skipped
+    with a warning (the run then searches: nothing is lost)."""
+    from assoc_lib.train import SUMMARY_FILE
+
+    day = contract.as_date(ds)
+    for back in range(1, cfg.models.deep_tune_reuse_days + 1):
+        path = run_dir(cfg, (day - dt.timedelta(days=back)).isoformat()) / "train" / SUMMARY_FILE
+        if not path.exists():
+            continue
+        try:
+            trace = json.loads(path.read_text()).get("hyperparameter_search")
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("ignoring the earlier train summary %s: %s", path, exc)
+            continue
+        if isinstance(trace, dict):
+            return trace
+    return None
+
+
 def train_day(cfg: AssocConfig, ds: str, prep_dir: str) -> TrainResult:
     from assoc_lib.train import train_candidates
 
     out = run_dir(cfg, ds) / "train"
     if out.exists():
         shutil.rmtree(out)
-    summary = train_candidates(prep_dir, cfg, out)
+    day = contract.as_date(ds).isoformat()
+    summary = train_candidates(prep_dir, cfg, out, day=day, previous_search=previous_search(cfg, ds))
     epochs = summary["deep_history"]
     _summary(
         f"train ds={ds} ({summary['placement']})",
@@ -121,10 +144,19 @@ def train_day(cfg: AssocConfig, ds: str, prep_dir: str) -> TrainResult:
                 f"{e['examples_per_second']:.0f} ex/s"
                 for e in epochs
             },
+            "hyperparameter search": _search_line(summary.get("hyperparameter_search")),
             "candidates": ", ".join(f"{c['name']} ({c['train_seconds']:.1f}s)" for c in summary["candidates"]),
         },
     )
     return TrainResult(str(out), [Candidate.from_dict(c) for c in summary["candidates"]])
+
+
+def _search_line(trace: dict | None) -> str:
+    if not trace:
+        return "none (off)"
+    if trace.get("reused"):
+        return f"reused, {trace['reused']}"
+    return f"{len(trace.get('trials', []))} trials in {trace.get('seconds', 0):.0f}s: {trace.get('reason', '')}"
 
 
 # --------------------------------------------------------------------------- evaluate + gate

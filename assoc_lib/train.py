@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -355,12 +355,49 @@ def train_deep(
     return result
 
 
-def fit_deep(X: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams, m, out_dir=None, history=None):
+def fit_deep(
+    X: sp.csr_matrix,
+    val: evaluate.HoldOut,
+    params: DeepParams,
+    m,
+    out_dir=None,
+    history=None,
+    *,
+    day: str | None = None,
+    previous_search: dict | None = None,
+):
     """The deep stage: the hyperparameter search within its budget (``[models] deep_tune_*``; skipped at 0),
-    then the final training on every basket. Returns (chosen params, DeepResult, {"hyperparameter_search":
-    trace} or {})."""
+    or, on a daily run (``day``), an earlier run's search when ``tuning.reusable`` says it stands
+    (``previous_search``: that run's trace); then the final training on every basket. Returns (chosen params,
+    DeepResult, {"hyperparameter_search": trace} or {})."""
     search, started = {}, time.perf_counter()
-    if m.deep_tune_seconds > 0 and m.deep_tune_trials > 0 and val.n:
+    key = tuning.search_key(params, m)
+    reuse, why = False, ""
+    if day is not None:
+        reuse, why = tuning.reusable(
+            previous_search, key, day, X.shape[0], X.shape[1], m.deep_tune_reuse_days, m.deep_tune_reuse_max_shift
+        )
+    if reuse:
+        chosen = previous_search["chosen"]
+        params = replace(params, **{k: chosen[k] for k in tuning.SEARCHED if k in chosen})
+        searched_seconds = previous_search.get("searched_seconds", previous_search.get("seconds", 0.0))
+        search = {
+            "hyperparameter_search": {
+                **previous_search,
+                "seconds": 0.0,
+                "searched_seconds": searched_seconds,
+                "reused": why,
+            }
+        }
+        log.info(
+            "tuning: no search; reusing %s: %s (%s)",
+            why,
+            ", ".join(f"{k}={getattr(params, k):.4g}" for k in tuning.SEARCHED),
+            previous_search.get("reason", ""),
+        )
+    elif m.deep_tune_seconds > 0 and m.deep_tune_trials > 0 and val.n:
+        if why:
+            log.info("tuning: searching (%s)", why)
         tuned = tuning.tune_deep(
             X,
             val,
@@ -374,7 +411,10 @@ def fit_deep(X: sp.csr_matrix, val: evaluate.HoldOut, params: DeepParams, m, out
             min_gain=m.deep_tune_min_gain,
             history=history,
         )
-        params, search = tuned.params, {"hyperparameter_search": tuned.trace()}
+        trace = tuned.trace() | {"key": key, "train_baskets": X.shape[0], "n_items": X.shape[1]}
+        if day is not None:
+            trace["searched_on"] = day
+        params, search = tuned.params, {"hyperparameter_search": trace}
     budget = m.deep_max_seconds
     left = max(budget - (time.perf_counter() - started), 1e-3) if budget > 0 else 0.0  # the search's time counts
     result = train_deep(X, val, params, out_dir, history=history, max_seconds=left)
@@ -677,12 +717,21 @@ def _save_rerank_candidate(entry: dict, val: evaluate.HoldOut, order_ids, cfg, s
     save(model, _derived_entry(model, entry, started, personal_only=only, reranker=record))
 
 
-def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLike) -> dict:
+def train_candidates(
+    prep_dir: str | os.PathLike,
+    cfg,
+    out_dir: str | os.PathLike,
+    *,
+    day: str | None = None,
+    previous_search: dict | None = None,
+) -> dict:
     """Fit every classical scorer and the deep network on the same train split; save each as a candidate.
 
     On data with user ids the personalised protocol is on: each candidate also gets a history
     weight β tuned on validation, ``personal_frequency`` joins as a baseline, and the deep network
-    takes the shopper's history as a second input. Returns a small summary for XCom and logs.
+    takes the shopper's history as a second input. A daily run passes its ``day`` and the most recent
+    earlier run's search trace (``previous_search``), which ``fit_deep`` may reuse instead of searching.
+    Returns a small summary for XCom and logs.
     """
     from assoc_lib.data.preprocess import load_split, split_baskets
     from assoc_lib.models import baselines
@@ -804,7 +853,9 @@ def train_candidates(prep_dir: str | os.PathLike, cfg, out_dir: str | os.PathLik
     train_rows = np.flatnonzero((baskets["split"] == "train").to_numpy())
     train_history = history[train_rows] if personal else None
     log.info("classical candidates done: peak RSS %.0f MB", peak_rss_mb())
-    params, result, search = fit_deep(X, val, params, cfg.models, out_dir / "deep", train_history)
+    params, result, search = fit_deep(
+        X, val, params, cfg.models, out_dir / "deep", train_history, day=day, previous_search=previous_search
+    )
     search_seconds = search["hyperparameter_search"]["seconds"] if search else 0.0
     log.info("deep training done: peak RSS %.0f MB", peak_rss_mb())
     # a deep model's own prior uses the network's decay (or plain counts): one decay per served model, so a

@@ -22,10 +22,18 @@ then trains on every basket with the chosen values and early stopping (``train.t
 Searched: width, learning rate, input dropout, and with shoppers' histories the share of baskets
 trained without one. The trace (every trial's values, scores by epoch, state, seconds; the choice and
 its reason) goes to the train summary, the model card and the task log. See docs/design.md §5.
+
+A daily run need not search again: the window slides by one day and the data barely moves, so a search
+of a recent run stands (``reusable``: at most ``deep_tune_reuse_days`` old, the same configured values
+and search settings (``search_key``), a train set and vocabulary within ``deep_tune_reuse_max_shift`` of
+the searched ones). Its chosen values are used and its trace is carried, marked ``reused``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -77,6 +85,53 @@ class TuneResult:
             "chosen": {k: getattr(self.params, k) for k in SEARCHED},
             "trials": self.trials,
         }
+
+
+TUNE_SETTINGS = (
+    "deep_tune_seconds",
+    "deep_tune_trials",
+    "deep_tune_epochs",
+    "deep_tune_max_baskets",
+    "deep_tune_max_val",
+    "deep_tune_min_gain",
+)
+
+
+def search_key(params: DeepParams, m) -> str:
+    """What a search's outcome depends on besides the data: the configured values (trial 0 and everything
+    the trials share) and the search's settings (``m``: the models config). Equal keys, comparable searches."""
+    blob = json.dumps({"params": params.to_dict(), **{k: getattr(m, k) for k in TUNE_SETTINGS}}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def reusable(
+    previous: dict | None, key: str, day: str, n_train: int, n_items: int, max_days: int, max_shift: float
+) -> tuple[bool, str]:
+    """Whether an earlier run's search trace ``previous`` can stand for today's search (``day``, ISO date),
+    and why (or why not), in words for the task log and the trace."""
+    if max_days <= 0:
+        return False, "reuse off (deep_tune_reuse_days = 0)"
+    if not previous:
+        return False, f"no search in the last {max_days} days' runs"
+    missing = [k for k in ("key", "searched_on", "train_baskets", "n_items", "chosen") if k not in previous]
+    if missing:
+        return False, f"the earlier search's trace lacks {', '.join(missing)} (written by an older version)"
+    if previous["key"] != key:
+        return False, f"the configuration changed since the search of {previous['searched_on']}"
+    age = (dt.date.fromisoformat(day) - dt.date.fromisoformat(previous["searched_on"])).days
+    if not 0 < age <= max_days:
+        return False, f"the last search ran on {previous['searched_on']}, {age} days before (at most {max_days})"
+    since = previous["searched_on"]
+    for what, now, then in (
+        ("train baskets", n_train, previous["train_baskets"]),
+        ("items", n_items, previous["n_items"]),
+    ):
+        if abs(now / max(then, 1) - 1.0) > max_shift:
+            return False, f"{what} moved from {then:,} to {now:,} since {since} (over {max_shift:.0%})"
+    return True, (
+        f"the search of {previous['searched_on']} ({age} days before; same configuration; train baskets "
+        f"{previous['train_baskets']:,} then, {n_train:,} now; items {previous['n_items']:,} then, {n_items:,} now)"
+    )
 
 
 def proxy_split(train: sp.csr_matrix, val: evaluate.HoldOut, history, max_baskets: int, max_val: int, seed: int):

@@ -141,6 +141,10 @@ def test_whole_day_pushes_a_version_that_answers_grpc(dagbag, dag_world):
     assert push.versions(root, "assoc") == [1]
     blessing = json.loads((dag_world / "artifacts" / "runs" / f"ds={nxt}" / "gate" / "blessing.json").read_text())
     assert not blessing["blessed"] and any("would regress" in r for r in blessing["reasons"])
+    # the day before searched with another deep configuration: its search is not reused, this day searched
+    summary = dag_world / "artifacts" / "runs" / f"ds={nxt}" / "train" / "train_summary.json"
+    trace = json.loads(summary.read_text())["hyperparameter_search"]
+    assert trace["searched_on"] == str(nxt) and "reused" not in trace and trace["trials"]
 
 
 def test_corrupted_partition_fails_at_validate_and_pushes_nothing(dagbag, dag_world):

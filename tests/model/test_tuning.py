@@ -294,3 +294,108 @@ def test_fit_deep_counts_the_search_in_the_budget(split):
     _, result, search = fit_deep(X, val, params, m)
     assert len(search["hyperparameter_search"]["trials"]) == 1
     assert result.stopped_by_time_budget and len(result.history) == 1
+
+
+def _searched(**kw) -> dict:
+    trace = {
+        "key": "k1",
+        "searched_on": "2017-10-26",
+        "train_baskets": 1000,
+        "n_items": 500,
+        "chosen": {"embedding_dim": 24, "learning_rate": 0.0123, "input_dropout": 0.4, "history_dropout": 0.1},
+        "seconds": 98.0,
+        "trials": [{"trial": 0}],
+        "reason": "the configured values",
+    }
+    return trace | kw
+
+
+def test_a_recent_search_of_the_same_configuration_on_similar_data_is_reused():
+    """``tuning.reusable``: a search at most ``deep_tune_reuse_days`` before, same key, train baskets and items
+    within the shift; anything else (stale, same day, another configuration, moved data, an old trace without
+    the fields, reuse off) searches again, each with its reason in words."""
+    from assoc_lib.config import ModelsConfig
+    from assoc_lib.tuning import reusable, search_key
+
+    ok, why = reusable(_searched(), "k1", "2017-10-27", 1100, 480, 6, 0.25)
+    assert ok and "2017-10-26" in why and "1 days before" in why
+    assert reusable(_searched(), "k1", "2017-11-01", 1000, 500, 6, 0.25)[0]  # 6 days: still reused
+    cases = {
+        "7 days before": (_searched(), "k1", "2017-11-02", 1000, 500, 6, 0.25),
+        "0 days before": (_searched(), "k1", "2017-10-26", 1000, 500, 6, 0.25),
+        "configuration changed": (_searched(), "k2", "2017-10-27", 1000, 500, 6, 0.25),
+        "train baskets moved from 1,000 to 1,300": (_searched(), "k1", "2017-10-27", 1300, 500, 6, 0.25),
+        "items moved from 500 to 300": (_searched(), "k1", "2017-10-27", 1000, 300, 6, 0.25),
+        "lacks key": ({k: v for k, v in _searched().items() if k != "key"}, "k1", "2017-10-27", 1000, 500, 6, 0.25),
+        "no search in the last 6 days": (None, "k1", "2017-10-27", 1000, 500, 6, 0.25),
+        "reuse off": (_searched(), "k1", "2017-10-27", 1000, 500, 0, 0.25),
+    }
+    for expected, args in cases.items():
+        ok, why = reusable(*args)
+        assert not ok and expected in why, (expected, why)
+    # the key follows the configured values and the search's settings, nothing else
+    p, m = DeepParams(learning_rate=0.002), ModelsConfig()
+    assert search_key(p, m) == search_key(DeepParams(learning_rate=0.002), ModelsConfig())
+    assert search_key(p, m) != search_key(DeepParams(learning_rate=0.003), m)
+    assert search_key(p, m) != search_key(p, ModelsConfig(deep_tune_seconds=60.0))
+    assert search_key(p, m) == search_key(p, ModelsConfig(ease_l2=1.0))
+
+
+def test_fit_deep_reuses_an_earlier_days_search_and_searches_when_it_is_stale(split):
+    """A daily run (``day``) with a reusable earlier trace trains the final network with that trace's chosen
+    values, runs no trial, and carries the trace marked ``reused`` (0 s; the original's seconds kept); the same
+    trace a week older, or no trace, makes it search, and its own trace names the day and the data it ran on."""
+    from assoc_lib.config import ModelsConfig
+    from assoc_lib.train import fit_deep
+
+    X, val = split
+    m = ModelsConfig(deep_tune_seconds=60.0, deep_tune_trials=1, deep_tune_epochs=1)
+    params = DeepParams(embedding_dim=16, batch_size=128, epochs=1, patience=10, seed=5)
+    _, _, first = fit_deep(X, val, params, m, day="2017-10-26")
+    searched = first["hyperparameter_search"]
+    assert searched["searched_on"] == "2017-10-26" and "reused" not in searched and len(searched["trials"]) == 1
+    assert searched["train_baskets"] == X.shape[0] and searched["n_items"] == X.shape[1] and searched["seconds"] > 0
+    # the next day: the earlier trace's choice (set apart from the configuration here, to see it used)
+    earlier = searched | {"chosen": searched["chosen"] | {"embedding_dim": 24, "learning_rate": 0.0123}}
+    chosen, result, again = fit_deep(X, val, params, m, day="2017-10-27", previous_search=earlier)
+    trace = again["hyperparameter_search"]
+    assert chosen.embedding_dim == 24 and chosen.learning_rate == pytest.approx(0.0123) and chosen.batch_size == 128
+    assert result.spec["embeddings"].shape == (X.shape[1], 24)  # the network trained at the reused width
+    assert trace["trials"] == searched["trials"] and trace["searched_on"] == "2017-10-26"
+    assert trace["seconds"] == 0.0 and trace["searched_seconds"] == searched["seconds"]
+    assert "the search of 2017-10-26 (1 days before" in trace["reused"]
+    # carried on: two days later the reused trace still dates from the 26th and keeps the original's seconds
+    _, _, chained = fit_deep(X, val, params, m, day="2017-10-28", previous_search=trace)
+    assert chained["hyperparameter_search"]["searched_seconds"] == searched["seconds"]
+    assert "2 days before" in chained["hyperparameter_search"]["reused"]
+    # a week after the search: searched again, on that day
+    _, _, stale = fit_deep(X, val, params, m, day="2017-11-02", previous_search=trace)
+    assert stale["hyperparameter_search"]["searched_on"] == "2017-11-02"
+    assert "reused" not in stale["hyperparameter_search"] and stale["hyperparameter_search"]["seconds"] > 0
+
+
+def test_previous_search_is_the_latest_earlier_runs_trace(cfg, caplog):
+    """``pipeline.previous_search`` reads the most recent earlier run's train summary that has a trace,
+    within ``deep_tune_reuse_days``; a run without a trace or with an unreadable summary is passed over
+    (the latter with a warning), and today's own run is not an earlier one."""
+    import logging
+
+    from assoc_lib.config import apply_overrides
+    from assoc_lib.pipeline import previous_search, run_dir
+    from assoc_lib.train import SUMMARY_FILE
+
+    def write(day: str, text: str) -> None:
+        path = run_dir(cfg, day) / "train" / SUMMARY_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    assert previous_search(cfg, "2017-10-30") is None
+    write("2017-10-30", json.dumps({"hyperparameter_search": _searched(searched_on="2017-10-30")}))
+    write("2017-10-26", json.dumps({"hyperparameter_search": _searched(searched_on="2017-10-26")}))
+    write("2017-10-28", json.dumps({"n_items": 3}))  # search off that day
+    write("2017-10-29", "{not json")
+    with caplog.at_level(logging.WARNING, logger="assoc_lib.pipeline"):
+        assert previous_search(cfg, "2017-10-30")["searched_on"] == "2017-10-26"
+    assert any("ignoring the earlier train summary" in r.getMessage() for r in caplog.records)
+    assert previous_search(cfg, "2017-10-31")["searched_on"] == "2017-10-30"
+    assert previous_search(apply_overrides(cfg, {"models.deep_tune_reuse_days": 3}), "2017-10-30") is None
