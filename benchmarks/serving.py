@@ -191,9 +191,9 @@ def load(
     }
 
 
-def start_server(base: Path, processes: int = 1) -> tuple[subprocess.Popen, str]:
+def start_server(base: Path, workdir: Path, processes: int = 1) -> tuple[subprocess.Popen, str]:
     args = ["--model-name", "assoc", "--model-base-path", str(base), "--poll-seconds", "0.5", "--rest_api_port", "0"]
-    return server.spawn(args + (["--processes", str(processes)] if processes != 1 else []))
+    return server.spawn(args + (["--processes", str(processes)] if processes != 1 else []), workdir=workdir)
 
 
 def drive(args, target, popular, batch, clients, seconds, watch=None) -> dict:
@@ -209,7 +209,7 @@ def measure(args, processes: int, clients: list[int], batches: list[int], result
     with tempfile.TemporaryDirectory(prefix="assoc-bench-") as tmp:
         root = Path(tmp) / "serving"
         push.push(args.export, root, "assoc", keep=2)
-        proc, target = start_server(root / "assoc", processes)
+        proc, target = start_server(root / "assoc", Path(tmp) / "serve", processes)
         try:
             if "popular" not in result:
                 with AssocClient(target) as client:

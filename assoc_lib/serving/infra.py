@@ -26,7 +26,8 @@ def validate_export(export_dir: str, model_name: str, max_p99_ms: float = 2000.0
         shutil.copytree(export_dir, base / "1")
         try:
             proc, target = server.spawn(
-                ["--model-name", model_name, "--model-base-path", str(base), "--rest_api_port", "0"]
+                ["--model-name", model_name, "--model-base-path", str(base), "--rest_api_port", "0"],
+                workdir=Path(tmp) / "serve",
             )
         except RuntimeError as exc:
             raise RuntimeError(f"infra validation: the serving process did not come up: {exc}") from exc

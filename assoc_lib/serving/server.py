@@ -16,6 +16,7 @@ codes (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION) and never stop the serv
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -303,11 +304,16 @@ def stop_siblings(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
             p.wait()
 
 
-def spawn(args: list[str], host: str = "127.0.0.1", timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+def spawn(
+    args: list[str], workdir: str | os.PathLike, host: str = "127.0.0.1", timeout: float = 180.0
+) -> tuple[subprocess.Popen, str]:
     """Start ``assoc serve ARGS`` as a separate process on a free gRPC port; return it and its ``host:port``
-    once it serves. Its log goes to a temporary file (a pipe nobody reads would fill up and stall it)."""
+    once it serves. Its ready file and log go to ``workdir`` (created; the caller removes it after stopping
+    the process: a pipe nobody reads would fill up and stall it, and a directory of its own would be left
+    behind on every daily run)."""
     port = free_port(host)
-    tmp = Path(tempfile.mkdtemp(prefix="assoc-serve-"))
+    tmp = Path(workdir)
+    tmp.mkdir(parents=True, exist_ok=True)
     ready, log_path = tmp / "ready", tmp / "serve.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(

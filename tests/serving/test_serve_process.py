@@ -56,3 +56,29 @@ def test_serve_process_starts_answers_and_stops_on_sigterm(exported, tmp_path):
     assert proc.returncode == 0
     assert "serving assoc on 127.0.0.1" in out and "versions [1]" in out and "REST API and metrics on" in out
     assert "signal 15: stopping" in out
+
+
+def test_infra_validation_serves_the_export_and_leaves_nothing_behind(exported, tmp_path, monkeypatch):
+    """The DAG's infra_validate (``infra.validate_export``): a real `assoc serve` process answers the contract
+    over gRPC; after it, good export or broken, nothing of it is left in the temporary directory (it runs
+    every day: a directory per run used to stay behind)."""
+    import shutil
+    import tempfile
+
+    import pytest
+
+    from assoc_lib.serving import infra
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    result = infra.validate_export(str(exported["ease"]), "assoc", requests=5)
+    assert {"complete_basket", "related_items", "serving_default"} <= set(result.signatures)
+    assert 0 < result.p50_ms <= result.p99_ms
+    assert list(scratch.iterdir()) == []
+    broken = tmp_path / "broken"
+    shutil.copytree(exported["ease"], broken)
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    with pytest.raises(RuntimeError, match="infra validation"):
+        infra.validate_export(str(broken), "assoc", requests=5)
+    assert list(scratch.iterdir()) == []
