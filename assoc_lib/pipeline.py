@@ -153,7 +153,7 @@ def train_day(cfg: AssocConfig, ds: str, prep_dir: str) -> TrainResult:
 
 def _search_line(trace: dict | None) -> str:
     if not trace:
-        return "none (off)"
+        return "none (search off, or no validation baskets)"
     if trace.get("reused"):
         return f"reused, {trace['reused']}"
     return f"{len(trace.get('trials', []))} trials in {trace.get('seconds', 0):.0f}s: {trace.get('reason', '')}"

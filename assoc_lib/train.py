@@ -380,15 +380,7 @@ def fit_deep(
     if reuse:
         chosen = previous_search["chosen"]
         params = replace(params, **{k: chosen[k] for k in tuning.SEARCHED if k in chosen})
-        searched_seconds = previous_search.get("searched_seconds", previous_search.get("seconds", 0.0))
-        search = {
-            "hyperparameter_search": {
-                **previous_search,
-                "seconds": 0.0,
-                "searched_seconds": searched_seconds,
-                "reused": why,
-            }
-        }
+        search = {"hyperparameter_search": tuning.carried(previous_search, why)}
         log.info(
             "tuning: no search; reusing %s: %s (%s)",
             why,
@@ -411,9 +403,7 @@ def fit_deep(
             min_gain=m.deep_tune_min_gain,
             history=history,
         )
-        trace = tuned.trace() | {"key": key, "train_baskets": X.shape[0], "n_items": X.shape[1]}
-        if day is not None:
-            trace["searched_on"] = day
+        trace = tuning.stamped(tuned.trace(), key, X.shape[0], X.shape[1], day)
         params, search = tuned.params, {"hyperparameter_search": trace}
     budget = m.deep_max_seconds
     left = max(budget - (time.perf_counter() - started), 1e-3) if budget > 0 else 0.0  # the search's time counts

@@ -134,6 +134,21 @@ def reusable(
     )
 
 
+def stamped(trace: dict, key: str, n_train: int, n_items: int, day: str | None) -> dict:
+    """A new search's trace with what ``reusable`` checks later: its key, data size and (on a daily run) day."""
+    return trace | {"key": key, "train_baskets": n_train, "n_items": n_items} | ({"searched_on": day} if day else {})
+
+
+def carried(previous: dict, why: str) -> dict:
+    """An earlier search's trace carried into today's run: it cost nothing today (``seconds`` 0), keeps the
+    original's day, data size and cost (``searched_seconds``), and says why it stands (``reused``)."""
+    return previous | {
+        "seconds": 0.0,
+        "searched_seconds": previous.get("searched_seconds", previous.get("seconds", 0.0)),
+        "reused": why,
+    }
+
+
 def proxy_split(train: sp.csr_matrix, val: evaluate.HoldOut, history, max_baskets: int, max_val: int, seed: int):
     """The trials' data: the most recent ``max_baskets`` train baskets (rows are in time order) with their
     histories, and a seeded sample of at most ``max_val`` validation baskets."""

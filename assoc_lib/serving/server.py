@@ -312,9 +312,9 @@ def spawn(
     the process: a pipe nobody reads would fill up and stall it, and a directory of its own would be left
     behind on every daily run)."""
     port = free_port(host)
-    tmp = Path(workdir)
-    tmp.mkdir(parents=True, exist_ok=True)
-    ready, log_path = tmp / "ready", tmp / "serve.log"
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ready, log_path = workdir / "ready", workdir / "serve.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [
