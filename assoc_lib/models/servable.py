@@ -322,11 +322,11 @@ class ServableModel:
             dense_tmp.unlink(missing_ok=True)
             source = getattr(self.dense, "filename", None)  # memory-mapped from another model's .npy
             try:
-                if source is None or self.dense.dtype != np.float32:
+                if source is None or self.dense.dtype != np.float32 or not self.dense.flags.c_contiguous:
                     raise OSError("no file to link")
                 os.link(source, dense_tmp)  # a model derived from a saved one (+personal_cooc) shares its matrix
             except OSError:
-                np.save(dense_tmp, np.asarray(self.dense, np.float32))
+                np.save(dense_tmp, np.ascontiguousarray(self.dense, np.float32))  # C order: see baselines
             dense_tmp.replace(path.with_name(f"{path.name}.dense.npy"))
         tmp = path.with_name(f".{path.name}.tmp.npz")
         np.savez(tmp, **arrays)

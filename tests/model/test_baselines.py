@@ -38,6 +38,9 @@ def test_ease_matches_closed_form():
     B = np.eye(6) - P / np.diag(P)
     np.testing.assert_allclose(ease.B, B, atol=1e-5)
     assert np.allclose(np.diag(ease.B), 0)
+    # C-ordered: scipy's sparse @ dense copies a Fortran-ordered matrix on every call (the daily evaluate
+    # task spent 42 of its 57 s copying the dense EASE matrix)
+    assert ease.B.flags.c_contiguous
 
 
 def test_ease_steps_aside_beyond_max_items(caplog):
@@ -89,6 +92,13 @@ def test_dense_reference_round_trips_and_scores_with_the_full_matrix(tmp_path):
     first, second = (os.stat(tmp_path / f"{n}.npz.dense.npy") for n in ("ease_dense", "derived"))
     assert (first.st_ino, first.st_nlink) == (second.st_ino, 2)
     np.testing.assert_allclose(derived.score(X[:7]), expected, rtol=1e-6, atol=1e-7)
+    assert loaded.dense.flags.c_contiguous and derived.dense.flags.c_contiguous
+    # a Fortran-ordered matrix (a file written before the order was fixed) is saved C-ordered, not linked
+    fortran = ServableModel.load(tmp_path / "ease_dense.npz")
+    fortran.dense = np.asfortranarray(ease.B)
+    rewritten = ServableModel.load(fortran.save(tmp_path / "rewritten.npz"))
+    assert rewritten.dense.flags.c_contiguous and os.stat(tmp_path / "rewritten.npz.dense.npy").st_nlink == 1
+    np.testing.assert_allclose(rewritten.score(X[:7]), expected, rtol=1e-6, atol=1e-7)
     # a served table of 5 neighbours per item drops weights: the dense scores differ from it
     ease.top_n, ease._table = 5, None
     assert not np.allclose(ease.neighbour_table().score(X[:7]), expected)
