@@ -263,16 +263,24 @@ def test_weight_average_is_validated_beside_raw(trained):
     X = baskets_to_csr(splits["train"], len(vocab))
     val = hold_out(splits["validation"], len(vocab), 0)
     # a large learning rate in small batches: noisy raw weights, which the average smooths (it won by 9-16% at
-    # epoch 3 in probes), so the selected epoch exercises the averaged path
+    # epoch 3 in probes), so the selected epoch usually exercises the averaged path. CPU training is not
+    # repeatable without op determinism (which would stay on for the whole test process), and in one run of
+    # the suite the raw weights won epoch 3 (0.2293 against 0.2261): so up to three seeds are tried, every run
+    # is checked, and the averaged path must be the selected one in at least one of them.
     params = DeepParams(embedding_dim=16, epochs=3, batch_size=32, learning_rate=0.1, patience=10)
-    result = train_deep(X, val, replace(params, weight_average_epochs=1.0))
-    for row in result.history:
-        assert row["val_ndcg@10"] == max(row["val_ndcg@10_raw"], row["val_ndcg@10_average"])
-        assert row["weights"] == ("average" if row["val_ndcg@10_average"] > row["val_ndcg@10_raw"] else "raw")
-    assert any(row["val_ndcg@10_raw"] != row["val_ndcg@10_average"] for row in result.history)
-    chosen = result.history[result.best_epoch - 1]
-    assert chosen["weights"] == "average"
-    again = evaluate_scores(lambda Xb: numpy_logits(result.spec, Xb), val, len(vocab))["ndcg@10"]
-    assert again == pytest.approx(chosen["val_ndcg@10"], abs=1e-9)
+    chosen_weights = []
+    for seed in (1234, 1235, 1236):
+        result = train_deep(X, val, replace(params, weight_average_epochs=1.0, seed=seed))
+        for row in result.history:
+            assert row["val_ndcg@10"] == max(row["val_ndcg@10_raw"], row["val_ndcg@10_average"])
+            assert row["weights"] == ("average" if row["val_ndcg@10_average"] > row["val_ndcg@10_raw"] else "raw")
+        assert any(row["val_ndcg@10_raw"] != row["val_ndcg@10_average"] for row in result.history)
+        chosen = result.history[result.best_epoch - 1]
+        again = evaluate_scores(lambda Xb, spec=result.spec: numpy_logits(spec, Xb), val, len(vocab))["ndcg@10"]
+        assert again == pytest.approx(chosen["val_ndcg@10"], abs=1e-9)  # the returned network is the chosen one
+        chosen_weights.append(chosen["weights"])
+        if chosen["weights"] == "average":
+            break
+    assert chosen_weights[-1] == "average", chosen_weights
     plain = train_deep(X, val, replace(params, weight_average_epochs=0.0))
     assert all("val_ndcg@10_average" not in row for row in plain.history)
