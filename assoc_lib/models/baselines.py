@@ -272,7 +272,7 @@ def _spd_inverse_inplace(G: np.ndarray, block: int = 2048) -> np.ndarray:
         P[stop:, start:stop] = P[start:stop, stop:].T
         sub = P[start:stop, start:stop]
         P[start:stop, start:stop] = np.triu(sub) + np.triu(sub, 1).T
-    return P if P.flags.c_contiguous else P.T  # symmetric: the same matrix
+    return P.T  # potri's output is Fortran-ordered (G was made so above); symmetric: the same matrix, C-ordered
 
 
 class EASE(Scorer):
