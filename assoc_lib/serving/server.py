@@ -252,44 +252,46 @@ def start_siblings(
     timeout: float = 300.0,
 ) -> list[subprocess.Popen]:
     """``n`` more `assoc serve` processes on the same ports; returns once each answers (or raises)."""
-    tmp = Path(tempfile.mkdtemp(prefix="assoc-serve-"))
-    procs = []
-    for i in range(n):
-        ready = tmp / f"ready-{i}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "assoc_lib.cli",
-            "serve",
-            *model_args,
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--rest_api_port",
-            str(rest_port or 0),
-            "--processes",
-            "1",
-            "--max-workers",
-            str(max_workers),
-            "--poll-seconds",
-            str(poll_seconds),
-            "--ready-file",
-            str(ready),
-        ]
-        if tf_threads is not None:
-            cmd += ["--tensorflow_intra_op_parallelism", str(tf_threads)]
-        procs.append((subprocess.Popen(cmd), ready))
-    deadline = time.time() + timeout
-    for proc, ready in procs:
-        while not ready.exists():
-            if proc.poll() is not None or time.time() > deadline:
-                stop_siblings([p for p, _ in procs])
-                raise RuntimeError(f"a sibling server process did not start (exit code {proc.poll()})")
-            time.sleep(0.2)
-    shutil.rmtree(tmp, ignore_errors=True)
-    log.info("%d sibling server process(es) on port %d: pids %s", n, port, [p.pid for p, _ in procs])
-    return [p for p, _ in procs]
+    tmp = Path(tempfile.mkdtemp(prefix="assoc-serve-"))  # ready files only: removed however the start ends
+    try:
+        procs = []
+        for i in range(n):
+            ready = tmp / f"ready-{i}"
+            cmd = [
+                sys.executable,
+                "-m",
+                "assoc_lib.cli",
+                "serve",
+                *model_args,
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--rest_api_port",
+                str(rest_port or 0),
+                "--processes",
+                "1",
+                "--max-workers",
+                str(max_workers),
+                "--poll-seconds",
+                str(poll_seconds),
+                "--ready-file",
+                str(ready),
+            ]
+            if tf_threads is not None:
+                cmd += ["--tensorflow_intra_op_parallelism", str(tf_threads)]
+            procs.append((subprocess.Popen(cmd), ready))
+        deadline = time.time() + timeout
+        for proc, ready in procs:
+            while not ready.exists():
+                if proc.poll() is not None or time.time() > deadline:
+                    stop_siblings([p for p, _ in procs])
+                    raise RuntimeError(f"a sibling server process did not start (exit code {proc.poll()})")
+                time.sleep(0.2)
+        log.info("%d sibling server process(es) on port %d: pids %s", n, port, [p.pid for p, _ in procs])
+        return [p for p, _ in procs]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def stop_siblings(procs: list[subprocess.Popen], grace: float = 10.0) -> None:

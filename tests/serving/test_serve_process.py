@@ -82,3 +82,33 @@ def test_infra_validation_serves_the_export_and_leaves_nothing_behind(exported, 
     with pytest.raises(RuntimeError, match="infra validation"):
         infra.validate_export(str(broken), "assoc", requests=5)
     assert list(scratch.iterdir()) == []
+
+
+def test_sibling_processes_serve_one_port_and_leave_nothing_behind(exported, tmp_path, monkeypatch):
+    """`assoc serve --processes N` starts N-1 siblings on the same port (``server.start_siblings``): one
+    answers there and stops on SIGTERM; its ready files' directory is removed whether the start succeeds or
+    fails (a failed start used to leave it behind), and a sibling that cannot start is reported."""
+    import tempfile
+
+    import pytest
+
+    from assoc_lib.serving import server
+
+    root = tmp_path / "serving"
+    push.push(exported["ease"], root, "assoc")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    port = server.free_port()
+    common = dict(host="127.0.0.1", port=port, rest_port=None, tf_threads=1, max_workers=2, poll_seconds=1.0)
+    procs = server.start_siblings(1, ["--model-config-file", str(root / "models.config")], timeout=120, **common)
+    try:
+        assert list(scratch.iterdir()) == []
+        with AssocClient(f"127.0.0.1:{port}") as client:
+            assert client.complete_basket([[]]).version == 1
+    finally:
+        server.stop_siblings(procs)
+    assert [p.returncode for p in procs] == [0]
+    with pytest.raises(RuntimeError, match="did not start"):
+        server.start_siblings(1, ["--model-config-file", str(tmp_path / "missing.config")], timeout=120, **common)
+    assert list(scratch.iterdir()) == []
