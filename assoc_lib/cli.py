@@ -208,19 +208,23 @@ def cmd_serve(args):
             max_workers=args.max_workers,
             poll_seconds=args.poll_seconds,
         )
-    server.serve(
-        args.model_config_file,
-        model_name,
-        base,
-        port=port,
-        rest_port=rest_port,
-        tf_threads=tf_threads,
-        host=args.host,
-        max_workers=args.max_workers,
-        poll_seconds=args.poll_seconds,
-        ready_file=args.ready_file,
-        on_stop=lambda: server.stop_siblings(children),
-    )
+    try:
+        server.serve(
+            args.model_config_file,
+            model_name,
+            base,
+            port=port,
+            rest_port=rest_port,
+            tf_threads=tf_threads,
+            host=args.host,
+            max_workers=args.max_workers,
+            poll_seconds=args.poll_seconds,
+            ready_file=args.ready_file,
+            on_stop=lambda: server.stop_siblings(children),
+        )
+    except BaseException:  # this process could not serve: its siblings must not stay on the port without it
+        server.stop_siblings(children)
+        raise
 
 
 def cmd_query(args):

@@ -253,8 +253,8 @@ def start_siblings(
 ) -> list[subprocess.Popen]:
     """``n`` more `assoc serve` processes on the same ports; returns once each answers (or raises)."""
     tmp = Path(tempfile.mkdtemp(prefix="assoc-serve-"))  # ready files only: removed however the start ends
+    procs = []
     try:
-        procs = []
         for i in range(n):
             ready = tmp / f"ready-{i}"
             cmd = [
@@ -285,11 +285,13 @@ def start_siblings(
         for proc, ready in procs:
             while not ready.exists():
                 if proc.poll() is not None or time.time() > deadline:
-                    stop_siblings([p for p, _ in procs])
                     raise RuntimeError(f"a sibling server process did not start (exit code {proc.poll()})")
                 time.sleep(0.2)
         log.info("%d sibling server process(es) on port %d: pids %s", n, port, [p.pid for p, _ in procs])
         return [p for p, _ in procs]
+    except BaseException:  # a failed start, a Popen that raised, Ctrl-C while waiting: no sibling outlives it
+        stop_siblings([p for p, _ in procs])
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -85,11 +85,13 @@ def test_infra_validation_serves_the_export_and_leaves_nothing_behind(exported, 
 
 
 def test_sibling_processes_serve_one_port_and_leave_nothing_behind(exported, tmp_path, monkeypatch):
-    """`assoc serve --processes N` starts N-1 siblings on the same port (``server.start_siblings``): one
-    answers there and stops on SIGTERM; its ready files' directory is removed whether the start succeeds or
-    fails (a failed start used to leave it behind), and a sibling that cannot start is reported."""
+    """`assoc serve --processes 2` starts a sibling on the same ports (``server.start_siblings``): both
+    answer there (gRPC and REST), SIGTERM to the first stops both; the ready files' directory is removed
+    whether the start succeeds or fails (a failed start used to leave it behind), and a sibling that cannot
+    start, or is not ready in time, is reported and stopped."""
     import tempfile
 
+    import psutil
     import pytest
 
     from assoc_lib.serving import server
@@ -98,17 +100,43 @@ def test_sibling_processes_serve_one_port_and_leave_nothing_behind(exported, tmp
     push.push(exported["ease"], root, "assoc")
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    port = server.free_port()
-    common = dict(host="127.0.0.1", port=port, rest_port=None, tf_threads=1, max_workers=2, poll_seconds=1.0)
-    procs = server.start_siblings(1, ["--model-config-file", str(root / "models.config")], timeout=120, **common)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # this process's calls below
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the `assoc serve` process's
+    rest_port = server.free_port()
+    config = ["--model-config-file", str(root / "models.config")]
+    args = [*config, "--processes", "2", "--rest_api_port", str(rest_port), "--tensorflow_intra_op_parallelism", "1"]
+    proc, target = server.spawn(args, tmp_path / "serve")
     try:
-        assert list(scratch.iterdir()) == []
-        with AssocClient(f"127.0.0.1:{port}") as client:
-            assert client.complete_basket([[]]).version == 1
+        siblings = psutil.Process(proc.pid).children()
+        assert len(siblings) == 1 and "--ready-file" in siblings[0].cmdline()
+        assert list(scratch.glob("assoc-serve-*")) == []  # (TensorFlow's autograph files live until exit)
+        for _ in range(4):  # a new connection each time: the kernel spreads them over the two processes
+            with AssocClient(target) as client:
+                assert client.complete_basket([[]]).version == 1
+        with AssocClient(f"http://127.0.0.1:{rest_port}") as rest:
+            assert [s["state"] for s in rest.model_status()] == ["AVAILABLE"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        _, alive = psutil.wait_procs(siblings, timeout=30)
+        assert alive == []
     finally:
-        server.stop_siblings(procs)
-    assert [p.returncode for p in procs] == [0]
+        if proc.poll() is None:
+            proc.kill()
+    assert list(scratch.iterdir()) == []  # both exited cleanly: nothing of theirs left in the temp directory
+    common = dict(
+        host="127.0.0.1", port=server.free_port(), rest_port=None, tf_threads=1, max_workers=2, poll_seconds=1.0
+    )
     with pytest.raises(RuntimeError, match="did not start"):
         server.start_siblings(1, ["--model-config-file", str(tmp_path / "missing.config")], timeout=120, **common)
     assert list(scratch.iterdir()) == []
+    # one that starts but is not ready within the time allowed is stopped, not left running on the port
+    with pytest.raises(RuntimeError, match="did not start"):
+        server.start_siblings(1, config, timeout=0.5, **common)
+    assert list(scratch.iterdir()) == []
+    left = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            left += [child.pid] if str(scratch) in " ".join(child.cmdline()) else []
+        except psutil.NoSuchProcess:
+            pass
+    assert left == []
