@@ -192,6 +192,8 @@ def cmd_serve(args):
     rest_port = _rest_port(cfg.serving.rest_port if args.rest_api_port is None else args.rest_api_port)
     processes = cfg.serving.processes if args.processes is None else args.processes
     tf_threads = cfg.serving.tf_threads if args.tensorflow_threads is None else args.tensorflow_threads
+    if args.parent_pid:
+        server.stop_with_parent(args.parent_pid)
     children = []
     if processes > 1:  # more server processes on the same ports (SO_REUSEPORT): the kernel spreads connections
         port = port or server.free_port(args.host)
@@ -398,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-workers", type=int, default=8)
     p.add_argument("--poll-seconds", type=float, default=2.0)
     p.add_argument("--ready-file", help="write host:port here once serving")
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # a sibling of --processes: stop with it
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("query", parents=[common], help="ask the served model (gRPC Predict)")
     p.add_argument("--server", default=None, help="HOST:PORT (default: 127.0.0.1:<serving.port>)")

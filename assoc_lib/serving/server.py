@@ -277,6 +277,8 @@ def start_siblings(
                 str(poll_seconds),
                 "--ready-file",
                 str(ready),
+                "--parent-pid",
+                str(os.getpid()),
             ]
             if tf_threads is not None:
                 cmd += ["--tensorflow_intra_op_parallelism", str(tf_threads)]
@@ -294,6 +296,22 @@ def start_siblings(
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stop_with_parent(parent_pid: int, every: float = 1.0) -> threading.Thread:
+    """A sibling's watch on the process that started it: once that process is gone, however it ended
+    (SIGKILL, the OOM killer, a crash: no SIGTERM reaches the sibling then), the sibling sends itself SIGTERM
+    and stops gracefully, instead of serving on the shared port alone and unseen."""
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(every)
+        log.warning("the process that started this one (pid %d) is gone: stopping", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="stop-with-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 def stop_siblings(procs: list[subprocess.Popen], grace: float = 10.0) -> None:

@@ -123,6 +123,23 @@ def test_sibling_processes_serve_one_port_and_leave_nothing_behind(exported, tmp
         if proc.poll() is None:
             proc.kill()
     assert list(scratch.iterdir()) == []  # both exited cleanly: nothing of theirs left in the temp directory
+    # the first process killed outright (no SIGTERM for it to pass on): the sibling notices and stops itself,
+    # rather than serving on the shared port unseen
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # a killed process leaves TensorFlow's autograph files
+    proc, target = server.spawn([*config, "--processes", "2", "--rest_api_port", "0"], tmp_path / "serve-kill")
+    siblings = psutil.Process(proc.pid).children()
+    try:
+        assert len(siblings) == 1
+        proc.kill()
+        proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(siblings, timeout=30)
+        assert alive == []
+    finally:
+        proc.kill()
+        for sibling in siblings:
+            if sibling.is_running():
+                sibling.kill()
+    assert "is gone: stopping" in (tmp_path / "serve-kill" / "serve.log").read_text()
     common = dict(
         host="127.0.0.1", port=server.free_port(), rest_port=None, tf_threads=1, max_workers=2, poll_seconds=1.0
     )
