@@ -351,6 +351,8 @@ def spawn(
                 str(port),
                 "--ready-file",
                 str(ready),
+                "--parent-pid",  # it stops itself if this process dies without stopping it
+                str(os.getpid()),
             ],
             stdout=subprocess.DEVNULL,
             stderr=log_file,

@@ -157,3 +157,38 @@ def test_sibling_processes_serve_one_port_and_leave_nothing_behind(exported, tmp
         except psutil.NoSuchProcess:
             pass
     assert left == []
+
+
+def test_spawned_server_stops_when_its_spawner_is_killed(exported, tmp_path):
+    """``server.spawn`` (the DAG's infra validation, the serving benchmark): if the process that spawned the
+    server is killed outright (an Airflow task past its timeout gets SIGKILL after SIGTERM), the server stops
+    itself instead of holding memory and a port for ever."""
+    import psutil
+
+    root = tmp_path / "serving"
+    push.push(exported["ease"], root, "assoc")
+    helper = (
+        "import sys, time\n"
+        "from assoc_lib.serving import server\n"
+        "proc, target = server.spawn(['--model-config-file', sys.argv[1], '--rest_api_port', '0'], sys.argv[2])\n"
+        "print(proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    spawner = subprocess.Popen(
+        [sys.executable, "-c", helper, str(root / "models.config"), str(tmp_path / "serve")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    served = None
+    try:
+        served = psutil.Process(int(spawner.stdout.readline()))
+        assert served.is_running()
+        spawner.kill()
+        spawner.wait(timeout=30)
+        _, alive = psutil.wait_procs([served], timeout=30)
+        assert alive == []
+    finally:
+        spawner.kill()
+        if served is not None and served.is_running():
+            served.kill()
+    assert "is gone: stopping" in (tmp_path / "serve" / "serve.log").read_text()
