@@ -177,10 +177,32 @@ def _rest_port(port: int) -> int | None:
     return None if port == 0 else port  # TF Serving: --rest_api_port=0 disables REST
 
 
+def _port_taken(host: str, port: int) -> bool:
+    """Whether something already accepts connections on ``host:port``. The servers bind with SO_REUSEPORT
+    (gRPC's default on Linux, and what ``--processes`` needs), so a second server on a port in use would
+    not fail: it would quietly take a share of the connections."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1" if host in ("0.0.0.0", "") else host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 def cmd_serve(args):
+    cfg = _config(args)
+    port = cfg.serving.port if args.port is None else args.port
+    rest_port = _rest_port(cfg.serving.rest_port if args.rest_api_port is None else args.rest_api_port)
+    if not args.shared_ports:  # (the siblings of --processes share the first process's ports on purpose)
+        for kind, p in (("gRPC", port), ("REST", rest_port)):
+            if p and _port_taken(args.host, p):
+                raise SystemExit(
+                    f"error: {args.host}:{p} ({kind}) is already in use: is another `assoc serve` or TF Serving "
+                    f"running? Stop it, or choose another port (--port, --rest_api_port; 0 for REST off)"
+                )
     from assoc_lib.serving import server
 
-    cfg = _config(args)
     model_name = args.model_name
     base = args.model_base_path
     if not args.model_config_file and not (model_name and base):
@@ -188,8 +210,6 @@ def cmd_serve(args):
         if not default_config.exists():
             raise SystemExit(f"error: no --model-config-file and no {default_config}; push a model first")
         args.model_config_file = str(default_config)
-    port = cfg.serving.port if args.port is None else args.port
-    rest_port = _rest_port(cfg.serving.rest_port if args.rest_api_port is None else args.rest_api_port)
     processes = cfg.serving.processes if args.processes is None else args.processes
     tf_threads = cfg.serving.tf_threads if args.tensorflow_threads is None else args.tensorflow_threads
     if args.parent_pid:
@@ -400,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-workers", type=int, default=8)
     p.add_argument("--poll-seconds", type=float, default=2.0)
     p.add_argument("--ready-file", help="write host:port here once serving")
-    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # a sibling of --processes: stop with it
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # stop when this process is gone
+    p.add_argument("--shared-ports", action="store_true", help=argparse.SUPPRESS)  # a sibling of --processes
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("query", parents=[common], help="ask the served model (gRPC Predict)")
     p.add_argument("--server", default=None, help="HOST:PORT (default: 127.0.0.1:<serving.port>)")

@@ -279,6 +279,7 @@ def start_siblings(
                 str(ready),
                 "--parent-pid",
                 str(os.getpid()),
+                "--shared-ports",
             ]
             if tf_threads is not None:
                 cmd += ["--tensorflow_intra_op_parallelism", str(tf_threads)]

@@ -192,3 +192,28 @@ def test_spawned_server_stops_when_its_spawner_is_killed(exported, tmp_path):
         if served is not None and served.is_running():
             served.kill()
     assert "is gone: stopping" in (tmp_path / "serve" / "serve.log").read_text()
+
+
+def test_serve_refuses_a_port_already_served(tmp_path):
+    """The servers bind with SO_REUSEPORT (gRPC's default on Linux; ``--processes`` needs it), so a second
+    `assoc serve` on a port in use would quietly share its connections with the first (a forgotten server
+    answering some of the queries). It stops at once with a message naming the port instead; nothing else
+    listening is disturbed."""
+    for flag in ("--port", "--rest_api_port"):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            other = {"--port": "--rest_api_port", "--rest_api_port": "--port"}[flag]  # 0: off / a free port
+            out = subprocess.run(
+                [sys.executable, "-m", "assoc_lib.cli", "serve", "--model-config-file", str(tmp_path / "models.config")]
+                + [flag, str(port), other, "0"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert out.returncode == 1, out.stderr
+            assert f"127.0.0.1:{port}" in out.stderr and "already in use" in out.stderr
+            assert "Traceback" not in out.stderr
+            with socket.create_connection(("127.0.0.1", port), timeout=1):  # still the first one's port
+                pass
