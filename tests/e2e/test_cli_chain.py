@@ -68,7 +68,18 @@ def test_cli_stages_end_to_end(tmp_path):
     assert pushed["version"] == 1
     ready = tmp_path / "ready"
     server = subprocess.Popen(
-        [sys.executable, "-m", "assoc_lib.cli", "serve", "--port", "0", "--ready-file", str(ready)],
+        [
+            sys.executable,
+            "-m",
+            "assoc_lib.cli",
+            "serve",
+            "--port",
+            "0",
+            "--rest_api_port",
+            "0",
+            "--ready-file",
+            str(ready),
+        ],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
