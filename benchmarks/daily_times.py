@@ -48,7 +48,12 @@ def day_times(text: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("logs", nargs="+", type=Path)
-    p.add_argument("--out", type=Path, default=Path("daily_times.json"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("artifacts/daily_times.json"),
+        help="(git-ignored, beside the logs, by default)",
+    )
     args = p.parse_args(argv)
     days = {}
     for path in sorted(args.logs):
@@ -69,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{sec(deep.get('seconds')):>5} ({sec(deep.get('search_seconds'))}){'':>8}  {d['search']}"
         )
     payload = {"target_seconds": TARGET_SECONDS, "days": days}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     missing = [day for day, d in days.items() if "train_evaluate_seconds" not in d]
     if missing:
