@@ -242,11 +242,9 @@ def cmd_serve(args):
             max_workers=args.max_workers,
             poll_seconds=args.poll_seconds,
             ready_file=args.ready_file,
-            on_stop=lambda: server.stop_siblings(children),
         )
-    except BaseException:  # this process could not serve: its siblings must not stay on the port without it
+    finally:  # stopped by a signal, or could not serve: its siblings do not stay on the port without it
         server.stop_siblings(children)
-        raise
 
 
 def cmd_query(args):

@@ -157,7 +157,6 @@ def serve(
     block: bool = True,
     rest_port: int | None = None,
     tf_threads: int | None = None,
-    on_stop=None,
 ):
     """Start the server; with ``block`` wait until SIGTERM/SIGINT, then stop gracefully.
 
@@ -224,8 +223,6 @@ def serve(
         log.info("signal %d: stopping (in-flight requests get 5s)", signum)
         registry.stop()
         server.stop(grace=5).wait()
-        if on_stop is not None:
-            on_stop()
         stopped.set()
 
     signal.signal(signal.SIGTERM, _graceful)

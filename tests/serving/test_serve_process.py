@@ -123,6 +123,7 @@ def test_sibling_processes_serve_one_port_and_leave_nothing_behind(exported, tmp
         if proc.poll() is None:
             proc.kill()
     assert list(scratch.iterdir()) == []  # both exited cleanly: nothing of theirs left in the temp directory
+    assert "is gone: stopping" not in (tmp_path / "serve" / "serve.log").read_text()  # stopped by the first
     # the first process killed outright (no SIGTERM for it to pass on): the sibling notices and stops itself,
     # rather than serving on the shared port unseen
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # a killed process leaves TensorFlow's autograph files
@@ -199,12 +200,11 @@ def test_serve_refuses_a_port_already_served(tmp_path):
     `assoc serve` on a port in use would quietly share its connections with the first (a forgotten server
     answering some of the queries). It stops at once with a message naming the port instead; nothing else
     listening is disturbed."""
-    for flag in ("--port", "--rest_api_port"):
+    for flag, other in (("--port", "--rest_api_port"), ("--rest_api_port", "--port")):  # other 0: off / free
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
-            other = {"--port": "--rest_api_port", "--rest_api_port": "--port"}[flag]  # 0: off / a free port
             out = subprocess.run(
                 [sys.executable, "-m", "assoc_lib.cli", "serve", "--model-config-file", str(tmp_path / "models.config")]
                 + [flag, str(port), other, "0"],
