@@ -14,7 +14,7 @@ import yaml
 
 from assoc_lib.data import contract
 from assoc_lib.serving import push
-from tests.conftest import SYNTH_DAYS, SYNTH_START, small_model_overrides
+from tests.conftest import SYNTH_DAYS, SYNTH_START
 
 EXPECTED = {
     "ingest",
@@ -60,12 +60,12 @@ def _day(offset: int) -> str:
 
 
 @pytest.fixture
-def dag_world(world, monkeypatch):
-    """The synthetic world as a git+DVC checkout, with the small model settings."""
+def dag_world(world):
+    """The synthetic world as a git+DVC checkout. The runs use the DAG's default params, the shipping model
+    configuration: the params carry every model parameter with the defaults read when the session's dagbag
+    parsed the DAG file, and a run's params win over ASSOC_ environment variables set later (a test that
+    set the small model settings here as environment variables was silently running the defaults)."""
     subprocess.run(["git", "init", "-q", str(world)], check=True)
-    for key, value in small_model_overrides().items():
-        section, name = key.split(".")
-        monkeypatch.setenv(f"ASSOC_{section.upper()}__{name.upper()}", str(value))
     return world
 
 
