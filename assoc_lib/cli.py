@@ -466,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ContractError, PreprocessError, VersioningError, PushError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was started is stopped on the way out (e.g. serve's siblings)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

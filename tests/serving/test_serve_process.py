@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -217,3 +218,42 @@ def test_serve_refuses_a_port_already_served(tmp_path):
             assert "Traceback" not in out.stderr
             with socket.create_connection(("127.0.0.1", port), timeout=1):  # still the first one's port
                 pass
+
+
+def test_ctrl_c_while_siblings_start_stops_them(exported, tmp_path):
+    """Ctrl-C (SIGINT) to `assoc serve --processes 2` while it waits for its sibling to load: the sibling
+    already started is stopped, the ready files' directory removed, and the command ends with "interrupted"
+    and exit code 130 (the shell's convention), not a traceback."""
+    import psutil
+
+    root = tmp_path / "serving"
+    push.push(exported["ease"], root, "assoc")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "assoc_lib.cli", "serve", "--model-config-file", str(root / "models.config")]
+        + ["--processes", "2", "--port", "0", "--rest_api_port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    siblings = []
+    try:
+        deadline = time.time() + 120
+        while not siblings and proc.poll() is None and time.time() < deadline:
+            siblings = psutil.Process(proc.pid).children()
+            time.sleep(0.05)
+        assert len(siblings) == 1 and list(scratch.glob("assoc-serve-*")), "no sibling starting"
+        proc.send_signal(signal.SIGINT)  # the sibling is still importing TensorFlow: it is not ready yet
+        _, err = proc.communicate(timeout=60)
+        _, alive = psutil.wait_procs(siblings, timeout=30)
+        assert alive == []
+    finally:
+        proc.kill()
+        for sibling in siblings:
+            if sibling.is_running():
+                sibling.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err and "sibling server process(es)" not in err
+    assert "is gone: stopping" not in err  # (the sibling writes to the same stderr) stopped by the first process
+    assert list(scratch.glob("assoc-serve-*")) == []
