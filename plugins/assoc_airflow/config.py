@@ -1,4 +1,9 @@
-"""Build the one AssocConfig from the project config plus the DAG run's params."""
+"""Build the one AssocConfig from the project config plus the DAG run's params.
+
+The params' defaults are the configuration read where the DAG file is parsed (dataclass defaults, TOML file,
+``ASSOC_<SECTION>__<KEY>`` environment variables), and a run's params are explicit overrides: so a task
+uses the environment of the DAG processor, not its own, for every knob that is a param.
+"""
 
 from __future__ import annotations
 
