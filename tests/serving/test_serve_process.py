@@ -13,6 +13,14 @@ from assoc_lib.serving import push
 from assoc_lib.serving.client import AssocClient
 
 
+def _kill(proc: subprocess.Popen, siblings: list) -> None:
+    """A test's cleanup: nothing it started stays alive, whatever it asserted."""
+    proc.kill()
+    for sibling in siblings:
+        if sibling.is_running():
+            sibling.kill()
+
+
 def test_serve_process_starts_answers_and_stops_on_sigterm(exported, tmp_path):
     root = tmp_path / "serving"
     push.push(exported["ease"], root, "assoc")
@@ -137,10 +145,7 @@ def test_sibling_processes_serve_one_port_and_leave_nothing_behind(exported, tmp
         _, alive = psutil.wait_procs(siblings, timeout=30)
         assert alive == []
     finally:
-        proc.kill()
-        for sibling in siblings:
-            if sibling.is_running():
-                sibling.kill()
+        _kill(proc, siblings)
     assert "is gone: stopping" in (tmp_path / "serve-kill" / "serve.log").read_text()
     common = dict(
         host="127.0.0.1", port=server.free_port(), rest_port=None, tf_threads=1, max_workers=2, poll_seconds=1.0
@@ -249,10 +254,7 @@ def test_ctrl_c_while_siblings_start_stops_them(exported, tmp_path):
         _, alive = psutil.wait_procs(siblings, timeout=30)
         assert alive == []
     finally:
-        proc.kill()
-        for sibling in siblings:
-            if sibling.is_running():
-                sibling.kill()
+        _kill(proc, siblings)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err and "sibling server process(es)" not in err
     assert "is gone: stopping" not in err  # (the sibling writes to the same stderr) stopped by the first process
