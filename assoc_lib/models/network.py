@@ -275,7 +275,8 @@ def logits_at(network, hidden, cols, hist=()):
     if hist:
         ids, weights, decayed = hist
         prior = network.get_layer("repeat_prior")
-        column_of = tf.tensor_scatter_nd_update(tf.fill([prior.n_items], -1), cols[:, None], tf.range(tf.shape(cols)[0]))
+        n = tf.shape(cols)[0]
+        column_of = tf.tensor_scatter_nd_update(tf.fill([prior.n_items], -1), cols[:, None], tf.range(n))
         at = tf.where(ids >= 0, tf.gather(column_of, tf.maximum(ids, 0)), -1)  # -1: not a column of this step
         logits = add_at(logits, at, prior_terms(prior, ids, weights, decayed))
     return logits
