@@ -92,3 +92,24 @@ def test_epochs_reshuffle_and_redraw():
     first = [b[0].numpy() for b in ds.take(1)][0]
     second = [b[0].numpy() for b in ds.take(1)][0]
     assert first.shape != second.shape or np.any(first != second)
+
+
+def test_train_step_benchmark_times_every_variant(trained, tmp_path, capsys):
+    """benchmarks/train_step.py on the session's split: each variant timed, the two forms of the repeat prior
+    equal on a real batch (what makes the timing a comparison of the same computation)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
+    spec = importlib.util.spec_from_file_location("train_step_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "step.json"
+    assert module.main(["--prep", str(trained["prep_dir"]), "--steps", "2", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["seconds_per_step"]) == {"shipped", "dense_prior", "keras_apply", "former"}
+    assert all(s > 0 for s in record["seconds_per_step"].values())
+    assert record["ratio_to_shipped"]["shipped"] == 1.0
+    assert record["prior_forms_max_abs_difference"] < 1e-4
+    assert "examples/s" in capsys.readouterr().out
