@@ -88,8 +88,8 @@ def _dataset(train: sp.csr_matrix, params: DeepParams, global_batch: int, histor
     with -1 / 0.
 
     Vectorised over the batch: the rows are shuffled as indices, a batch of indices gathers its ragged rows,
-    and the corruption runs on the whole batch at once (a map over single baskets cost a training step on
-    Complete Journey about a fifth of its time on 2 cores)."""
+    and the corruption runs on the whole batch at once (a map over single baskets, which this replaced, ran
+    beside the training step on the same cores and slowed it)."""
     tf = tensorflow()
 
     def ragged(values, splits, dtype):
@@ -133,6 +133,18 @@ def _dataset(train: sp.csr_matrix, params: DeepParams, global_batch: int, histor
     ds = tf.data.Dataset.range(n).shuffle(min(n, 100_000), seed=params.seed, reshuffle_each_iteration=True)
     ds = ds.batch(global_batch).map(corrupt, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def optimizer_update(optimizer, variables, fused: bool):
+    """The training step's update, ``update(grads)``: Keras's ``optimizer.apply``, or with ``fused`` the same
+    call compiled by XLA into one pass over each table instead of a dozen elementwise ones, on dense gradients
+    (the embeddings' sparse rows are scattered first: XLA wants dense). For the default strategy in float32
+    (the CPU): ``benchmarks/train_step.py`` measures the step 1.35x as long without it on Complete Journey."""
+    tf = tensorflow()
+    if not fused:
+        return lambda grads: optimizer.apply(grads, variables)
+    apply = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=True)
+    return lambda grads: apply([tf.convert_to_tensor(g) for g in grads])
 
 
 def average_momentum(horizon_epochs: float, steps_per_epoch: int) -> float:
@@ -236,13 +248,13 @@ def train_deep(
 
     dataset = strategy.experimental_distribute_dataset(_dataset(train, params, global_batch, history))
     variables = network.trainable_variables
-    # The default strategy in float32 (the CPU): Adam's update of every table is one XLA-fused pass over its
-    # weights instead of a dozen elementwise ones; on Complete Journey it was 40% of a training step. Mirrored
-    # replicas and the loss-scaled optimizer keep Keras's own path (its cross-replica sum, its finite check).
-    fused = not isinstance(strategy, tf.distribute.MirroredStrategy) and not isinstance(
-        optimizer, keras.optimizers.LossScaleOptimizer
+    # MirroredStrategy and the loss-scaled optimizer keep Keras's own update (its cross-replica sum, its check)
+    update = optimizer_update(
+        optimizer,
+        variables,
+        fused=not isinstance(strategy, tf.distribute.MirroredStrategy)
+        and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer),
     )
-    apply_fused = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=True)
 
     @tf.function(input_signature=[dataset.element_spec])  # one trace for every basket length
     def train_step(batch):
@@ -252,11 +264,7 @@ def train_deep(
                 if network.losses:
                     loss += tf.add_n(network.losses) / strategy.num_replicas_in_sync
                 scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
-            grads = tape.gradient(scaled, variables)
-            if fused:  # the embeddings' gradients are sparse rows: XLA wants them dense
-                apply_fused([tf.convert_to_tensor(g) for g in grads])
-            else:
-                optimizer.apply(grads, variables)
+            update(tape.gradient(scaled, variables))
             return loss
 
         per_replica = strategy.run(step, args=tuple(batch))

@@ -6,8 +6,8 @@ is worth, against the form it replaced, measured in the same process on the same
 Variants of one sampled-softmax step of the personal network at the configured settings (as
 ``train.train_deep`` runs it, without the log-Q correction, which costs the same in every variant):
 
-- ``shipped``: the repeat prior added at the history's entries (``network.add_at``), Adam's update one
-  XLA-fused function (dense gradients);
+- ``shipped``: ``network.logits_at`` (the repeat prior added at the history's entries) and
+  ``train.optimizer_update`` fused (Adam's update one XLA-compiled function on dense gradients);
 - ``dense_prior``: the prior as dense [batch, columns] rows (``network.scatter_rows``, the former form);
 - ``keras_apply``: Keras's own ``optimizer.apply`` on the sparse gradients (the former update);
 - ``former``: both former forms.
@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     from assoc_lib.config import load_config
     from assoc_lib.data.preprocess import load_split, split_baskets
     from assoc_lib.models.baselines import baskets_to_csr
-    from assoc_lib.models.network import add_at, build_network, prior_terms, scatter_rows
+    from assoc_lib.models.network import build_network, logits_at, scatter_rows
     from assoc_lib.tfrt import tensorflow
-    from assoc_lib.train import _dataset, deep_params
+    from assoc_lib.train import _dataset, deep_params, optimizer_update
 
     tf = tensorflow()
     import keras
@@ -69,17 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     optimizer.build(network.trainable_variables)
     variables = network.trainable_variables
     encoder = keras.Model(network.inputs, network.outputs[1])
-    out_layer, prior = network.get_layer("item_logits"), network.get_layer("repeat_prior")
-    apply_fused = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=True)
+    prior = network.get_layer("repeat_prior")
+    updates = {fused: optimizer_update(optimizer, variables, fused) for fused in (True, False)}
 
-    def logits_at(hidden, cols, hist, dense_prior: bool):
-        logits = tf.matmul(hidden, tf.gather(out_layer.kernel, cols, axis=1)) + tf.gather(out_layer.bias, cols)
+    def columns(hidden, cols, hist, dense_prior: bool):
+        """``network.logits_at`` (shipped), or with ``dense_prior`` the former form of its prior."""
+        if not dense_prior:
+            return logits_at(network, hidden, cols, hist)
+        logits = logits_at(network, hidden, cols)  # without the prior, then the prior as dense rows
         ids, weights, decayed = hist
         n = tf.shape(cols)[0]
         column_of = tf.tensor_scatter_nd_update(tf.fill([n_items], -1), cols[:, None], tf.range(n))
         at = tf.where(ids >= 0, tf.gather(column_of, tf.maximum(ids, 0)), -1)
-        if not dense_prior:
-            return add_at(logits, at, prior_terms(prior, ids, weights, decayed))
         logits += scatter_rows(at, weights, n) * tf.gather(prior.gamma + prior.repeat_bias, cols)[None, :]
         return logits + scatter_rows(at, decayed, n) * tf.gather(prior.delta + prior.recency_bias, cols)[None, :]
 
@@ -91,16 +92,12 @@ def main(argv: list[str] | None = None) -> int:
                 hidden = encoder([items_in, *hist], training=True)
                 drawn = tf.random.uniform([params.sampled_softmax], 0, n_items, dtype=tf.int32)
                 cols, _ = tf.unique(tf.concat([tf.boolean_mask(targets, targets >= 0), drawn], 0))
-                logits = logits_at(hidden, cols, hist, dense_prior)
+                logits = columns(hidden, cols, hist, dense_prior)
                 column_of = tf.tensor_scatter_nd_update(tf.fill([n_items], -1), cols[:, None], tf.range(tf.size(cols)))
                 where = tf.gather(column_of, tf.maximum(targets, 0))
                 picked = tf.gather(tf.nn.log_softmax(logits), where, batch_dims=1)
                 loss = -tf.reduce_mean(tf.reduce_sum(picked * tf.cast(targets >= 0, tf.float32), 1))
-            grads = tape.gradient(loss, variables)
-            if fused:
-                apply_fused([tf.convert_to_tensor(g) for g in grads])
-            else:
-                optimizer.apply(grads, variables)
+            updates[fused](tape.gradient(loss, variables))
             return loss
 
         return step
@@ -108,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     items_in, targets, *hist = batches[0]  # the two forms of the prior give the same logits
     hidden = encoder([items_in, *hist], training=False)
     cols, _ = tf.unique(tf.boolean_mask(targets, targets >= 0))
-    prior_diff = float(
-        tf.reduce_max(tf.abs(logits_at(hidden, cols, hist, True) - logits_at(hidden, cols, hist, False)))
-    )
+    prior_diff = float(tf.reduce_max(tf.abs(columns(hidden, cols, hist, True) - columns(hidden, cols, hist, False))))
 
     variants = {
         "shipped": make(False, True),

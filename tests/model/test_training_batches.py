@@ -110,6 +110,5 @@ def test_train_step_benchmark_times_every_variant(trained, tmp_path, capsys):
     record = json.loads(out.read_text())
     assert set(record["seconds_per_step"]) == {"shipped", "dense_prior", "keras_apply", "former"}
     assert all(s > 0 for s in record["seconds_per_step"].values())
-    assert record["ratio_to_shipped"]["shipped"] == 1.0
     assert record["prior_forms_max_abs_difference"] < 1e-4
     assert "examples/s" in capsys.readouterr().out
