@@ -327,11 +327,18 @@ def numpy_logits(spec: dict, X: sp.csr_matrix, H=None) -> np.ndarray:
         pre = pre + np.asarray(W @ spec["hist_embeddings"]) / norm[:, None]
     logits = head(pre, spec, NUMPY)
     if personal:
-        logits = logits + np.asarray(W.multiply(spec["repeat_weight"][None, :]).todense())
+        _add_at_entries(logits, W, spec["repeat_weight"])
         if "recency_weight" in spec:
-            DW = history_weights(H.weights(float(spec["history_decay"])))
-            logits = logits + np.asarray(DW.multiply(spec["recency_weight"][None, :]).todense())
+            _add_at_entries(logits, history_weights(H.weights(float(spec["history_decay"]))), spec["recency_weight"])
     return logits
+
+
+def _add_at_entries(logits: np.ndarray, W: sp.csr_matrix, weight: np.ndarray) -> None:
+    """``logits += W · diag(weight)``, in place and at W's entries only (the dense form's other terms add 0):
+    no dense [batch, items] copy of the history."""
+    W.sum_duplicates()
+    rows = np.repeat(np.arange(W.shape[0]), np.diff(W.indptr))
+    logits[rows, W.indices] += W.data * weight[W.indices]
 
 
 def item_embeddings(spec: dict) -> np.ndarray:

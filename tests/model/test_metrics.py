@@ -34,6 +34,23 @@ def test_ranks_exclude_inputs_and_count_ties_pessimistically():
     assert 0 not in top[0]
 
 
+def test_float32_scores_rank_as_their_float64_values():
+    """A float32 model's scores are ranked in float32 (no float64 copy): the ranks and top-10 must be those of
+    the same values in float64, ties and excluded inputs included; the caller's array is left as it was."""
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 6, size=(50, 40)).astype(np.float32) / np.float32(3.0)  # many ties
+    inputs = sp.csr_matrix((rng.random((50, 40)) < 0.15).astype(np.float32))
+    hidden = rng.integers(0, 40, size=50)
+    before = scores.copy()
+    ranks32, top32 = evaluate.ranks_of_hidden(scores, inputs, hidden)
+    ranks64, top64 = evaluate.ranks_of_hidden(scores.astype(np.float64), inputs, hidden)
+    assert ranks32.tolist() == ranks64.tolist()
+    assert top32.tolist() == top64.tolist()
+    np.testing.assert_array_equal(scores, before)
+    ranks_int, _ = evaluate.ranks_of_hidden((scores * 3).astype(np.int64), inputs, hidden)  # counts: float64
+    assert ranks_int.tolist() == ranks64.tolist()
+
+
 def test_hold_out_is_seeded_and_skips_single_item_baskets():
     baskets = [[0, 1, 2], [3], [4, 5]]
     a = evaluate.hold_out(baskets, 6, seed=1)
