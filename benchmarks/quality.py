@@ -132,7 +132,9 @@ def main(argv=None) -> int:
         "deep_history": summary["deep_history"],
         "config": {"models": cfg.to_dict()["models"]},
         "preprocess_seconds": prep_seconds,
-        "peak_rss_mb": memory["after_training_mb"],
+        # the process's peak over the whole run (training and evaluation), and its peak when training ended
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_after_training_mb": memory["after_training_mb"],
         "total_seconds": time.perf_counter() - started,
         "models": payload["models"],
         # paired bootstrap over test baskets; each side is its kind's best model on validation
@@ -146,7 +148,8 @@ def main(argv=None) -> int:
     print(evaluate.comparison_table(payload["models"], ("val_ndcg@10",) + evaluate.METRICS))
     print(
         f"\n{payload['n_eval_baskets']} test baskets, vocabulary {len(vocab)}, split {split_method}; "
-        f"peak RSS {memory['after_training_mb']:.0f} MB; JSON: {args.out}; per basket: {payload['per_basket']}"
+        f"peak RSS {result['peak_rss_mb']:.0f} MB ({memory['after_training_mb']:.0f} MB when training ended); "
+        f"JSON: {args.out}; per basket: {payload['per_basket']}"
     )
     for key, what in (("deep_minus_classical", ""), ("deep_minus_classical_servable", ", servable models")):
         for protocol, ci in payload[key].items():

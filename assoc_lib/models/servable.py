@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -387,8 +389,29 @@ class ServableModel:
             cooc_decay=meta.get("cooc_decay", 0.0),
             personal_scale=meta.get("personal_scale", 1.0),
             repeat_slope=meta.get("repeat_slope", 0.0),
-            dense=np.load(f"{path}.dense.npy", mmap_mode="r") if meta.get("dense") else None,
+            dense=map_dense(f"{path}.dense.npy") if meta.get("dense") else None,
         )
+
+
+_DENSE_MAPS: "weakref.WeakValueDictionary[tuple, np.memmap]" = weakref.WeakValueDictionary()
+_DENSE_LOCK = threading.Lock()
+
+
+def map_dense(path: str | os.PathLike) -> np.memmap:
+    """A reference model's dense matrix, memory-mapped read-only, one mapping per file in this process.
+
+    The models derived from a saved one (``+personal_cooc``, ``+rerank``) hard-link its ``.npy``; loaded side
+    by side (evaluation loads every candidate) they share one mapping instead of one each: every mapping's
+    resident pages count in the process's resident memory, and each would fault the same pages in again.
+    A file replaced since (another inode, size or time) gets a new mapping."""
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _DENSE_LOCK:
+        mapped = _DENSE_MAPS.get(key)
+        if mapped is None:
+            mapped = np.load(path, mmap_mode="r")
+            _DENSE_MAPS[key] = mapped
+        return mapped
 
 
 def _stage_meta(stage: rerank.Reranker | None, folds) -> dict | None:

@@ -93,12 +93,21 @@ def test_dense_reference_round_trips_and_scores_with_the_full_matrix(tmp_path):
     assert (first.st_ino, first.st_nlink) == (second.st_ino, 2)
     np.testing.assert_allclose(derived.score(X[:7]), expected, rtol=1e-6, atol=1e-7)
     assert loaded.dense.flags.c_contiguous and derived.dense.flags.c_contiguous
+    # loaded side by side, the two share one mapping of the file (not one each)
+    assert derived.dense is loaded.dense
     # a Fortran-ordered matrix (a file written before the order was fixed) is saved C-ordered, not linked
     fortran = ServableModel.load(tmp_path / "ease_dense.npz")
     fortran.dense = np.asfortranarray(ease.B)
     rewritten = ServableModel.load(fortran.save(tmp_path / "rewritten.npz"))
     assert rewritten.dense.flags.c_contiguous and os.stat(tmp_path / "rewritten.npz.dense.npy").st_nlink == 1
     np.testing.assert_allclose(rewritten.score(X[:7]), expected, rtol=1e-6, atol=1e-7)
+    assert rewritten.dense is not loaded.dense  # another file, another mapping
+    # a model saved again under the same name (a new file) is read anew, not from the old mapping
+    again = ServableModel.load(tmp_path / "derived.npz")
+    again.dense = 2.0 * ease.B
+    again.save(tmp_path / "derived.npz")
+    np.testing.assert_allclose(ServableModel.load(tmp_path / "derived.npz").dense, 2.0 * ease.B, rtol=1e-6)
+    np.testing.assert_allclose(loaded.dense, ease.B, rtol=1e-6)
     # a served table of 5 neighbours per item drops weights: the dense scores differ from it
     ease.top_n, ease._table = 5, None
     assert not np.allclose(ease.neighbour_table().score(X[:7]), expected)
