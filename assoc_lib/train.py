@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from assoc_lib import evaluate, tuning
 from assoc_lib.config import decay_list
 from assoc_lib.models import rerank
-from assoc_lib.models.network import DeepParams, build_network, forward_spec, logits_at, numpy_logits
+from assoc_lib.models.network import DeepParams, build_network, column_of, forward_spec, logits_at, numpy_logits
 from assoc_lib.models.servable import repeat_gate, repeat_share
 from assoc_lib.records import ModelKind
 from assoc_lib.tfrt import tensorflow
@@ -242,8 +242,7 @@ def train_deep(
         correction = tf.math.log(others / tf.maximum(tf.cast(n_cols, tf.float32) - n_pos, 1.0))
         logits = logits_at(network, tf.cast(hidden, tf.float32), cols, hist)
         logp = tf.nn.log_softmax(logits + tf.where(is_positive, 0.0, correction)[None, :])
-        column_of = tf.tensor_scatter_nd_update(tf.fill([n_items], -1), cols[:, None], tf.range(n_cols))
-        picked = tf.gather(logp, tf.gather(column_of, tf.maximum(targets, 0)), batch_dims=1)
+        picked = tf.gather(logp, tf.gather(column_of(cols, n_items), tf.maximum(targets, 0)), batch_dims=1)
         return -tf.reduce_sum(picked * mask, axis=1)
 
     dataset = strategy.experimental_distribute_dataset(_dataset(train, params, global_batch, history))

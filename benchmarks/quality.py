@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import sys
 import tempfile
 import time
@@ -27,13 +26,9 @@ import pandas as pd
 from assoc_lib import evaluate
 from assoc_lib.config import load_config
 from assoc_lib.data import adapters, contract, preprocess
-from assoc_lib.train import train_candidates
+from assoc_lib.train import peak_rss_mb, train_candidates
 
 log = logging.getLogger("benchmark")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def read_orders(path: Path) -> tuple[pd.DataFrame, bool]:

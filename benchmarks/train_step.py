@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from assoc_lib.config import load_config
     from assoc_lib.data.preprocess import load_split, split_baskets
     from assoc_lib.models.baselines import baskets_to_csr
-    from assoc_lib.models.network import build_network, logits_at, scatter_rows
+    from assoc_lib.models.network import build_network, column_of, logits_at, scatter_rows
     from assoc_lib.tfrt import tensorflow
     from assoc_lib.train import _dataset, deep_params, optimizer_update
 
@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         logits = logits_at(network, hidden, cols)  # without the prior, then the prior as dense rows
         ids, weights, decayed = hist
         n = tf.shape(cols)[0]
-        column_of = tf.tensor_scatter_nd_update(tf.fill([n_items], -1), cols[:, None], tf.range(n))
-        at = tf.where(ids >= 0, tf.gather(column_of, tf.maximum(ids, 0)), -1)
+        at = tf.where(ids >= 0, tf.gather(column_of(cols, n_items), tf.maximum(ids, 0)), -1)
         logits += scatter_rows(at, weights, n) * tf.gather(prior.gamma + prior.repeat_bias, cols)[None, :]
         return logits + scatter_rows(at, decayed, n) * tf.gather(prior.delta + prior.recency_bias, cols)[None, :]
 
@@ -93,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 drawn = tf.random.uniform([params.sampled_softmax], 0, n_items, dtype=tf.int32)
                 cols, _ = tf.unique(tf.concat([tf.boolean_mask(targets, targets >= 0), drawn], 0))
                 logits = columns(hidden, cols, hist, dense_prior)
-                column_of = tf.tensor_scatter_nd_update(tf.fill([n_items], -1), cols[:, None], tf.range(tf.size(cols)))
-                where = tf.gather(column_of, tf.maximum(targets, 0))
+                where = tf.gather(column_of(cols, n_items), tf.maximum(targets, 0))
                 picked = tf.gather(tf.nn.log_softmax(logits), where, batch_dims=1)
                 loss = -tf.reduce_mean(tf.reduce_sum(picked * tf.cast(targets >= 0, tf.float32), 1))
             updates[fused](tape.gradient(loss, variables))

@@ -275,11 +275,16 @@ def logits_at(network, hidden, cols, hist=()):
     if hist:
         ids, weights, decayed = hist
         prior = network.get_layer("repeat_prior")
-        n = tf.shape(cols)[0]
-        column_of = tf.tensor_scatter_nd_update(tf.fill([prior.n_items], -1), cols[:, None], tf.range(n))
-        at = tf.where(ids >= 0, tf.gather(column_of, tf.maximum(ids, 0)), -1)  # -1: not a column of this step
+        at = tf.where(ids >= 0, tf.gather(column_of(cols, prior.n_items), tf.maximum(ids, 0)), -1)  # -1: not a column
         logits = add_at(logits, at, prior_terms(prior, ids, weights, decayed))
     return logits
+
+
+def column_of(cols, n_items: int):
+    """TF: [n_items] lookup from an item id to its position among a sampled step's columns ``cols`` (-1: not
+    one of them)."""
+    tf = tensorflow()
+    return tf.tensor_scatter_nd_update(tf.fill([n_items], -1), cols[:, None], tf.range(tf.shape(cols)[0]))
 
 
 def prior_terms(prior, ids, weights, decayed):
