@@ -85,6 +85,36 @@ def hold_out(baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0, hist
     )
 
 
+def hold_out_lists(
+    baskets: Sequence[Sequence[int]], n_items: int, per_basket: int, seed: int = 0, history=None
+) -> HoldOut:
+    """Training lists for a second stage: every basket with >= 2 items hides up to ``per_basket`` of its
+    items (seeded, distinct), one row each, the rest visible (``per_basket`` 0: every item in turn).
+    ``basket_rows`` repeats a basket's row once per list, so its lists share its order id (and its half of
+    a cross-fit). The evaluation's own hold-out (:func:`hold_out`) hides one item; this one gives a
+    reranker up to ``per_basket`` times as many examples from the same baskets."""
+    if per_basket < 0:
+        raise ValueError(f"per_basket must be >= 0 (0: every item), got {per_basket}")
+    rng = np.random.default_rng(seed)
+    rows, visible, hidden = [], [], []
+    for r, basket in enumerate(baskets):
+        basket = list(basket)
+        if len(basket) < 2:
+            continue
+        order = rng.permutation(len(basket))
+        for h in order[:per_basket] if per_basket else order:
+            rows.append(r)
+            hidden.append(basket[h])
+            visible.append(basket[:h] + basket[h + 1 :])
+    rows = np.asarray(rows, dtype=np.int64)
+    return HoldOut(
+        baskets_to_csr(visible, n_items),
+        np.asarray(hidden, dtype=np.int64),
+        rows,
+        as_history(history)[rows] if history is not None else None,
+    )
+
+
 def ranks_of_hidden(scores: np.ndarray, inputs: sp.csr_matrix, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """1-based rank of each hidden item among non-input items, and each row's top-10 items."""
     # a float32 model's scores stay float32 (the same comparisons, half the memory and time); others float64

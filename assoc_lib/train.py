@@ -610,8 +610,9 @@ def fit_reranker(feats: np.ndarray, labels: np.ndarray, seed: int, epochs: int, 
     import keras
 
     keras.utils.set_random_seed(seed)
-    flat = feats.reshape(-1, feats.shape[-1]).astype(np.float64)
-    mean, scale = flat.mean(0).astype(np.float32), (flat.std(0) + 1e-6).astype(np.float32)
+    flat = feats.reshape(-1, feats.shape[-1])  # accumulated in float64, without a float64 copy
+    mean = flat.mean(0, dtype=np.float64).astype(np.float32)
+    scale = (flat.std(0, dtype=np.float64) + 1e-6).astype(np.float32)
     inputs = keras.Input(feats.shape[1:])
     h = (inputs - mean) / scale
     for width in RERANK_HIDDEN:
@@ -634,30 +635,39 @@ def list_ndcg(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return evaluate.ndcg10_per_basket(ranks)
 
 
-def rerank_lists(model, holdout: evaluate.HoldOut, k: int, batch: int = 512):
+def rerank_lists(model, holdout: evaluate.HoldOut, k: int, batch: int = 512, listed_only: bool = False):
     """(features [rows, k, F], labels [rows, k], bool [rows]: the rows with a history) of ``model``'s first
-    stage's top ``k`` on ``holdout`` (anonymous: no row with a history, the history features 0)."""
-    feats, labels, rows = [], [], []
+    stage's top ``k`` on ``holdout`` (anonymous: no row with a history, the history features 0).
+    ``listed_only``: only the lists a stage is fitted on (the stage's rows, with a history on the
+    personalised protocol, whose hidden item is listed), plus int [rows]: their positions in ``holdout``."""
+    feats, labels, rows, at = [], [], [], []
+    personal = holdout.history is not None
     for start in range(0, holdout.n, batch):
         sl = slice(start, start + batch)
-        H = holdout.history[sl] if holdout.history is not None else None
+        H = holdout.history[sl] if personal else None
         _, top, f, r = model.rerank_lists(holdout.inputs[sl], H, k)
+        lab = (top == holdout.hidden[sl, None]).astype(np.float32)
+        if listed_only:
+            keep = np.flatnonzero((r if personal else ~r) & lab.any(1))
+            f, lab, r = f[keep], lab[keep], r[keep]
+            at.append(start + keep)
         feats.append(f)
-        labels.append((top == holdout.hidden[sl, None]).astype(np.float32))
+        labels.append(lab)
         rows.append(r)
-    return np.concatenate(feats), np.concatenate(labels), np.concatenate(rows)
+    out = np.concatenate(feats), np.concatenate(labels), np.concatenate(rows)
+    return (*out, np.concatenate(at)) if listed_only else out
 
 
-def cross_fit(
-    feats: np.ndarray, labels: np.ndarray, rows: np.ndarray, fold: np.ndarray, seed: int, epochs: int, k: int
-):
-    """(the reranker fitted on every listed row, the two halves' rerankers, the first stage's per-basket
-    NDCG@10 from the lists, the cross-fitted one: each half scored by the reranker fitted on the other) for
-    the lists of ``rows`` (bool), ``fold`` the half of each row."""
-    keep = rows & labels.any(1)
-    full = fit_reranker(feats[keep], labels[keep], seed, epochs, k)
+def cross_fit(fit_lists: tuple, fit_fold: np.ndarray, feats, labels, rows, fold, seed: int, epochs: int, k: int):
+    """(the reranker fitted on every list of ``fit_lists`` (features, labels: the lists a stage is fitted
+    on), the two halves' rerankers (fitted on the lists of ``fit_fold`` != h), the first stage's per-basket
+    NDCG@10 on the evaluation lists ``feats``/``labels``, the cross-fitted one: each evaluated basket of
+    ``rows`` (bool) scored by the reranker fitted on the half ``fold`` it is not in). The two sets of lists
+    come from the same baskets, a basket's lists in its basket's half, so no half sees a basket it scores."""
+    fit_feats, fit_labels = fit_lists
+    full = fit_reranker(fit_feats, fit_labels, seed, epochs, k)
     # fold h is scored by the reranker fitted on the other half
-    folds = tuple(fit_reranker(feats[keep & (fold != h)], labels[keep & (fold != h)], seed, epochs, k) for h in (0, 1))
+    folds = tuple(fit_reranker(fit_feats[fit_fold != h], fit_labels[fit_fold != h], seed, epochs, k) for h in (0, 1))
     base = list_ndcg(-np.arange(feats.shape[1], dtype=np.float64)[None, :].repeat(len(labels), 0), labels)
     crossed = base.copy()
     for h in (0, 1):
@@ -666,42 +676,54 @@ def cross_fit(
     return full, folds, base, crossed
 
 
-def _fit_stage(model, holdout: evaluate.HoldOut, fold: np.ndarray, cfg) -> tuple | None:
-    """(the reranker, its two halves, the record) of one second stage of ``model`` fitted on ``holdout``'s
-    lists whose hidden item is in the first stage's top k: on the personalised protocol the rows with a
-    history (the stage for shoppers), on the anonymous one every row (the stage for a basket without
-    history). None when a half of validation has under ``rerank_min_lists`` lists."""
+def _fit_stage(model, holdout: evaluate.HoldOut, fold: np.ndarray, fit: evaluate.HoldOut, fit_fold, cfg):
+    """(the reranker, its two halves, the record) of one second stage of ``model`` fitted on the lists of
+    ``fit`` (the validation baskets, up to ``rerank_lists_per_basket`` hidden items each:
+    :func:`evaluate.hold_out_lists`) whose hidden item is in the first stage's top k: on the personalised
+    protocol the rows with a history (the stage for shoppers), on the anonymous one every row (the stage for
+    a basket without history). Its validation figure is cross-fitted on ``holdout`` (the evaluation's
+    hold-out of the same baskets; ``fold``/``fit_fold``: each row's half, by order id). None when a half of
+    validation has under ``rerank_min_lists`` lists."""
     k, epochs, seed = cfg.models.rerank_top_k, cfg.models.rerank_epochs, cfg.models.seed
+    fit_feats, fit_labels, _, at = rerank_lists(model, fit, k, listed_only=True)
+    fit_fold = fit_fold[at]
+    least = cfg.models.rerank_min_lists
+    if min(int((fit_fold == h).sum()) for h in (0, 1)) < least:
+        log.info("%s: no %s reranker (under %d lists in a half of validation)", model.name, holdout.protocol, least)
+        return None
     feats, labels, with_history = rerank_lists(model, holdout, k)
     rows = with_history if holdout.history is not None else ~with_history
     keep = rows & labels.any(1)
-    least = cfg.models.rerank_min_lists
-    if min(int((keep & (fold == h)).sum()) for h in (0, 1)) < least:
-        log.info("%s: no %s reranker (under %d lists in a half of validation)", model.name, holdout.protocol, least)
-        return None
-    full, folds, base, crossed = cross_fit(feats, labels, rows, fold, seed, epochs, k)
+    full, folds, base, crossed = cross_fit(
+        (fit_feats, fit_labels), fit_fold, feats, labels, rows, fold, seed, epochs, k
+    )
     record = {
-        "lists": int(keep.sum()),
+        "lists": len(fit_labels),
+        "baskets_listed": int(keep.sum()),
         "val_ndcg@10_first_stage": round(float(base.mean()), 5),
         "val_ndcg@10_cross_fitted": round(float(crossed.mean()), 5),
     }
     log.info(
-        "%s: %s reranker over the top %d fitted on %d validation lists; validation NDCG@10 %.4f -> %.4f "
-        "(cross-fitted: each half scored by the reranker fitted on the other)",
+        "%s: %s reranker over the top %d fitted on %d validation lists (up to %s hidden items per basket); "
+        "validation NDCG@10 %.4f -> %.4f (cross-fitted: each half scored by the reranker fitted on the other)",
         model.name,
         holdout.protocol,
         k,
         record["lists"],
+        cfg.models.rerank_lists_per_basket or "all",
         record["val_ndcg@10_first_stage"],
         record["val_ndcg@10_cross_fitted"],
     )
     return full, folds, record
 
 
-def _save_rerank_candidate(entry: dict, val: evaluate.HoldOut, order_ids, cfg, save) -> None:
+def _save_rerank_candidate(
+    entry: dict, val: evaluate.HoldOut, order_ids, fit: evaluate.HoldOut, fit_order_ids, cfg, save
+) -> None:
     """``<model>+rerank``: a saved candidate with the second stage (``models/rerank.py``): one reranker
     fitted on the validation baskets with a history (personalised protocol), one on every validation basket
-    without it (anonymous protocol), each on the lists whose hidden item is in the candidate's top k. Each
+    without it (anonymous protocol), each on the lists of ``fit`` (up to ``rerank_lists_per_basket`` hidden
+    items per basket, :func:`evaluate.hold_out_lists`) whose hidden item is in the candidate's top k. Each
     network is also fitted on each half of those baskets (``rerank.fold_of``: a hash of the order id; the
     same halves for both), and evaluation scores each validation basket with the halves that did not see it,
     so the gate's validation figure is cross-fitted; test and serving use the ones fitted on all of
@@ -712,8 +734,9 @@ def _save_rerank_candidate(entry: dict, val: evaluate.HoldOut, order_ids, cfg, s
     started = time.perf_counter()
     model = ServableModel.load(entry["path"])
     fold = rerank.fold_of(order_ids, cfg.models.eval_seed)
-    personal = _fit_stage(model, val, fold, cfg) if val.history is not None else None
-    anonymous = _fit_stage(model, val.anonymous(), fold, cfg)
+    fit_fold = rerank.fold_of(fit_order_ids, cfg.models.eval_seed)  # a basket's lists in its basket's half
+    personal = _fit_stage(model, val, fold, fit, fit_fold, cfg) if val.history is not None else None
+    anonymous = _fit_stage(model, val.anonymous(), fold, fit.anonymous(), fit_fold, cfg)
     if personal is None and anonymous is None:
         return
     model.name = f"{model.name}+rerank"
@@ -725,6 +748,7 @@ def _save_rerank_candidate(entry: dict, val: evaluate.HoldOut, order_ids, cfg, s
         "features": list(rerank.FEATURES),
         "hidden": list(RERANK_HIDDEN),
         "epochs": cfg.models.rerank_epochs,
+        "lists_per_basket": cfg.models.rerank_lists_per_basket,
         "personal": personal and personal[2],
         "anonymous": anonymous and anonymous[2],
     }
@@ -978,11 +1002,23 @@ def train_candidates(
         # the second stage, deep and classical alike (so the verdict stays best against best): on every
         # candidate with the personal co-occurrence, or, without users, on the candidates it would be built on
         order_ids = baskets["order_id"].to_numpy()[val.frame_rows]
+        # the stages' training lists: the same validation baskets, up to rerank_lists_per_basket hidden items each
+        val_rows = np.flatnonzero((baskets["split"] == "validation").to_numpy())
+        fit = evaluate.hold_out_lists(
+            splits["validation"],
+            n_items,
+            cfg.models.rerank_lists_per_basket,
+            cfg.models.eval_seed + 2,  # its own stream (the hold-outs' are eval_seed and eval_seed + 1)
+            history[val_rows] if history is not None else None,
+        )
+        fit_order_ids = baskets["order_id"].to_numpy()[val_rows[fit.basket_rows]]
         bases = [
             e for e in entries if (e["name"].endswith("+personal_cooc") if cooc_decays else e["name"] in DERIVED_BASES)
         ]
         for entry in bases:
-            _save_rerank_candidate(entry, val, order_ids, cfg, lambda model, e: save(model, e, tuned=True, gate=False))
+            _save_rerank_candidate(
+                entry, val, order_ids, fit, fit_order_ids, cfg, lambda model, e: save(model, e, tuned=True, gate=False)
+            )
     summary = {
         "prep_dir": str(prep_dir),
         "out_dir": str(out_dir),

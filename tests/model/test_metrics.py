@@ -62,6 +62,40 @@ def test_hold_out_is_seeded_and_skips_single_item_baskets():
         assert hidden not in visible and len(visible) == len(baskets[a.basket_rows[row]]) - 1
 
 
+def test_hold_out_lists_by_hand():
+    """The second stage's training lists: each basket with >= 2 items hides up to ``per_basket`` distinct
+    items, one list each, the rest visible; 0 hides every item in turn; histories follow their basket."""
+    from assoc_lib.data.history import History
+
+    baskets = [[0, 1, 2], [3], [4, 5], [1, 3, 5, 0]]
+    counts = sp.csr_matrix(np.arange(24, dtype=np.float32).reshape(4, 6))
+    history = History(counts, {})
+    for per_basket, expected in ((1, [1, 1, 1]), (2, [2, 2, 2]), (0, [3, 2, 4]), (9, [3, 2, 4])):
+        lists = evaluate.hold_out_lists(baskets, 6, per_basket, seed=3, history=history)
+        assert np.bincount(lists.basket_rows, minlength=4).tolist() == [expected[0], 0, *expected[1:]]
+        assert lists.basket_rows.tolist() == sorted(lists.basket_rows.tolist())  # basket by basket
+        for row in range(lists.n):
+            basket = baskets[lists.basket_rows[row]]
+            visible = sorted(lists.inputs[row].indices.tolist())
+            assert lists.hidden[row] in basket and visible == sorted(set(basket) - {lists.hidden[row]})
+            np.testing.assert_array_equal(lists.history.counts[row].toarray(), counts[lists.basket_rows[row]].toarray())
+        for r in (0, 2, 3):  # distinct hidden items per basket
+            hidden = lists.hidden[lists.basket_rows == r].tolist()
+            assert len(set(hidden)) == len(hidden)
+        if per_basket in (0, 9):
+            assert all(sorted(lists.hidden[lists.basket_rows == r].tolist()) == sorted(baskets[r]) for r in (0, 2, 3))
+    again = evaluate.hold_out_lists(baskets, 6, 2, seed=3)
+    assert (
+        again.history is None
+        and again.hidden.tolist() == evaluate.hold_out_lists(baskets, 6, 2, seed=3).hidden.tolist()
+    )
+    assert any(
+        evaluate.hold_out_lists(baskets, 6, 2, seed=s).hidden.tolist() != again.hidden.tolist() for s in range(4, 9)
+    )
+    with pytest.raises(ValueError, match="per_basket must be >= 0"):
+        evaluate.hold_out_lists(baskets, 6, -1)
+
+
 def test_evaluate_scores_perfect_and_worst_model():
     baskets = [[0, 1], [2, 3], [4, 5]] * 5
     holdout = evaluate.hold_out(baskets, 6, seed=0)

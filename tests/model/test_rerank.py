@@ -84,6 +84,39 @@ def test_reranker_learns_a_planted_rule():
     assert list_ndcg(feats[400:, :, 0], labels[400:]).mean() < 0.6
 
 
+def test_cross_fit_scores_each_half_with_the_other_halfs_lists():
+    """The halves' rerankers are fitted on the training lists of the other half only: half 0's lists plant
+    one rule (the hidden item has feature 1 high), half 1's the opposite (feature 1 low), so the reranker
+    that scores half 0 follows half 1's rule, and the one fitted on every list learns both. The
+    evaluation lists' first-stage figure is their order's."""
+    from assoc_lib.train import cross_fit, list_ndcg
+
+    rng = np.random.default_rng(0)
+    n, k = 800, 20  # last in a list of 20: outside the top 10, NDCG@10 0
+
+    def lists(sign):
+        labels = np.zeros((n, k), np.float32)
+        labels[np.arange(n), rng.integers(0, k, n)] = 1.0
+        feats = np.stack([rng.normal(size=(n, k)), sign * 3.0 * labels + rng.normal(scale=0.3, size=(n, k))], -1)
+        return feats.astype(np.float32), labels
+
+    (f0, l0), (f1, l1) = lists(1.0), lists(-1.0)
+    fit_fold = np.repeat([0, 1], n)
+    fit = (np.concatenate([f0, f1]), np.concatenate([l0, l1]))
+    # evaluation lists: 200 of each half, each half's rule, listed first-stage order = position
+    feats, labels = np.concatenate([f0[:200], f1[:200]]), np.concatenate([l0[:200], l1[:200]])
+    fold, rows = np.repeat([0, 1], 200), np.ones(400, bool)
+    full, folds, base, crossed = cross_fit(fit, fit_fold, feats, labels, rows, fold, seed=1, epochs=10, k=k)
+    np.testing.assert_allclose(base, list_ndcg(-np.arange(k, dtype=np.float64)[None, :].repeat(400, 0), labels))
+    # folds[0] scores half 0 and was fitted on half 1: it ranks half 0's hidden items last, half 1's first
+    assert list_ndcg(folds[0].forward(f1[200:]), l1[200:]).mean() > 0.9
+    assert list_ndcg(folds[0].forward(f0[200:]), l0[200:]).mean() < 0.1
+    assert list_ndcg(folds[1].forward(f0[200:]), l0[200:]).mean() > 0.9
+    assert crossed.mean() < 0.1 < base.mean()  # each half scored by the other half's rule
+    both = list_ndcg(full.forward(np.concatenate([f0[200:], f1[200:]])), np.concatenate([l0[200:], l1[200:]]))
+    assert both.mean() > 0.9  # fitted on both halves' lists, it learns both rules (the hidden item stands out)
+
+
 def _holdouts(trained, model, past=True):
     baskets, vocab = load_split(trained["prep_dir"])
     cfg = trained["cfg"]
@@ -115,6 +148,32 @@ def test_reranked_candidates_are_cross_fitted(trained, name, tmp_path):
     assert min(model.params["reranker"][s]["lists"] for s in ("personal", "anonymous")) >= least
     baskets, vocab, holdouts = _holdouts(trained, model)
     val = holdouts["validation"]
+    # fitted on up to rerank_lists_per_basket lists a validation basket (evaluate.hold_out_lists): the
+    # listed ones, more lists than listed baskets; rerank_lists(listed_only) is the filter, with positions
+    from assoc_lib.train import rerank_lists
+
+    cfg = trained["cfg"]
+    assert cfg.models.rerank_lists_per_basket > 1 and model.params["reranker"]["lists_per_basket"] == 3
+    val_rows = np.flatnonzero((baskets["split"] == "validation").to_numpy())
+    hist = val.history
+    full_history = evaluate.make_holdouts(
+        baskets, len(vocab), cfg.models.eval_seed, cfg.models.history_max_items, decays=model.decays, past=True
+    )[1]
+    fit = evaluate.hold_out_lists(
+        [baskets["items"].iloc[r] for r in val_rows],
+        len(vocab),
+        cfg.models.rerank_lists_per_basket,
+        cfg.models.eval_seed + 2,
+        full_history[val_rows],
+    )
+    every = rerank_lists(model, fit, model.reranker.k)
+    listed = rerank_lists(model, fit, model.reranker.k, listed_only=True)
+    keep = every[2] & every[1].any(1)
+    np.testing.assert_array_equal(listed[3], np.flatnonzero(keep))
+    np.testing.assert_array_equal(listed[0], every[0][keep])
+    record = model.params["reranker"]["personal"]
+    assert record["lists"] == int(keep.sum()) > record["baskets_listed"]
+    assert hist is not None
     X, H = val.inputs, val.history
     # the first stage is the base; rows with a history get the shoppers' reranker, rows without it the
     # anonymous one: an empty history is answered as no history at all
