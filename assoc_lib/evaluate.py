@@ -60,22 +60,18 @@ class HoldOut:
         )
 
 
-def hold_out(baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0, history=None) -> HoldOut:
-    """Hide one seeded item from every basket with >= 2 items.
-
-    ``history`` (rows aligned with ``baskets``) switches on the personalised protocol; history
-    items are not excluded from the ranking (buying again is the point).
-    """
-    rng = np.random.default_rng(seed)
+def _hide(baskets, n_items: int, history, positions: Callable[[int], Sequence[int]]) -> HoldOut:
+    """One row per (basket with >= 2 items, position in ``positions(len(basket))``): that item hidden,
+    the rest visible, the basket's history row."""
     rows, visible, hidden = [], [], []
     for r, basket in enumerate(baskets):
         basket = list(basket)
         if len(basket) < 2:
             continue
-        h = int(rng.integers(len(basket)))
-        rows.append(r)
-        hidden.append(basket[h])
-        visible.append(basket[:h] + basket[h + 1 :])
+        for h in positions(len(basket)):
+            rows.append(r)
+            hidden.append(basket[h])
+            visible.append(basket[:h] + basket[h + 1 :])
     rows = np.asarray(rows, dtype=np.int64)
     return HoldOut(
         baskets_to_csr(visible, n_items),
@@ -83,6 +79,16 @@ def hold_out(baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0, hist
         rows,
         as_history(history)[rows] if history is not None else None,
     )
+
+
+def hold_out(baskets: Sequence[Sequence[int]], n_items: int, seed: int = 0, history=None) -> HoldOut:
+    """Hide one seeded item from every basket with >= 2 items.
+
+    ``history`` (rows aligned with ``baskets``) switches on the personalised protocol; history
+    items are not excluded from the ranking (buying again is the point).
+    """
+    rng = np.random.default_rng(seed)
+    return _hide(baskets, n_items, history, lambda n: (int(rng.integers(n)),))
 
 
 def hold_out_lists(
@@ -96,23 +102,7 @@ def hold_out_lists(
     if per_basket < 0:
         raise ValueError(f"per_basket must be >= 0 (0: every item), got {per_basket}")
     rng = np.random.default_rng(seed)
-    rows, visible, hidden = [], [], []
-    for r, basket in enumerate(baskets):
-        basket = list(basket)
-        if len(basket) < 2:
-            continue
-        order = rng.permutation(len(basket))
-        for h in order[:per_basket] if per_basket else order:
-            rows.append(r)
-            hidden.append(basket[h])
-            visible.append(basket[:h] + basket[h + 1 :])
-    rows = np.asarray(rows, dtype=np.int64)
-    return HoldOut(
-        baskets_to_csr(visible, n_items),
-        np.asarray(hidden, dtype=np.int64),
-        rows,
-        as_history(history)[rows] if history is not None else None,
-    )
+    return _hide(baskets, n_items, history, lambda n: rng.permutation(n)[: per_basket or n])
 
 
 def ranks_of_hidden(scores: np.ndarray, inputs: sp.csr_matrix, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
