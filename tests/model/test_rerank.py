@@ -155,7 +155,6 @@ def test_reranked_candidates_are_cross_fitted(trained, name, tmp_path):
     cfg = trained["cfg"]
     assert cfg.models.rerank_lists_per_basket > 1 and model.params["reranker"]["lists_per_basket"] == 3
     val_rows = np.flatnonzero((baskets["split"] == "validation").to_numpy())
-    hist = val.history
     full_history = evaluate.make_holdouts(
         baskets, len(vocab), cfg.models.eval_seed, cfg.models.history_max_items, decays=model.decays, past=True
     )[1]
@@ -173,7 +172,6 @@ def test_reranked_candidates_are_cross_fitted(trained, name, tmp_path):
     np.testing.assert_array_equal(listed[0], every[0][keep])
     record = model.params["reranker"]["personal"]
     assert record["lists"] == int(keep.sum()) > record["baskets_listed"]
-    assert hist is not None
     X, H = val.inputs, val.history
     # the first stage is the base; rows with a history get the shoppers' reranker, rows without it the
     # anonymous one: an empty history is answered as no history at all
