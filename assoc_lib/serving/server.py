@@ -237,6 +237,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _start_tracked(cmd: list[str], ready: Path, procs: list) -> None:
+    """``Popen(cmd)`` appended to ``procs`` with Ctrl-C held until it is there. A SIGINT that lands inside
+    ``Popen`` after the fork (the child exists, ``Popen`` has not returned it) raises KeyboardInterrupt there,
+    and the child would be nobody's to stop: a sibling serving on the shared port after its first process
+    ended. Held by a Python-level handler, not a signal mask (a mask is inherited across exec, the sibling
+    would then ignore SIGTERM), and delivered again once the child is recorded. Only the main thread
+    receives signals in Python; elsewhere there is nothing to hold."""
+    if threading.current_thread() is not threading.main_thread():
+        procs.append((subprocess.Popen(cmd), ready))
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        procs.append((subprocess.Popen(cmd), ready))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        signal.raise_signal(signal.SIGINT)  # now the previous handler's (KeyboardInterrupt by default)
+
+
 def start_siblings(
     n: int,
     model_args: list[str],
@@ -280,7 +300,7 @@ def start_siblings(
             ]
             if tf_threads is not None:
                 cmd += ["--tensorflow_intra_op_parallelism", str(tf_threads)]
-            procs.append((subprocess.Popen(cmd), ready))
+            _start_tracked(cmd, ready, procs)
         deadline = time.time() + timeout
         for proc, ready in procs:
             while not ready.exists():

@@ -225,6 +225,49 @@ def test_serve_refuses_a_port_already_served(tmp_path):
                 pass
 
 
+def test_ctrl_c_inside_popen_still_stops_the_sibling(exported, tmp_path, monkeypatch):
+    """A Ctrl-C that lands inside ``Popen`` after the fork (the sibling exists, ``Popen`` has not returned)
+    is held until the sibling is recorded, then raised: ``start_siblings`` stops that sibling and the
+    KeyboardInterrupt reaches the caller. Without the hold the sibling was nobody's to stop (seen once as a
+    hang of the test below: the sibling went on serving). The signal is sent from inside the real Popen call,
+    after the child is created, where a Ctrl-C can land."""
+    import pytest
+
+    from assoc_lib.serving import server
+
+    root = tmp_path / "serving"
+    push.push(exported["ease"], root, "assoc")
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen_then_ctrl_c(*args, **kwargs):
+        child = real_popen(*args, **kwargs)
+        started.append(child)
+        signal.raise_signal(signal.SIGINT)  # the child exists; this Popen call has not returned yet
+        return child
+
+    monkeypatch.setattr(server.subprocess, "Popen", popen_then_ctrl_c)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.start_siblings(
+                1,
+                ["--model-config-file", str(root / "models.config")],
+                host="127.0.0.1",
+                port=server.free_port(),
+                rest_port=None,
+                tf_threads=1,
+                max_workers=2,
+                poll_seconds=1.0,
+            )
+        assert len(started) == 1
+        assert started[0].poll() is not None, "the sibling started inside the interrupted Popen is still running"
+    finally:
+        for child in started:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
 def test_ctrl_c_while_siblings_start_stops_them(exported, tmp_path):
     """Ctrl-C (SIGINT) to `assoc serve --processes 2` while it waits for its sibling to load: the sibling
     already started is stopped, the ready files' directory removed, and the command ends with "interrupted"
