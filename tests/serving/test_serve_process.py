@@ -23,10 +23,11 @@ def _kill(proc: subprocess.Popen, siblings: list) -> None:
 
 def _ctrl_c_raises():
     """SIGINT raising KeyboardInterrupt in this process while a test runs, as in a shell's foreground job, and
-    what it was before restored afterwards. The Ctrl-C tests need it: earlier tests of the suite can leave
-    SIGINT ignored in the pytest process (seen on a full run: both Ctrl-C tests failed, each passing alone),
-    and an ignored SIGINT is inherited across exec, so an `assoc serve` started from here would ignore Ctrl-C.
-    A handler is not inherited (exec resets it to the default), so its children get the default too."""
+    what it was before restored afterwards. The Ctrl-C tests need it: pytest started as a background job of
+    a non-interactive shell (`cmd &`, no job control) runs with SIGINT ignored (seen: both Ctrl-C tests
+    failed in such a run, and pass in the foreground), and an ignored SIGINT is inherited across exec, so an
+    `assoc serve` started from here would ignore Ctrl-C. A handler is not inherited (exec resets it to the
+    default), so its children get the default too."""
     import contextlib
 
     @contextlib.contextmanager
