@@ -117,13 +117,13 @@ def test_cross_fit_scores_each_half_with_the_other_halfs_lists():
     assert both.mean() > 0.9  # fitted on both halves' lists, it learns both rules (the hidden item stands out)
 
 
-def _holdouts(trained, model, past=True):
+def _holdouts(trained, model, past=True, with_history=False):
     baskets, vocab = load_split(trained["prep_dir"])
     cfg = trained["cfg"]
-    holdouts, _ = evaluate.make_holdouts(
+    holdouts, history = evaluate.make_holdouts(
         baskets, len(vocab), cfg.models.eval_seed, cfg.models.history_max_items, decays=model.decays, past=past
     )
-    return baskets, vocab, holdouts
+    return (baskets, vocab, holdouts, history) if with_history else (baskets, vocab, holdouts)
 
 
 @pytest.mark.parametrize("name", RERANKED)
@@ -146,7 +146,7 @@ def test_reranked_candidates_are_cross_fitted(trained, name, tmp_path):
     )
     least = trained["cfg"].models.rerank_min_lists
     assert min(model.params["reranker"][s]["lists"] for s in ("personal", "anonymous")) >= least
-    baskets, vocab, holdouts = _holdouts(trained, model)
+    baskets, vocab, holdouts, full_history = _holdouts(trained, model, with_history=True)
     val = holdouts["validation"]
     # fitted on up to rerank_lists_per_basket lists a validation basket (evaluate.hold_out_lists): the
     # listed ones, more lists than listed baskets; rerank_lists(listed_only) is the filter, with positions
@@ -155,9 +155,6 @@ def test_reranked_candidates_are_cross_fitted(trained, name, tmp_path):
     cfg = trained["cfg"]
     assert cfg.models.rerank_lists_per_basket > 1 and model.params["reranker"]["lists_per_basket"] == 3
     val_rows = np.flatnonzero((baskets["split"] == "validation").to_numpy())
-    full_history = evaluate.make_holdouts(
-        baskets, len(vocab), cfg.models.eval_seed, cfg.models.history_max_items, decays=model.decays, past=True
-    )[1]
     fit = evaluate.hold_out_lists(
         [baskets["items"].iloc[r] for r in val_rows],
         len(vocab),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ def _kill(proc: subprocess.Popen, siblings: list) -> None:
             sibling.kill()
 
 
+@contextlib.contextmanager
 def _ctrl_c_raises():
     """SIGINT raising KeyboardInterrupt in this process while a test runs, as in a shell's foreground job, and
     what it was before restored afterwards. The Ctrl-C tests need it: pytest started as a background job of
@@ -28,17 +30,11 @@ def _ctrl_c_raises():
     failed in such a run, and pass in the foreground), and an ignored SIGINT is inherited across exec, so an
     `assoc serve` started from here would ignore Ctrl-C. A handler is not inherited (exec resets it to the
     default), so its children get the default too."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def held():
-        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-    return held()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_serve_process_starts_answers_and_stops_on_sigterm(exported, tmp_path):
