@@ -322,7 +322,7 @@ class ServableModel:
         if self.dense is not None:  # beside the archive, memory-mapped when loaded
             dense_tmp = path.with_name(f".{path.name}.dense.tmp.npy")
             dense_tmp.unlink(missing_ok=True)
-            source = getattr(self.dense, "filename", None)  # memory-mapped from another model's .npy
+            source = mapped_file(self.dense)  # the whole of another model's .npy, memory-mapped
             try:
                 if source is None or self.dense.dtype != np.float32 or not self.dense.flags.c_contiguous:
                     raise OSError("no file to link")
@@ -412,6 +412,22 @@ def map_dense(path: str | os.PathLike) -> np.memmap:
             mapped = np.load(path, mmap_mode="r")
             _DENSE_MAPS[key] = mapped
         return mapped
+
+
+def mapped_file(array) -> str | None:
+    """The ``.npy`` that ``array`` is the whole mapping of (an array :func:`map_dense` returned), while that
+    file is still the one mapped; else None. A view of a mapping (a slice, a reshape) carries the mapping's
+    ``filename`` too, and a file replaced since holds other numbers: linking either would save the wrong
+    matrix, so those are written out instead."""
+    with _DENSE_LOCK:
+        key = next((k for k, m in _DENSE_MAPS.items() if m is array), None)
+    if key is None:
+        return None
+    try:
+        st = os.stat(array.filename)
+    except OSError:
+        return None
+    return array.filename if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == key else None
 
 
 def _stage_meta(stage: rerank.Reranker | None, folds) -> dict | None:

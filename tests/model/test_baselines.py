@@ -131,3 +131,36 @@ def test_served_ease_table_is_the_full_matrix_when_n_covers_every_item():
     np.testing.assert_allclose(
         ease.neighbour_table().score(X[:9]), np.asarray(X[:9] @ ease.B) + ease.neighbour_table().bias, atol=1e-5
     )
+
+
+def test_a_view_of_a_mapped_matrix_or_a_replaced_file_is_written_not_linked(tmp_path):
+    """save() links another model's .npy only when the matrix is the whole of that file's mapping and the file
+    is still the one mapped: a slice of the mapping (it carries the mapping's filename) keeps its own rows, and
+    a model whose file was replaced since keeps its own numbers (linking by name saved the other file's)."""
+    import os
+
+    from assoc_lib.models.servable import ServableModel
+    from assoc_lib.records import ModelKind
+
+    rng = np.random.default_rng(1)
+    X = sp.csr_matrix((rng.random((200, 30)) < 0.2).astype(np.float32))
+    B = baselines.EASE(l2=10.0, max_items=30).fit(X).B
+    pop = baselines.popularity_counts(X)
+    table = baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * pop)
+    ServableModel("ease_dense", ModelKind.CLASSICAL, [str(i) for i in range(30)], pop, table=table, dense=B).save(
+        tmp_path / "base.npz"
+    )
+    loaded = ServableModel.load(tmp_path / "base.npz")
+    part = ServableModel.load(tmp_path / "base.npz")
+    part.dense = loaded.dense[:10]
+    part.save(tmp_path / "part.npz")
+    written = np.load(tmp_path / "part.npz.dense.npy")
+    assert written.shape == (10, 30) and os.stat(tmp_path / "part.npz.dense.npy").st_nlink == 1
+    np.testing.assert_array_equal(written, np.asarray(B[:10], np.float32))
+    # the base saved again with other numbers: the model mapped before keeps (and saves) its own
+    again = ServableModel.load(tmp_path / "base.npz")
+    again.dense = 2.0 * B
+    again.save(tmp_path / "base.npz")
+    loaded.save(tmp_path / "kept.npz")
+    np.testing.assert_allclose(np.load(tmp_path / "kept.npz.dense.npy"), B, rtol=1e-6)
+    np.testing.assert_allclose(ServableModel.load(tmp_path / "base.npz").dense, 2.0 * B, rtol=1e-6)
