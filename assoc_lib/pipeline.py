@@ -208,24 +208,39 @@ def gate_day(cfg: AssocConfig, ds: str, comparison_path: str) -> GateDecision:
 def export_day(
     cfg: AssocConfig, ds: str, winner_path: str, blessing_path: str, data_version: str | None = None
 ) -> ExportResult:
+    from assoc_lib.data import preprocess
     from assoc_lib.models.servable import ServableModel
     from assoc_lib.serving.export import export_saved_model
+    from assoc_lib.train import SUMMARY_FILE
 
     blessing = json.loads(Path(blessing_path).read_text())
     if not blessing.get("blessed"):
         raise ValueError(f"refusing to export: {blessing_path} is not blessed ({blessing.get('reasons')})")
     model = ServableModel.load(winner_path)
     comparison = json.loads((run_dir(cfg, ds) / "evaluation" / "comparison.json").read_text())
+    prep_dir = json.loads((run_dir(cfg, ds) / "train" / SUMMARY_FILE).read_text())["prep_dir"]
     metrics = next((r for r in comparison["models"] if r["name"] == model.name), {})
     card = {
         "ds": ds,
         "data_version": data_version,
+        # the slice of that data version the model was trained and evaluated on (the split the day's train read)
+        "training_data": preprocess.training_data(json.loads((Path(prep_dir) / preprocess.STATS_FILE).read_text())),
         "metrics_test": {k: metrics.get(k) for k in ("ndcg@10", "recall@10", "mrr", "coverage@10")},
         "val_ndcg@10": metrics.get("val_ndcg@10"),
         "gate": {k: blessing.get(k) for k in ("blessed", "reasons", "verdict", "winner")},
     }
     out = export_saved_model(model, run_dir(cfg, ds) / "export", card, cfg.serving.model_name, cfg.serving.k)
-    _summary(f"export ds={ds}", {"model": f"{model.name} ({model.kind})", "items": model.n_items, "path": out})
+    parts = card["training_data"]["partitions"]
+    _summary(
+        f"export ds={ds}",
+        {
+            "model": f"{model.name} ({model.kind})",
+            "items": model.n_items,
+            "trained on": f"partitions {parts['first']}..{parts['last']} ({parts['count']}) of data "
+            f"{data_version or '(DVC off)'}",
+            "path": out,
+        },
+    )
     return ExportResult(export_dir=str(out), model=model.name)
 
 

@@ -236,6 +236,26 @@ def load_split(prep_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
     return baskets, vocab
 
 
+def training_data(stats: dict) -> dict:
+    """What a model card says about the slice of the data a model was trained and evaluated on, from a
+    preprocessed folder's ``stats.json``: with the DVC data version beside it, the exact rows (the window's
+    first and last partition, the partitions skipped and why, the split's method and bounds, the orders per
+    split, the minimum item count and the vocabulary's size). Every raw partition of the data folder is in
+    the data version; only the window's are read."""
+    used = stats.get("partitions_used") or []
+    return {
+        "ds": stats.get("ds"),
+        "window_days": stats.get("window_days"),
+        "partitions": {"first": used[0] if used else None, "last": used[-1] if used else None, "count": len(used)},
+        "partitions_skipped": stats.get("partitions_skipped") or {},
+        "split_method": stats.get("split_method"),
+        "split_bounds": stats.get("split_bounds"),
+        "orders": stats.get("orders_out"),
+        "min_count": stats.get("min_count"),
+        "vocabulary_size": stats.get("vocabulary_size"),
+    }
+
+
 def split_baskets(baskets: pd.DataFrame) -> dict[str, list[list[int]]]:
     """Item-id lists of each split (train / validation / test) of a loaded split's baskets."""
     return {s: [list(map(int, x)) for x in baskets.loc[baskets["split"] == s, "items"]] for s in SPLITS}

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from assoc_lib.config import AssocConfig
 from assoc_lib.data import contract
 from assoc_lib.serving import push
 from tests.conftest import SYNTH_DAYS, SYNTH_START
@@ -112,6 +113,13 @@ def test_whole_day_pushes_a_version_that_answers_grpc(dagbag, dag_world):
     assert yaml.safe_load((run_pointers / "model.dvc").read_text())["outs"][0]["md5"] == record["model_md5"]
     card = json.loads((root / "assoc" / "1" / "model_card.json").read_text())
     assert card["data_version"] == record["data_version"]
+    # and the slice of it the model was trained on: the window's partitions, from the raw data itself
+    sliced, window = card["training_data"], AssocConfig().preprocess.window_days  # the DAG's default param
+    days = [d.isoformat() for d, _ in contract.list_partitions(dag_world / "data" / "raw" / "orders")]
+    inside = [d for d in days if d <= ds and (dt.date.fromisoformat(ds) - dt.date.fromisoformat(d)).days < window]
+    assert sliced["window_days"] == window and sliced["ds"] == ds and sliced["split_method"] == "time"
+    assert sliced["partitions"] == {"first": inside[0], "last": inside[-1], "count": len(inside)} and inside[-1] == ds
+    assert sum(sliced["orders"].values()) > 0 and sliced["vocabulary_size"] > 0
     srv, registry, port = server.serve(str(root / "models.config"), port=0, block=False)
     try:
         with AssocClient(f"127.0.0.1:{port}") as client:
