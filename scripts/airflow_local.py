@@ -128,7 +128,12 @@ def gate_line(artifacts: Path, day: str) -> str:
     if versions.exists() and versions.stat().st_mtime >= blessing.stat().st_mtime:
         r = json.loads(versions.read_text())
         how = "pushed" if r.get("pushed", True) else "already pushed by an earlier run of the day: serving"
-        line += f"\n   {how} version {r['model_version']} (data {r['data_version']})"
+        card = run / "export" / "model_card.json"  # the export the version was pushed from
+        sliced = json.loads(card.read_text()).get("training_data") if card.exists() else None
+        parts = (
+            f"; trained on partitions {sliced['partitions']['first']}..{sliced['partitions']['last']}" if sliced else ""
+        )
+        line += f"\n   {how} version {r['model_version']} (data {r['data_version']}{parts})"
     return line
 
 

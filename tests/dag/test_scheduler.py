@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,7 +96,11 @@ def test_replay_day_under_the_scheduler(world, tmp_path):
         "insights",
     }, tasks
     assert tasks["not_blessed"] == "skipped"
-    assert "gate: BLESSED" in proc.stdout and "pushed version 1" in proc.stdout
+    assert "gate: BLESSED" in proc.stdout
+    # the version, its data version and the slice of it the model was trained on (the window ends at the day)
+    assert re.search(
+        rf"pushed version 1 \(data \w+\.dir; trained on partitions \d{{4}}-\d\d-\d\d\.\.{ds}\)", proc.stdout
+    ), proc.stdout[-2000:]
     # task logs were written by the scheduler's workers, with our summary blocks in them
     task_logs = list((home / "logs" / "dag_id=assoc_daily").rglob("task_id=push/*.log"))
     assert task_logs and "push ds=" in task_logs[0].read_text()
