@@ -404,8 +404,7 @@ def map_dense(path: str | os.PathLike) -> np.memmap:
     by side (evaluation loads every candidate) they share one mapping instead of one each: every mapping's
     resident pages count in the process's resident memory, and each would fault the same pages in again.
     A file replaced since (another inode, size or time) gets a new mapping."""
-    st = os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = _file_key(path)
     with _DENSE_LOCK:
         mapped = _DENSE_MAPS.get(key)
         if mapped is None:
@@ -424,10 +423,15 @@ def mapped_file(array) -> str | None:
     if key is None:
         return None
     try:
-        st = os.stat(array.filename)
+        return array.filename if _file_key(array.filename) == key else None
     except OSError:
         return None
-    return array.filename if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == key else None
+
+
+def _file_key(path: str | os.PathLike) -> tuple:
+    """A file's identity for :func:`map_dense`: replaced (another inode) or rewritten, it is another file."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _stage_meta(stage: rerank.Reranker | None, folds) -> dict | None:

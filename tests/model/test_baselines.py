@@ -64,24 +64,27 @@ def test_popularity_ranks_by_count():
     assert list(np.argsort(-s, kind="stable")[:3]) == [0, 1, 2]
 
 
+def _dense_reference(X, ease):
+    """An ``ease_dense`` model (the full EASE matrix, scored as X·B + tie-break) on ``X``."""
+    from assoc_lib.models.servable import ServableModel
+    from assoc_lib.records import ModelKind
+
+    pop = baselines.popularity_counts(X)
+    table = baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * pop)
+    return ServableModel(
+        "ease_dense", ModelKind.CLASSICAL, [str(i) for i in range(X.shape[1])], pop, table=table, dense=ease.B
+    )
+
+
 def test_dense_reference_round_trips_and_scores_with_the_full_matrix(tmp_path):
     """ease_dense: the full EASE matrix, saved beside the archive and memory-mapped back; scores = X·B + tie-break."""
     from assoc_lib.models.servable import ServableModel
-    from assoc_lib.records import ModelKind
 
     rng = np.random.default_rng(0)
     X = sp.csr_matrix((rng.random((300, 40)) < 0.15).astype(np.float32))
     ease = baselines.EASE(l2=10.0, max_items=40).fit(X)
     pop = baselines.popularity_counts(X)
-    model = ServableModel(
-        "ease_dense",
-        ModelKind.CLASSICAL,
-        [str(i) for i in range(40)],
-        pop,
-        table=baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * pop),
-        dense=ease.B,
-    )
-    loaded = ServableModel.load(model.save(tmp_path / "ease_dense.npz"))
+    loaded = ServableModel.load(_dense_reference(X, ease).save(tmp_path / "ease_dense.npz"))
     assert not loaded.servable and (tmp_path / "ease_dense.npz.dense.npy").exists()
     expected = np.asarray(X[:7] @ ease.B) + baselines.TIE_BREAK * pop
     np.testing.assert_allclose(loaded.score(X[:7]), expected, rtol=1e-6, atol=1e-7)
@@ -140,16 +143,12 @@ def test_a_view_of_a_mapped_matrix_or_a_replaced_file_is_written_not_linked(tmp_
     import os
 
     from assoc_lib.models.servable import ServableModel
-    from assoc_lib.records import ModelKind
 
     rng = np.random.default_rng(1)
     X = sp.csr_matrix((rng.random((200, 30)) < 0.2).astype(np.float32))
-    B = baselines.EASE(l2=10.0, max_items=30).fit(X).B
-    pop = baselines.popularity_counts(X)
-    table = baselines.NeighbourTable.bias_only(baselines.TIE_BREAK * pop)
-    ServableModel("ease_dense", ModelKind.CLASSICAL, [str(i) for i in range(30)], pop, table=table, dense=B).save(
-        tmp_path / "base.npz"
-    )
+    ease = baselines.EASE(l2=10.0, max_items=30).fit(X)
+    B = ease.B
+    _dense_reference(X, ease).save(tmp_path / "base.npz")
     loaded = ServableModel.load(tmp_path / "base.npz")
     part = ServableModel.load(tmp_path / "base.npz")
     part.dense = loaded.dense[:10]
