@@ -9,6 +9,9 @@ both, their ratio, and the paired bootstrap 95% interval of (A − B) over the s
 own ``paired_bootstrap``, seeded with ``models.eval_seed`` as the comparison is), so any comparison in the
 README can be rerun without training again. ``--by COLUMN`` also gives them inside each value of a column
 of the file, e.g. ``--by hidden_in_history`` (personalised: was the hidden item bought before?).
+``--against OTHER`` pairs two runs of the same split instead: B is read from OTHER's per-basket file, each
+basket matched by (split, protocol, order id, hidden item), e.g. ``--pair X X`` for one model before and after
+a change.
 """
 
 from __future__ import annotations
@@ -67,20 +70,43 @@ def intervals(
     return out
 
 
+KEYS = ["split", "protocol", "order_id", "hidden_item"]
+AGAINST = " (against)"
+
+
+def across_runs(frame: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ``other``'s ranks beside it, as ``rank:<model> (against)``, basket by basket. Two runs of
+    the same split hold the same baskets and hidden items; files that do not are an error."""
+    missing = [k for k in KEYS if k not in frame.columns or k not in other.columns]
+    if missing:
+        raise ValueError(f"a per-basket file lacks {missing}")
+    ranks = other[KEYS + [c for c in other.columns if c.startswith("rank:")]]
+    joined = frame.merge(ranks.rename(columns=lambda c: f"{c}{AGAINST}" if c.startswith("rank:") else c), on=KEYS)
+    if not len(joined) == len(frame) == len(other):
+        raise ValueError(
+            f"the two files hold different baskets ({len(frame)} and {len(other)} rows, {len(joined)} matched): "
+            "not two runs of the same split"
+        )
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-basket", required=True, type=Path)
     ap.add_argument("--protocol", default="personalised", choices=("anonymous", "personalised"))
     ap.add_argument("--pair", nargs=2, action="append", required=True, metavar=("A", "B"))
+    ap.add_argument("--against", type=Path, help="another run's per-basket file: B is read from it")
     ap.add_argument("--by", help="also split the baskets by this column's values (e.g. hidden_in_history)")
     ap.add_argument("--seed", type=int, help="bootstrap seed (default: models.eval_seed, the comparison's own)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     seed = load_config().models.eval_seed if args.seed is None else args.seed
+    pairs = [(a, f"{b}{AGAINST}" if args.against else b) for a, b in args.pair]
     try:
-        result = intervals(
-            pd.read_parquet(args.per_basket), args.protocol, [tuple(p) for p in args.pair], seed, args.by
-        )
+        frame = pd.read_parquet(args.per_basket)
+        if args.against:
+            frame = across_runs(frame, pd.read_parquet(args.against))
+        result = intervals(frame, args.protocol, pairs, seed, args.by)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -212,3 +212,18 @@ def test_intervals_benchmark_from_the_per_basket_file(tmp_path, capsys):
     assert (new["value"], new["ndcg@10_a"], new["ndcg@10_b"], new["n"]) == (False, 0.0, 1.0, 2)
     assert (repeat["value"], repeat["ndcg@10_a"], repeat["ndcg@10_b"], repeat["n"]) == (True, 1.0, 0.5, 2)
     assert bench.main(["--per-basket", str(file), "--pair", "a", "b", "--by", "nope"]) == 2
+    # --against: model a of this run against model a of another run of the same baskets, matched by key
+    # (the other file's rows shuffled: matching is by basket, not by row order)
+    frame["order_id"], frame["hidden_item"] = [f"o{i}" for i in range(6)], "x"
+    frame.to_parquet(file)
+    other = frame.assign(**{"rank:a": [3.0, 3.0, 1.0, 1.0, 1.0, 1.0]}).iloc[::-1]
+    before = tmp_path / "before.parquet"
+    other.to_parquet(before)
+    argv = ["--per-basket", str(file), "--against", str(before), "--pair", "a", "a", "--out", str(out)]
+    assert bench.main(argv) == 0
+    (r,) = json.loads(out.read_text())
+    # this run: ranks 1, 1, 11, 11 (NDCG 1, 1, 0, 0); the other: 3, 3, 1, 1 (0.5, 0.5, 1, 1)
+    assert (r["b"], r["ndcg@10_a"], r["ndcg@10_b"], r["n"]) == ("a (against)", 0.5, 0.75, 4)
+    assert r["mean"] == pytest.approx(-0.25)
+    other.iloc[1:].to_parquet(before)  # a basket missing: not the same split
+    assert bench.main(argv) == 2 and "different baskets" in capsys.readouterr().err
