@@ -141,6 +141,26 @@ def optimizer_update(optimizer, variables, fused: bool):
     (the embeddings' sparse rows are scattered first: XLA wants dense). For the default strategy in float32
     (the CPU): ``benchmarks/train_step.py`` measures the step 1.35x as long without it on Complete Journey."""
     tf = tensorflow()
+    import keras
+
+    if not fused and isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        # dense gradients, so that its check finds every non-finite one: Keras 3.15's check passes a NaN in an
+        # IndexedSlices row that also holds a finite value (an embedding row looked up twice in a batch), and
+        # the update then writes the NaN into the table. Under mixed_float16 the history bag's padding entries
+        # (weight 0) get inf · 0 when the scaled float16 gradient overflows: the personal network trained to NaN.
+        # Over replicas, Keras decides on the first replica's gradients alone, before it sums them: a NaN on
+        # another replica is summed into the weights. So a non-finite gradient on any replica makes every
+        # replica's non-finite (one scalar all-reduce), and the step is skipped everywhere
+        def update(grads):
+            grads = [tf.convert_to_tensor(g) for g in grads]
+            replica = tf.distribute.get_replica_context()
+            if replica is not None and replica.num_replicas_in_sync > 1:
+                bad = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32)) for g in grads])
+                bad = replica.all_reduce(tf.distribute.ReduceOp.SUM, bad)
+                grads = [g + tf.cast(tf.where(bad > 0, np.nan, 0.0), g.dtype) for g in grads]
+            return optimizer.apply(grads, variables)
+
+        return update
     if not fused:
         return lambda grads: optimizer.apply(grads, variables)
     apply = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=True)

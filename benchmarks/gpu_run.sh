@@ -17,11 +17,13 @@ PREP=${2:?the prepared split, e.g. .gpu/prep}
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT" /tmp/site
 start=$(date +%s)
-cat /tmp/gpu/part.* | xz -dc -T0 | tar -x -C /tmp/site
+[ -e /tmp/site/tensorflow ] || cat /tmp/gpu/part.* | xz -dc -T0 | tar -x -C /tmp/site
 echo "unpacked in $(($(date +%s) - start)) s: $(du -sh /tmp/site | cut -f1)"
 cudnn=$(find /opt /usr -name 'libcudnn.so.9' 2>/dev/null | head -1)
 [ -n "$cudnn" ] || { echo "no cuDNN 9 on this machine" >&2; exit 1; }
-export LD_LIBRARY_PATH=$(dirname "$cudnn")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# TensorFlow's runpath does not reach every carried library (libcusolver.so.11 was not found through it)
+libs=$(printf '%s:' /tmp/site/nvidia/*/lib)
+export LD_LIBRARY_PATH=$libs$(dirname "$cudnn")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 - <<'EOF' 2>&1 | tee "$OUT/smoke.log"

@@ -115,7 +115,10 @@ def build_network(n_items: int, params: DeepParams):
             w = weights * ops.cast(ops.greater_equal(ids, 0), self.compute_dtype)
             vectors = ops.take(self.table, ops.maximum(ids, 0) + 1, axis=0)
             summed = ops.sum(vectors * ops.expand_dims(w, -1), axis=1)
-            return summed / ops.sqrt(ops.maximum(ops.sum(w * w, axis=1, keepdims=True), 1e-6))
+            # the norm in float32: under mixed_float16 the floor 1e-6 is a float16 subnormal, flushed to zero on
+            # CPUs, and a basket shown no history (history dropout) then gave 0 / 0 and a NaN loss
+            norm = ops.sqrt(ops.maximum(ops.sum(ops.square(ops.cast(w, "float32")), axis=1, keepdims=True), 1e-6))
+            return summed / ops.cast(norm, summed.dtype)
 
     class RepeatPrior(layers.Layer):
         """logits_j += (gamma + r_j) · log(1 + count_j) + (delta + s_j) · log(1 + decayed count_j).
@@ -156,7 +159,10 @@ def build_network(n_items: int, params: DeepParams):
         h = layers.Dropout(params.dropout, seed=params.seed + 99)(h)
     logits = layers.Dense(n_items, name="item_logits", dtype="float32")(h)
     if params.personal:
-        logits = RepeatPrior(n_items, params.history_decay, name="repeat_prior")(logits, hist_ids, hist_w, hist_dw)
+        # float32 like the logits it adds to: under mixed_float16 a float16 layer would cast the float32 logits
+        # and its own weights down (and its sum of float32 weights and float16 counts does not build)
+        prior = RepeatPrior(n_items, params.history_decay, name="repeat_prior", dtype="float32")
+        logits = prior(logits, hist_ids, hist_w, hist_dw)
     return keras.Model(inputs, [logits, h], name="basket_dae")
 
 
