@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +19,14 @@ SYNTH_START = "2024-03-01"
 SYNTH_DAYS = 20
 
 os.environ.setdefault("ASSOC_PSEUDONYM_KEY", TEST_KEY.decode())
+
+
+def load_benchmark(name: str):
+    """``benchmarks/NAME.py`` as a module: the benchmarks are scripts, not a package."""
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_config(root: Path):

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_benchmark
 
 SEARCHED = """\
 2026-12-02T13:33:19.088616Z [info     ] [DAG TEST] end task task_id=preprocess map_index=-1 [airflow.sdk.definitions.dag] loc=dag.py:1563
@@ -20,11 +19,7 @@ SEARCHED = """\
 
 
 def _bench():
-    path = REPO_ROOT / "benchmarks" / "daily_times.py"
-    spec = importlib.util.spec_from_file_location("daily_times_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("daily_times")
 
 
 def test_train_and_evaluate_seconds_per_day(tmp_path, capsys):

@@ -5,14 +5,13 @@ sm_80 cubins' payloads are zeros and every other byte of the file is as it was."
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import struct
 import subprocess
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_benchmark
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("cc") and shutil.which("readelf")), reason="needs a C compiler and readelf to build an ELF"
@@ -20,11 +19,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _bench():
-    path = REPO_ROOT / "benchmarks" / "gpu_bundle.py"
-    spec = importlib.util.spec_from_file_location("gpu_bundle_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_bundle")
 
 
 def _entry(kind: int, sm: int, payload: bytes) -> bytes:

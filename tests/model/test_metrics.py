@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from assoc_lib import evaluate
 from assoc_lib.models.baselines import baskets_to_csr
+from tests.conftest import load_benchmark
 
 
 def test_metrics_from_known_ranks():
@@ -174,16 +175,11 @@ def test_request_days_reproduce_the_decayed_counts():
 def test_intervals_benchmark_from_the_per_basket_file(tmp_path, capsys):
     """benchmarks/intervals.py: hand-made ranks give the exact means, ratio and a degenerate interval; a model
     the file does not hold is a clear error (exit 2), not a traceback."""
-    import importlib.util
     import json
-    from pathlib import Path
 
     import pandas as pd
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "intervals.py"
-    spec = importlib.util.spec_from_file_location("intervals_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("intervals")
     frame = pd.DataFrame(
         {
             "split": ["test"] * 4 + ["test"] * 2,

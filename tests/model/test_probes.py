@@ -3,9 +3,7 @@ candidate's own evaluation; the served model answers as the evaluated one."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +12,11 @@ import scipy.sparse as sp
 from assoc_lib import evaluate
 from assoc_lib.data.preprocess import load_split
 from assoc_lib.models.servable import ServableModel
+from tests.conftest import load_benchmark
 
 
 def _bench():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "probes.py"
-    spec = importlib.util.spec_from_file_location("probes_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_benchmark("probes")
 
 
 def test_probe_features_by_hand():
@@ -90,10 +85,7 @@ def test_probes_on_a_trained_run(trained, tmp_path, capsys):
 def test_served_agreement_on_a_trained_run(trained, exported, tmp_path, capsys):
     """benchmarks/served_agreement.py: the reranked deep candidate's export answers the session's test baskets
     (per-purchase rows, as a shop sends them) as its numpy scorer does; a bad work dir is a clear error."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "served_agreement.py"
-    spec = importlib.util.spec_from_file_location("served_agreement", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("served_agreement")
     name = "deep+ease+personal_cooc+rerank"
     out = tmp_path / "a.json"
     argv = ["--work-dir", str(trained["root"]), "--model", name, "--export", str(exported[name]), "--out", str(out)]

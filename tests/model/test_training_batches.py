@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from assoc_lib.data.history import History
 from assoc_lib.models.network import DeepParams
+from tests.conftest import load_benchmark
 
 N_BASKETS, N_ITEMS = 1500, 4000
 
@@ -97,14 +98,9 @@ def test_epochs_reshuffle_and_redraw():
 def test_train_step_benchmark_times_every_variant(trained, tmp_path, capsys):
     """benchmarks/train_step.py on the session's split: each variant timed, the two forms of the repeat prior
     equal on a real batch (what makes the timing a comparison of the same computation)."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
-    spec = importlib.util.spec_from_file_location("train_step_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("train_step")
     out = tmp_path / "step.json"
     assert module.main(["--prep", str(trained["prep_dir"]), "--steps", "2", "--out", str(out)]) == 0
     record = json.loads(out.read_text())

@@ -15,6 +15,7 @@ from assoc_lib.models.baselines import baskets_to_csr
 from assoc_lib.models.network import DeepParams
 from assoc_lib.train import train_deep
 from assoc_lib.tuning import COMPARED, SEARCHED, peaked, proxy_split, tune_deep
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -170,13 +171,7 @@ def test_search_trace_in_summary_and_model_card(trained, exported):
 
 def test_deep_training_benchmark_reports_the_breakdown(trained, tmp_path):
     """benchmarks/deep_training.py runs the deep stage as the pipeline does and its figures add up."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "deep_training.py"
-    spec = importlib.util.spec_from_file_location("deep_training_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("deep_training")
     out = tmp_path / "deep.json"
     settings = ["deep_tune_trials=2", "deep_epochs=2", "deep_embedding_dim=16", "deep_batch_size=128"]
     args = ["--prep", str(trained["prep_dir"]), "--out", str(out)]
@@ -195,13 +190,7 @@ def test_deep_training_benchmark_reports_the_breakdown(trained, tmp_path):
 def test_search_horizon_benchmark_ranks_at_two_epochs_and_at_the_peak(trained, tmp_path):
     """benchmarks/search_horizon.py trains the configured values and another set on the search's proxy and
     reports each curve's figure after two epochs and at its peak, relative to the configured values'."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "search_horizon.py"
-    spec = importlib.util.spec_from_file_location("search_horizon_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("search_horizon")
     out = tmp_path / "horizon.json"
     args = ["--prep", str(trained["prep_dir"]), "--out", str(out), "--epochs", "3"]
     args += ["--values", "learning_rate=0.02,embedding_dim=16,input_dropout=0.3,history_dropout=0.1"]
