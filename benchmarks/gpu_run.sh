@@ -26,12 +26,13 @@ libs=$(printf '%s:' /tmp/site/nvidia/*/lib)
 export LD_LIBRARY_PATH=$libs$(dirname "$cudnn")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 - <<'EOF' 2>&1 | tee "$OUT/smoke.log"
+# dso_loader's own log names each GPU library it opened or could not
+TF_CPP_VMODULE=dso_loader=2 python3 - <<'EOF' 2>&1 | tee "$OUT/smoke.log"
 import time
 import tensorflow as tf
 gpus = tf.config.list_physical_devices("GPU")
 print("TensorFlow", tf.__version__, "GPUs:", gpus, "built with CUDA:", tf.test.is_built_with_cuda())
-assert gpus, "TensorFlow sees no GPU (its start-up log above says which library it could not load)"
+assert gpus, "TensorFlow sees no GPU: the dso_loader lines above say which library it could not load"
 x = tf.random.normal([8192, 8192], dtype=tf.float16)
 tf.matmul(x, x).numpy()
 t = time.perf_counter()
