@@ -215,21 +215,26 @@ def cmd_serve(args):
     if args.parent_pid:
         server.stop_with_parent(args.parent_pid)
     children = []
-    if processes > 1:  # more server processes on the same ports (SO_REUSEPORT): the kernel spreads connections
-        port = port or server.free_port(args.host)
-        rest_port = None if rest_port is None else (rest_port or server.free_port(args.host))
-        children = server.start_siblings(
-            processes - 1,
-            ["--model-config-file", args.model_config_file]
-            if args.model_config_file
-            else ["--model-name", model_name, "--model-base-path", base],
-            host=args.host,
-            port=port,
-            rest_port=rest_port,
-            tf_threads=tf_threads,
-            max_workers=args.max_workers,
-            poll_seconds=args.poll_seconds,
+
+    def start_siblings(bound: int, bound_rest: int | None) -> None:
+        # more server processes on the ports this one holds (SO_REUSEPORT): the kernel spreads connections.
+        # Started once it has bound them, so `--port 0` shares the port the kernel gave it, not one chosen
+        # beforehand that another process could take in between
+        children.extend(
+            server.start_siblings(
+                processes - 1,
+                ["--model-config-file", args.model_config_file]
+                if args.model_config_file
+                else ["--model-name", model_name, "--model-base-path", base],
+                host=args.host,
+                port=bound,
+                rest_port=bound_rest,
+                tf_threads=tf_threads,
+                max_workers=args.max_workers,
+                poll_seconds=args.poll_seconds,
+            )
         )
+
     try:
         server.serve(
             args.model_config_file,
@@ -242,6 +247,7 @@ def cmd_serve(args):
             max_workers=args.max_workers,
             poll_seconds=args.poll_seconds,
             ready_file=args.ready_file,
+            on_bound=start_siblings if processes > 1 else None,
         )
     finally:  # stopped by a signal, or could not serve: its siblings do not stay on the port without it
         server.stop_siblings(children)

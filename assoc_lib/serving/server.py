@@ -157,13 +157,17 @@ def serve(
     block: bool = True,
     rest_port: int | None = None,
     tf_threads: int | None = None,
+    on_bound=None,
 ):
     """Start the server; with ``block`` wait until SIGTERM/SIGINT, then stop gracefully.
 
     ``rest_port``: also serve TF Serving's REST API and the Prometheus metrics there (0: a free port;
     None: no REST); the bound port is ``registry.rest.port``. ``tf_threads``: TensorFlow's intra- and inter-op
     thread pools (TF Serving's ``--tensorflow_intra_op_parallelism``); 1 suits small graphs served to many
-    concurrent requests on few cores (measured: p50 0.46 -> 0.38 ms, p99 3.6 -> 0.5 ms in-process)."""
+    concurrent requests on few cores (measured: p50 0.46 -> 0.38 ms, p99 3.6 -> 0.5 ms in-process).
+    ``port`` 0: a port the kernel chooses as it binds. ``on_bound(port, rest_port)``: called with the bound
+    ports once both serve, before ``ready_file`` (``host:port``, written whole) appears: `assoc serve
+    --processes` starts its siblings there, on the ports this process already holds."""
     tensorflow()  # TF first, quietly: the serving protos import it
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -213,8 +217,17 @@ def serve(
             host,
             registry.rest.port,
         )
-    if ready_file:
-        Path(ready_file).write_text(f"{host}:{bound}\n")
+    if on_bound is not None:
+        try:
+            on_bound(bound, registry.rest.port if rest_port is not None else None)
+        except BaseException:  # nothing of this server stays up when what it started with it failed
+            registry.stop()
+            server.stop(grace=0).wait()
+            raise
+    if ready_file:  # whole or not at all: a reader polls for it
+        ready = Path(ready_file)
+        ready.with_name(ready.name + ".tmp").write_text(f"{host}:{bound}\n")
+        ready.with_name(ready.name + ".tmp").replace(ready)
     if not block:
         return server, registry, bound
     stopped = threading.Event()
@@ -347,11 +360,11 @@ def stop_siblings(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
 def spawn(
     args: list[str], workdir: str | os.PathLike, host: str = "127.0.0.1", timeout: float = 180.0
 ) -> tuple[subprocess.Popen, str]:
-    """Start ``assoc serve ARGS`` as a separate process on a free gRPC port; return it and its ``host:port``
-    once it serves. Its ready file and log go to ``workdir`` (created; the caller removes it after stopping
-    the process: a pipe nobody reads would fill up and stall it, and a directory of its own would be left
-    behind on every daily run)."""
-    port = free_port(host)
+    """Start ``assoc serve ARGS`` as a separate process on a gRPC port the kernel chooses as the server binds
+    it (not one picked here beforehand, which another process could take in between); return it and the
+    ``host:port`` from its ready file once it serves. Its ready file and log go to ``workdir`` (created; the
+    caller removes it after stopping the process: a pipe nobody reads would fill up and stall it, and a
+    directory of its own would be left behind on every daily run)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ready, log_path = workdir / "ready", workdir / "serve.log"
@@ -366,7 +379,7 @@ def spawn(
                 "--host",
                 host,
                 "--port",
-                str(port),
+                "0",
                 "--ready-file",
                 str(ready),
                 "--parent-pid",  # it stops itself if this process dies without stopping it
@@ -383,4 +396,4 @@ def spawn(
             tail = log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"assoc serve did not come up (exit code {proc.poll()}): {tail}")
         time.sleep(0.2)
-    return proc, f"{host}:{port}"
+    return proc, ready.read_text().strip()

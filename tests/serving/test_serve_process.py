@@ -130,10 +130,18 @@ def test_sibling_processes_serve_one_port_and_leave_nothing_behind(exported, tmp
     rest_port = server.free_port()
     config = ["--model-config-file", str(root / "models.config")]
     args = [*config, "--processes", "2", "--rest_api_port", str(rest_port), "--tensorflow_intra_op_parallelism", "1"]
-    proc, target = server.spawn(args, tmp_path / "serve")
+    # no port is picked beforehand (another process could take it in between): the first process binds
+    # port 0, the kernel chooses, and its siblings start on the port it holds
+    with monkeypatch.context() as m:
+        m.setattr(server, "free_port", lambda *a, **k: pytest.fail("a port was picked before binding"))
+        proc, target = server.spawn(args, tmp_path / "serve")
     try:
         siblings = psutil.Process(proc.pid).children()
         assert len(siblings) == 1 and "--ready-file" in siblings[0].cmdline()
+        port = int(target.rsplit(":", 1)[1])
+        listening = {c.laddr.port for c in psutil.Process(proc.pid).net_connections() if c.status == "LISTEN"}
+        sibling_cmd = siblings[0].cmdline()
+        assert port in listening and sibling_cmd[sibling_cmd.index("--port") + 1] == str(port)
         assert list(scratch.glob("assoc-serve-*")) == []  # (TensorFlow's autograph files live until exit)
         for _ in range(4):  # a new connection each time: the kernel spreads them over the two processes
             with AssocClient(target) as client:
