@@ -1,4 +1,4 @@
-"""Atomic folder writes: readers see the old folder or the new one, never half of either."""
+"""Atomic writes: readers see the old file or folder or the new one, never half of either."""
 
 from __future__ import annotations
 
@@ -32,3 +32,12 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
             tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """``path``'s new text, written beside it and renamed over it: a reader polling for the file or reading
+    it finds the old text or the new, never a half-written one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

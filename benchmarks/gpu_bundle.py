@@ -26,8 +26,8 @@ deep_training.py``, unchanged). Prints the sizes and writes ``OUT/bundle.json``.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
+import shlex
 import shutil
 import struct
 import subprocess
@@ -97,18 +97,17 @@ def keep_one_arch(path: Path, arch: int) -> dict:
     if section is None:
         return {}
     buf = bytearray(path.read_bytes())
-    sizes: collections.Counter = collections.Counter()
-    zeroed = 0
+    found, zeroed = set(), 0
     for kind, sm, start, size in fatbin_entries(buf, *section):
-        sizes[f"{'cubin' if kind == CUBIN else 'ptx'}_sm{sm}"] += size
+        found.add(f"{'cubin' if kind == CUBIN else 'ptx'}_sm{sm}")
         if kind == CUBIN and sm != arch:
             buf[start : start + size] = bytes(size)
             zeroed += size
-    kept = {k: v for k, v in sizes.items() if not k.startswith("cubin") or k == f"cubin_sm{arch}"}
-    if not any(k == f"cubin_sm{arch}" for k in sizes):
-        raise SystemExit(f"{path.name}: no sm_{arch} cubin in its fat binaries ({sorted(sizes)}): nothing would run")
+    if f"cubin_sm{arch}" not in found:
+        raise SystemExit(f"{path.name}: no sm_{arch} cubin in its fat binaries ({sorted(found)}): nothing would run")
     path.write_bytes(bytes(buf))
-    return {"file": path.name, "section_mb": section[1] / 1e6, "zeroed_mb": zeroed / 1e6, "kept": sorted(kept)}
+    kept = sorted(f for f in found if f.startswith("ptx") or f == f"cubin_sm{arch}")
+    return {"file": path.name, "section_mb": section[1] / 1e6, "zeroed_mb": zeroed / 1e6, "kept": kept}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,23 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(site / "bin", ignore_errors=True)
         (site / "nvidia" / "cublas" / "lib" / "libnvblas.so.12").unlink(missing_ok=True)
         zeroed = [r for lib in sorted(site.rglob("*.so*")) if lib.is_file() if (r := keep_one_arch(lib, args.arch))]
+        src = Path(tmp) / "stub.c"
+        src.write_text("int assoc_gpu_bundle_stub(void) { return 0; }\n")
         for name, version in STUBS.items():
             lib = site / "nvidia" / name / "lib" / f"lib{name}.so.{version}"
             lib.parent.mkdir(parents=True, exist_ok=True)
-            src = Path(tmp) / "stub.c"
-            src.write_text("int assoc_gpu_bundle_stub(void) { return 0; }\n")
             subprocess.run(["cc", "-shared", "-fPIC", f"-Wl,-soname,{lib.name}", "-o", str(lib), str(src)], check=True)
         unpacked = sum(f.stat().st_size for f in site.rglob("*") if f.is_file())
-        tar = subprocess.Popen(["tar", "-C", str(site), "-cf", "-", "."], stdout=subprocess.PIPE)
-        split = subprocess.Popen(
-            ["split", "-b", f"{args.part_mib}M", "-d", "-a", "2", "-", str(args.out / "part.")],
-            stdin=subprocess.PIPE,
-        )
-        xz = subprocess.Popen(["xz", "-T0", "-6", "-c"], stdin=tar.stdout, stdout=split.stdin)
-        tar.stdout.close()
-        split.stdin.close()
-        if xz.wait() or tar.wait() or split.wait():
-            raise SystemExit("tar | xz | split failed")
+        pack = f"tar -C {shlex.quote(str(site))} -cf - . | xz -T0 -6 -c | split -b {args.part_mib}M -d -a 2 - "
+        subprocess.run(["bash", "-o", "pipefail", "-c", pack + shlex.quote(str(args.out / "part."))], check=True)
     parts = sorted(args.out.glob("part.*"))
     report = {
         "arch": args.arch,

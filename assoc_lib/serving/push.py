@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from assoc_lib.fsutil import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 MODELS_CONFIG = "models.config"
@@ -44,12 +46,6 @@ def _state_path(serving_root, model_name) -> Path:
 def read_state(serving_root: str | os.PathLike, model_name: str) -> dict:
     path = _state_path(serving_root, model_name)
     return json.loads(path.read_text()) if path.exists() else {"labels": {}}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def render_model_config(
@@ -89,8 +85,8 @@ def write_state(
         if version not in have:
             raise PushError(f"label {label} -> version {version}, which is not under {base}")
     served = sorted(set(labels.values()))
-    _write_atomic(_state_path(serving_root, model_name), json.dumps({"labels": labels}, indent=2))
-    _write_atomic(
+    write_text_atomic(_state_path(serving_root, model_name), json.dumps({"labels": labels}, indent=2))
+    write_text_atomic(
         Path(serving_root) / MODELS_CONFIG, render_model_config(serving_root, model_name, served, labels, base_path)
     )
 

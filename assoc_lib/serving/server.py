@@ -30,6 +30,7 @@ from pathlib import Path
 
 import grpc
 
+from assoc_lib.fsutil import write_text_atomic
 from assoc_lib.records import VersionState
 from assoc_lib.serving.registry import (  # noqa: F401  (re-exported: the server's public names)
     MAX_MESSAGE_BYTES,
@@ -225,9 +226,7 @@ def serve(
             server.stop(grace=0).wait()
             raise
     if ready_file:  # whole or not at all: a reader polls for it
-        ready = Path(ready_file)
-        ready.with_name(ready.name + ".tmp").write_text(f"{host}:{bound}\n")
-        ready.with_name(ready.name + ".tmp").replace(ready)
+        write_text_atomic(ready_file, f"{host}:{bound}\n")
     if not block:
         return server, registry, bound
     stopped = threading.Event()
